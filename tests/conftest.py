@@ -1,0 +1,91 @@
+"""Shared fixtures: tiny random models and offline tokenizers, built in-test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from editscale import paths
+
+SHARED = paths.shared_data()
+CORPUS_TEXT = (
+    "The mother tongue of Danielle Darrieux is French. Paris is the capital of France. "
+    "Angola is located in Africa. Toyota is owned by a company in Japan. "
+    "The Eiffel Tower is in Paris, and Paris is in France. I think you said that. "
+    "Therefore the man, because of the rain, stayed at home. "
+)
+
+
+def build_tokenizer(add_bos: bool, vocab_size: int = 400):
+    """A byte-level BPE tokenizer trained here; with `add_bos` it prefixes <bos> like Llama-3."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<bos>", "<eos>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    text = CORPUS_TEXT
+    if SHARED is not None:
+        text += (SHARED / "corpus" / "wikitext-2-raw-test.txt").read_text()[:200_000]
+    tok.train_from_iterator([text], trainer=trainer)
+    if add_bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", tok.token_to_id("<bos>"))]
+        )
+    else:
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
+
+
+@pytest.fixture(scope="session")
+def bos_tokenizer():
+    return build_tokenizer(add_bos=True)
+
+
+@pytest.fixture(scope="session")
+def plain_tokenizer():
+    return build_tokenizer(add_bos=False)
+
+
+def save_tiny(folder: Path, kind: str, tokenizer, seed: int = 0) -> Path:
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    if kind == "llama":
+        config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                             num_key_value_heads=2, max_position_embeddings=256, **common)
+        model = LlamaForCausalLM(config)
+    elif kind == "gpt2":
+        config = GPT2Config(n_embd=32, n_layer=3, n_head=4, n_positions=256, **common)
+        model = GPT2LMHeadModel(config)
+    else:
+        raise ValueError(kind)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, bos_tokenizer):
+    return save_tiny(tmp_path_factory.mktemp("tiny-llama"), "llama", bos_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory, plain_tokenizer):
+    return save_tiny(tmp_path_factory.mktemp("tiny-gpt2"), "gpt2", plain_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The embedded default model, loaded once per test session."""
+    from editscale import models
+
+    return models.load(models.EMBEDDED)
