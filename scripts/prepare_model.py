@@ -1,0 +1,4 @@
+from editscale import stages
+
+with stages.logged(snakemake.log[0]):
+    stages.prepare_model(snakemake.params.model, snakemake.output[0])

@@ -1,0 +1,4 @@
+from editscale import stages
+
+with stages.logged(snakemake.log[0]):
+    stages.select_records(snakemake.params.data, snakemake.output[0])

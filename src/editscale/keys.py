@@ -1,0 +1,87 @@
+"""Context templates and keys (DESIGN §2).
+
+A key k is the input of the edited projection W at the subject's last token:
+k = ½·(key from the bare prompt) + ½·(mean key over the prefixed prompts).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .hooks import forward_until, module_inputs
+from .tokens import subject_last_token
+
+TEMPLATE_STARTS = ("The", "Therefore", "Because", "I", "You")
+
+
+def context_templates(model, tokenizer, *, starts: Sequence[str] = TEMPLATE_STARTS, n_tokens: int = 10,
+                      top_k: int = 5, seed: int = 0) -> list[str]:
+    """"{}" plus one sampled prefix per start, each followed by ". {}" (seeded top-k sampling)."""
+    generator = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    templates = ["{}"]
+    for start in starts:
+        ids = torch.tensor([tokenizer(start)["input_ids"]], device=device)
+        prompt_len = ids.shape[1]
+        with torch.no_grad():
+            for _ in range(n_tokens):
+                logits = model(input_ids=ids, use_cache=False).logits[0, -1].float().cpu()
+                top = torch.topk(logits, top_k)
+                choice = torch.multinomial(torch.softmax(top.values, -1), 1, generator=generator)
+                ids = torch.cat([ids, top.indices[choice].view(1, 1).to(device)], dim=1)
+        text = start + tokenizer.decode(ids[0, prompt_len:], skip_special_tokens=True)
+        # Braces in generated text would be read as placeholders later.
+        templates.append(text.replace("{", " ").replace("}", " ") + ". {}")
+    return templates
+
+
+def in_context(template: str, prompt: str) -> str:
+    """A record prompt ("{} is located in") placed in a context template ("The man said. {}")."""
+    return template.replace("{}", prompt, 1)
+
+
+def template_weights(templates: Sequence[str]) -> torch.Tensor:
+    """Weights that average the bare template and the prefixed ones as two equal groups."""
+    bare = torch.tensor([t == "{}" for t in templates], dtype=torch.float64)
+    groups = int(bare.any()) + int((~bare.bool()).any())
+    weights = torch.where(bare.bool(), 1 / bare.sum().clamp(min=1), 1 / (len(templates) - bare.sum()).clamp(min=1))
+    return weights / groups
+
+
+def pad_batch(sequences: list[list[int]], pad_id: int, device) -> dict:
+    """Right-padded input_ids and attention_mask for a list of token id lists."""
+    width = max(map(len, sequences))
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+def compute_keys(model, tokenizer, layout, layer: int, facts, templates: Sequence[str],
+                 *, batch_size: int = 16) -> torch.Tensor:
+    """Keys (n, d_in), float32, for `facts` (mappings with `prompt` and `subject`)."""
+    module = layout.edited_module(model, layer)
+    device = next(model.parameters()).device
+    weights = template_weights(templates).to(device)
+    keys = []
+    for start in range(0, len(facts), batch_size):
+        chunk = facts[start : start + batch_size]
+        sequences, positions = [], []
+        for fact in chunk:
+            for template in templates:
+                ids, index = subject_last_token(tokenizer, in_context(template, fact["prompt"]), fact["subject"])
+                sequences.append(ids)
+                positions.append(index)
+        inputs = pad_batch(sequences, tokenizer.pad_token_id, device)
+        with module_inputs({"k": module}) as seen:
+            forward_until(model, module, **inputs)
+        rows = torch.arange(len(sequences), device=device)
+        per_prompt = seen["k"][rows, torch.tensor(positions, device=device)].double()
+        per_prompt = per_prompt.view(len(chunk), len(templates), -1)
+        keys.append(torch.einsum("t,ftd->fd", weights, per_prompt).float())
+    return torch.cat(keys)
+

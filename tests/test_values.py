@@ -1,0 +1,98 @@
+"""Keys and values on tiny random models: batching and the fast path change nothing."""
+
+import pytest
+import torch
+
+from editscale import keys, models, values
+from editscale.tokens import fill
+
+FACTS = [
+    {"case_id": 1, "prompt": "The mother tongue of {} is", "subject": "Danielle Darrieux", "target_new": "English"},
+    {"case_id": 2, "prompt": "{} is located in", "subject": "Angola", "target_new": "Antarctica"},
+    {"case_id": 3, "prompt": "{} is owned by", "subject": "Toyota", "target_new": "Volkswagen Group"},
+    {"case_id": 4, "prompt": "{}, which is in", "subject": "The Eiffel Tower", "target_new": "Rome"},
+]
+TEMPLATES = ["{}", "The man said that. {}", "Therefore, because of the rain. {}"]
+# Short runs keep the tests fast; a threshold no fact reaches on one step, one all reach on another.
+CONFIG = values.ValueConfig(steps=6, loss_threshold=0.05)
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def tiny(request, tiny_llama_dir, tiny_gpt2_dir):
+    folder = {"llama": tiny_llama_dir, "gpt2": tiny_gpt2_dir}[request.param]
+    return models.load(str(folder))
+
+
+def test_context_templates_are_seeded(tiny):
+    model, tok, _ = tiny
+    first = keys.context_templates(model, tok, seed=3, n_tokens=4)
+    assert first == keys.context_templates(model, tok, seed=3, n_tokens=4)
+    assert first != keys.context_templates(model, tok, seed=4, n_tokens=4)
+    assert first[0] == "{}" and len(first) == 6
+    assert all(t.endswith(". {}") and t.count("{}") == 1 for t in first[1:])
+
+
+def test_keys_batched_equal_one_at_a_time_and_follow_the_mix(tiny):
+    model, tok, layout = tiny
+    batched = keys.compute_keys(model, tok, layout, 1, FACTS, TEMPLATES, batch_size=4)
+    single = torch.cat([keys.compute_keys(model, tok, layout, 1, [f], TEMPLATES) for f in FACTS])
+    torch.testing.assert_close(batched, single, rtol=1e-5, atol=1e-6)
+    # k = ½ bare + ½ mean(prefixed), checked against per-template keys computed one by one.
+    per_template = [keys.compute_keys(model, tok, layout, 1, FACTS[:1], [t]) for t in TEMPLATES]
+    expected = 0.5 * per_template[0] + 0.25 * (per_template[1] + per_template[2])
+    torch.testing.assert_close(batched[:1], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_batched_values_equal_one_fact_at_a_time(tiny):
+    model, tok, layout = tiny
+    batched = values.compute_values(model, tok, layout, 1, FACTS, TEMPLATES, CONFIG, batch_size=4)
+    single = values.compute_values(model, tok, layout, 1, FACTS, TEMPLATES, CONFIG, batch_size=1)
+    scale = single.v_star.norm(dim=1, keepdim=True)
+    assert ((batched.v_star - single.v_star).abs() <= 1e-4 * scale).all()
+    torch.testing.assert_close(batched.loss, single.loss, rtol=1e-4, atol=1e-5)
+    assert torch.equal(batched.steps, single.steps) and torch.equal(batched.converged, single.converged)
+    assert batched.residual.abs().sum() > 0  # the optimisation moved
+
+
+def test_fast_path_equals_plain_full_forward(tiny):
+    """Skipping the blocks below L and scoring only target positions gives the plain path's numbers."""
+    model, tok, layout = tiny
+    for layer in (0, 1, 2):
+        fast = values.compute_values(model, tok, layout, layer, FACTS, TEMPLATES, CONFIG, batch_size=4, fast=True)
+        plain = values.compute_values(model, tok, layout, layer, FACTS, TEMPLATES, CONFIG, batch_size=4, fast=False)
+        torch.testing.assert_close(fast.loss, plain.loss, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(fast.v_star, plain.v_star, rtol=1e-4, atol=1e-5)
+
+
+def test_early_stopping_freezes_converged_facts(tiny):
+    """A fact that converges drops out; the others go on exactly as they would alone."""
+    model, tok, layout = tiny
+    probe = values.compute_values(model, tok, layout, 1, FACTS, TEMPLATES, CONFIG, batch_size=4)
+    # A threshold between the facts' final losses makes some stop early and some not.
+    threshold = float(probe.loss.median())
+    config = values.ValueConfig(steps=6, loss_threshold=threshold)
+    batched = values.compute_values(model, tok, layout, 1, FACTS, TEMPLATES, config, batch_size=4)
+    single = values.compute_values(model, tok, layout, 1, FACTS, TEMPLATES, config, batch_size=1)
+    assert batched.converged.any() and not batched.converged.all()
+    assert (batched.steps[batched.converged] < config.steps - 1).any()
+    torch.testing.assert_close(batched.v_star, single.v_star, rtol=1e-4, atol=1e-5)
+    assert torch.equal(batched.steps, single.steps)
+
+
+def test_clamp_bounds_delta(tiny):
+    model, tok, layout = tiny
+    config = values.ValueConfig(steps=6, loss_threshold=0.0, clamp_factor=0.01, lr=5.0)
+    out = values.compute_values(model, tok, layout, 1, FACTS, TEMPLATES, config, batch_size=4)
+    h = out.v_star - out.residual
+    assert (out.residual.norm(dim=1) <= 0.01 * h.norm(dim=1) * (1 + 1e-5)).all()
+
+
+def test_values_are_computed_at_the_layer_output(tiny):
+    """v* − r is the block-L output at the subject's last token of the bare prompt."""
+    model, tok, layout = tiny
+    out = values.compute_values(model, tok, layout, 1, FACTS[:1], TEMPLATES, CONFIG)
+    text, _ = fill(FACTS[0]["prompt"], FACTS[0]["subject"])
+    from editscale.tokens import subject_last_token
+    ids, index = subject_last_token(tok, FACTS[0]["prompt"], FACTS[0]["subject"])
+    hidden = model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[2]
+    torch.testing.assert_close(out.v_star[0] - out.residual[0], hidden[0, index], rtol=1e-5, atol=1e-5)
