@@ -238,3 +238,18 @@ def test_diagnostics_report_a_finite_condition(name):
     assert diagnostics["fallback"] is None
     if name in ("rome", "emmet"):  # they also solve with C
         torch.testing.assert_close(diagnostics["condition_C"], float(torch.linalg.cond(C)))
+
+
+def test_factored_form_multiplies_out_to_the_dense_update():
+    K, R, C = problem()
+    P = solvers.nullspace_projector(with_null_space(), 1e-2)
+    cases = {
+        "rome": lambda **kw: solvers.rome(K[:, 0], R[:, 0], C, **kw),
+        "memit": lambda **kw: solvers.memit(K, R, C, 10.0, **kw),
+        "emmet": lambda **kw: solvers.emmet(K, R, C, 0.1, **kw),
+        "alphaedit": lambda **kw: solvers.alphaedit(K, R, P, K[:, :2], 1.0, **kw),
+    }
+    for name, solve in cases.items():
+        A, B = solve(factored=True)
+        assert A.shape[0] == D_OUT and B.shape[0] == D_IN and A.shape[1] == B.shape[1], name
+        assert relative_error(A @ B.T, solve()) < 1e-10, name

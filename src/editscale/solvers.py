@@ -16,6 +16,9 @@ the smallest is ≤ 0. A float64 solve loses about log10 κ of its 16 digits, so
 Both fallbacks log a warning. Non-finite inputs are a ValueError naming the argument, and a
 non-finite ΔW is never returned. `diagnostics`, when given, receives "condition" (κ of the solver's
 main system), "fallback" (None, "ridge" or "pinv") and, for ROME and EMMET, "condition_C".
+
+Every ΔW has the form A Bᵀ with A (d_out, n), B (d_in, n); `factored=True` returns (A, B), which
+evaluates n independent edits far more cheaply than the dense (d_out, d_in) matrix.
 """
 
 from __future__ import annotations
@@ -41,37 +44,37 @@ class IllConditionedError(ValueError):
 
 
 def rome(k, r, C, *, labels: Sequence | None = None, on_ill_conditioned: str = "raise",
-         max_condition: float = MAX_CONDITION, diagnostics: dict | None = None) -> torch.Tensor:
+         max_condition: float = MAX_CONDITION, diagnostics: dict | None = None, factored: bool = False):
     """ΔW = r (C⁻¹k)ᵀ / (kᵀ C⁻¹ k): the smallest change in the C-norm with (W + ΔW) k = W k + r."""
     opts = _options(labels, on_ill_conditioned, max_condition, diagnostics, k=k, r=r, C=C)
     k64, r64, C64 = (t.to(k.device, torch.float64) for t in (k, r, C))
     Cinv_k = _solve(C64, k64[:, None], "ROME: C", key="condition_C", **opts)  # (d_in, 1)
     kCk = k64[None] @ Cinv_k  # (1, 1); zero only for a zero key
-    delta = r64[:, None] @ _solve(kCk, Cinv_k.T, "ROME: kᵀC⁻¹k", keys=k64[:, None], **opts)
-    return _finished(delta, torch.result_type(k, r))
+    B = _solve(kCk, Cinv_k.T, "ROME: kᵀC⁻¹k", keys=k64[:, None], **opts).T
+    return _finished(r64[:, None], B, torch.result_type(k, r), factored)
 
 
 def memit(K, R, C, mom2_update_weight: float, *, labels: Sequence | None = None,
           on_ill_conditioned: str = "raise", max_condition: float = MAX_CONDITION,
-          diagnostics: dict | None = None) -> torch.Tensor:
+          diagnostics: dict | None = None, factored: bool = False):
     """ΔW = R Kᵀ (λC + K Kᵀ)⁻¹, λ = mom2_update_weight: least squares on K, pulled towards 0 by λC."""
     opts = _options(labels, on_ill_conditioned, max_condition, diagnostics, K=K, R=R, C=C)
     K64, R64, C64 = (t.to(K.device, torch.float64) for t in (K, R, C))
     A = mom2_update_weight * C64 + K64 @ K64.T
-    delta_T = _solve(A, K64 @ R64.T, "MEMIT: λC + KKᵀ", keys=K64, **opts)  # A is symmetric: ΔWᵀ
-    return _finished(delta_T.T, torch.result_type(K, R))
+    B = _solve(A, K64, "MEMIT: λC + KKᵀ", keys=K64, **opts)  # A is symmetric: ΔW = R Bᵀ
+    return _finished(R64, B, torch.result_type(K, R), factored)
 
 
 def emmet(K, R, C, emmet_lambda: float, *, labels: Sequence | None = None,
           on_ill_conditioned: str = "raise", max_condition: float = MAX_CONDITION,
-          diagnostics: dict | None = None) -> torch.Tensor:
+          diagnostics: dict | None = None, factored: bool = False):
     """ΔW = R (KᵀC⁻¹K + εI)⁻¹ KᵀC⁻¹, ε = emmet_lambda; ε = 0 makes ΔW K = R exactly (ROME for n = 1)."""
     opts = _options(labels, on_ill_conditioned, max_condition, diagnostics, K=K, R=R, C=C)
     K64, R64, C64 = (t.to(K.device, torch.float64) for t in (K, R, C))
     Cinv_K = _solve(C64, K64, "EMMET: C", key="condition_C", **opts)  # (d_in, n)
     gram = K64.T @ Cinv_K + emmet_lambda * torch.eye(K.shape[1], dtype=torch.float64, device=K.device)
-    delta = R64 @ _solve(gram, Cinv_K.T, "EMMET: KᵀC⁻¹K + εI", keys=K64, **opts)
-    return _finished(delta, torch.result_type(K, R))
+    B = _solve(gram, Cinv_K.T, "EMMET: KᵀC⁻¹K + εI", keys=K64, **opts).T
+    return _finished(R64, B, torch.result_type(K, R), factored)
 
 
 def nullspace_projector(C, threshold: float = 1e-2) -> torch.Tensor:
@@ -84,7 +87,7 @@ def nullspace_projector(C, threshold: float = 1e-2) -> torch.Tensor:
 
 def alphaedit(K, R, P, K_prev=None, l2: float = 1.0, *, labels: Sequence | None = None,
               on_ill_conditioned: str = "raise", max_condition: float = MAX_CONDITION,
-              diagnostics: dict | None = None) -> torch.Tensor:
+              diagnostics: dict | None = None, factored: bool = False):
     """ΔWᵀ = solve(P (KKᵀ + K_pK_pᵀ) + αI, P K Rᵀ), α = l2: MEMIT confined to C's null space by P.
 
     K_prev holds the keys of earlier sequential edits (None or 0 columns for none); P comes from
@@ -94,8 +97,8 @@ def alphaedit(K, R, P, K_prev=None, l2: float = 1.0, *, labels: Sequence | None 
     K64, R64, P64 = (t.to(K.device, torch.float64) for t in (K, R, P))
     K_all = K64 if K_prev is None else torch.cat([K64, K_prev.to(K.device, torch.float64)], dim=1)
     A = P64 @ (K_all @ K_all.T) + l2 * torch.eye(K.shape[0], dtype=torch.float64, device=K.device)
-    delta_T = _solve(A, P64 @ K64 @ R64.T, "AlphaEdit: P(KKᵀ + K_pK_pᵀ) + αI", keys=K64, symmetric=False, **opts)
-    return _finished(delta_T.T, torch.result_type(K, R))
+    B = _solve(A, P64 @ K64, "AlphaEdit: P(KKᵀ + K_pK_pᵀ) + αI", keys=K64, symmetric=False, **opts)
+    return _finished(R64, B, torch.result_type(K, R), factored)
 
 
 def _options(labels, mode, max_condition, diagnostics, **tensors) -> dict:
@@ -166,8 +169,9 @@ def _degenerate_keys(K, labels) -> list[str]:
     return found
 
 
-def _finished(delta, dtype) -> torch.Tensor:
-    delta = delta.to(dtype)
-    if not torch.isfinite(delta).all():  # e.g. overflow of a huge ΔW in a narrow dtype
+def _finished(A, B, dtype, factored: bool):
+    """ΔW = A Bᵀ in `dtype`, or the factors (A, B) themselves: rank ≤ n, for batched evaluation."""
+    out = (A.to(dtype), B.to(dtype)) if factored else ((A @ B.T).to(dtype),)
+    if not all(torch.isfinite(t).all() for t in out):  # e.g. overflow of a huge ΔW in a narrow dtype
         raise IllConditionedError(f"ΔW is not finite in {dtype}: its entries overflow; check the residuals R")
-    return delta
+    return out if factored else out[0]
