@@ -1,0 +1,211 @@
+"""Text sources and the key second moment C on tiny random models, against brute force."""
+
+import re
+
+import pytest
+import torch
+
+from editscale import corpus, models, paths, stats
+from editscale.stats import load_stats, second_moments, write_stats
+
+SHARED = paths.shared_data()  # the same folder conftest uses
+
+TEXTS = [
+    "The mother tongue of Danielle Darrieux is French.",
+    "",  # read, but contributes no tokens
+    "Paris is the capital of France. Angola is located in Africa, and Toyota is owned by a company in Japan.",
+    "I think you said that.",
+    "Therefore the man, because of the rain, stayed at home.",
+    "The Eiffel Tower is in Paris, and Paris is in France. The Eiffel Tower is in Paris, and Paris is in France.",
+    "Angola.",
+    "You said that the capital of France is Paris; I think so too, because of the tower.",
+    "Toyota is owned by a company in Japan.",
+    "Because of the rain the man stayed at home, and the tower is in Paris.",
+    "The capital of Japan is Tokyo.",
+    "I said that you think the man is French, because he is from Paris.",
+]
+MAX_LENGTH = 16  # several texts are longer, so truncation is exercised too
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def tiny(request, tiny_llama_dir, tiny_gpt2_dir):
+    folder = {"llama": tiny_llama_dir, "gpt2": tiny_gpt2_dir}[request.param]
+    return models.load(str(folder))
+
+
+def reference_keys(model, tokenizer, layout, layer, texts):
+    """Every token's key, in text order, from a plain full forward of each text alone (no padding)."""
+    found = []
+    handle = layout.edited_module(model, layer).register_forward_pre_hook(lambda _m, args: found.append(args[0][0]))
+    try:
+        with torch.no_grad():
+            for text in texts:
+                if text:
+                    ids = tokenizer(text, truncation=True, max_length=MAX_LENGTH, return_tensors="pt")["input_ids"]
+                    model(input_ids=ids)
+    finally:
+        handle.remove()
+    return torch.cat(found).double()
+
+
+def assert_relative(a, b, tol):
+    a, b = a.double(), b.double()
+    assert (a - b).norm() <= tol * b.norm(), f"relative error {((a - b).norm() / b.norm()).item():.2e} > {tol}"
+
+
+# --- corpus ---------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(SHARED is None, reason="no offline data folder")
+def test_wikipedia_articles_are_the_documents():
+    docs = list(corpus.iter_texts(SHARED / "corpus" / "wikipedia-articles.txt"))
+    assert len(docs) == 2349
+    assert docs[0].startswith("2007 European Parliament election in Romania")
+    assert all(d and "<doc " not in d and "</doc>" not in d for d in docs)
+
+
+@pytest.mark.skipif(SHARED is None, reason="no offline data folder")
+def test_wikitext_paragraphs_drop_headings():
+    paragraphs = list(corpus.iter_texts(SHARED / "corpus" / "wikitext-2-raw-test.txt"))
+    assert len(paragraphs) > 2000
+    assert paragraphs[0].startswith("Robert Boulter is an English film")
+    assert all(p == p.strip() and p for p in paragraphs)
+    assert not any(re.fullmatch(r"(=+) .* \1", p) for p in paragraphs)
+    assert len(list(corpus.iter_texts(SHARED / "corpus" / "wikitext-2-raw-test.txt", max_samples=7))) == 7
+
+
+def test_txt_formats(tmp_path):
+    plain = tmp_path / "plain.txt"
+    plain.write_text("First paragraph,\nwrapped.\n\n\n  Second one.  \n\n")
+    assert list(corpus.iter_texts(plain)) == ["First paragraph,\nwrapped.", "Second one."]
+    docs = tmp_path / "docs.txt"
+    docs.write_text('preamble\n<doc id="1" title="A">\nA\n\nAlpha text.\n</doc>\n<doc id="2">\nBeta.\n')
+    assert list(corpus.iter_texts(docs)) == ["A\n\nAlpha text.", "Beta."]
+
+
+def test_jsonl_reads_text_and_names_bad_lines(tmp_path):
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"text": " one "}\n\n{"text": "two", "id": 2}\n')
+    assert list(corpus.iter_texts(good)) == ["one", "two"]
+    for bad_line in ('{"body": "no text field"}', "not json"):
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text('{"text": "one"}\n{"text": "two"}\n' + bad_line + "\n")
+        with pytest.raises(ValueError, match=r"bad\.jsonl line 3"):
+            list(corpus.iter_texts(bad))
+
+
+def test_missing_source_and_fingerprints(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.txt"):
+        corpus.iter_texts(tmp_path / "nowhere.txt")
+    path = tmp_path / "a.txt"
+    path.write_text("alpha")
+    first = corpus.fingerprint(path)
+    path.write_text("beta")
+    assert len(first) == 16 and corpus.fingerprint(path) != first
+    spec = {"hf": "wikimedia/wikipedia", "name": "20231101.en", "split": "train", "field": "text"}
+    assert corpus.fingerprint(spec) == corpus.fingerprint("hf:wikimedia/wikipedia:20231101.en:train") \
+        == "hf:wikimedia/wikipedia:20231101.en:train"
+
+
+# --- second moments -------------------------------------------------------------------
+
+
+def test_matches_brute_force_for_two_layers_in_one_pass(tiny):
+    model, tok, layout = tiny
+    moments = second_moments(model, tok, layout, [2, 0], TEXTS, batch_size=4, max_length=MAX_LENGTH, progress=False)
+    assert sorted(moments) == [0, 2]
+    for layer in (0, 2):
+        K = reference_keys(model, tok, layout, layer, TEXTS)
+        assert moments[layer].count == len(K)
+        assert moments[layer].sum.dtype == torch.float32
+        assert moments[layer].module == layout.module_name(layer)
+        assert_relative(moments[layer].mean(), K.T @ K / len(K), 1e-5)
+
+
+def test_stops_after_the_deepest_layer(tiny):
+    model, tok, layout = tiny
+    calls = []
+    handle = layout.block(model, 2).register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        stopped = second_moments(model, tok, layout, [0, 1], TEXTS, batch_size=4, max_length=MAX_LENGTH,
+                                 progress=False)
+        assert calls == []
+        full = second_moments(model, tok, layout, [0, 1, 2], TEXTS, batch_size=4, max_length=MAX_LENGTH,
+                              progress=False)
+        assert calls  # the counter does see block 2 when it is asked for
+    finally:
+        handle.remove()
+    for layer in (0, 1):
+        assert stopped[layer].count == full[layer].count
+        assert_relative(stopped[layer].mean(), full[layer].mean(), 1e-6)
+
+
+def test_token_budget_is_exact_and_samples_are_bounded(tiny):
+    model, tok, layout = tiny
+    K = reference_keys(model, tok, layout, 1, TEXTS)
+    budgeted = second_moments(model, tok, layout, [1], TEXTS, max_tokens=37, batch_size=2, max_length=MAX_LENGTH,
+                              progress=False)[1]
+    assert budgeted.count == 37  # cut inside a text and inside a batch
+    assert_relative(budgeted.mean(), K[:37].T @ K[:37] / 37, 1e-5)
+    # Three texts read, one of them empty: the tokens of texts 0 and 2.
+    sampled = second_moments(model, tok, layout, [1], TEXTS, max_samples=3, batch_size=2, max_length=MAX_LENGTH,
+                             progress=False)[1]
+    assert sampled.count == len(reference_keys(model, tok, layout, 1, TEXTS[:3]))
+    everything = second_moments(model, tok, layout, [1], TEXTS, max_tokens=10**6, batch_size=5,
+                                max_length=MAX_LENGTH, progress=False)[1]
+    assert everything.count == len(K)
+
+
+def interrupted(texts, after):
+    """The texts, failing like a killed job once `after` of them have been read."""
+    for i, text in enumerate(texts):
+        if i == after:
+            raise KeyboardInterrupt("simulated interruption")
+        yield text
+
+
+def test_resume_after_interruption_equals_uninterrupted(tiny, tmp_path):
+    model, tok, layout = tiny
+    kwargs = dict(batch_size=2, max_length=MAX_LENGTH, checkpoint_every=1, source_id="corpus-v1", progress=False)
+    whole = second_moments(model, tok, layout, [0, 2], TEXTS, **kwargs)
+    checkpoint = tmp_path / "partial.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        second_moments(model, tok, layout, [0, 2], interrupted(TEXTS, 7), checkpoint=checkpoint, **kwargs)
+    assert checkpoint.is_file()
+    # The texts already summed come from the checkpoint: replacing them changes nothing.
+    replaced = ["Unrelated words that were never summed."] * 6 + TEXTS[6:]
+    resumed = second_moments(model, tok, layout, [0, 2], replaced, checkpoint=checkpoint, **kwargs)
+    for layer in (0, 2):
+        assert resumed[layer].count == whole[layer].count
+        assert_relative(resumed[layer].mean(), whole[layer].mean(), 1e-6)
+    assert not checkpoint.exists()
+
+
+def test_mismatched_checkpoint_is_refused(tiny, tmp_path):
+    model, tok, layout = tiny
+    kwargs = dict(batch_size=2, max_length=MAX_LENGTH, checkpoint_every=1, progress=False)
+    checkpoint = tmp_path / "partial.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        second_moments(model, tok, layout, [0, 2], interrupted(TEXTS, 7), checkpoint=checkpoint,
+                       source_id="corpus-v1", **kwargs)
+    with pytest.raises(ValueError, match=r"partial\.safetensors.*layers"):
+        second_moments(model, tok, layout, [0, 1], TEXTS, checkpoint=checkpoint, source_id="corpus-v1", **kwargs)
+    with pytest.raises(ValueError, match=r"partial\.safetensors.*source_id"):
+        second_moments(model, tok, layout, [0, 2], TEXTS, checkpoint=checkpoint, source_id="corpus-v2", **kwargs)
+    assert checkpoint.is_file()  # refused, not deleted
+
+
+def test_write_and_load_stats_round_trip(tiny, tmp_path):
+    model, tok, layout = tiny
+    moments = second_moments(model, tok, layout, [0, 1], TEXTS, batch_size=4, max_length=MAX_LENGTH, progress=False)
+    paths = write_stats(moments, tmp_path / "stats", model_name="tiny", source_id="abc123", dtype=torch.float32)
+    assert paths[1] == tmp_path / "stats" / "layer1.safetensors"
+    for layer, path in paths.items():
+        C, meta = load_stats(path)
+        assert C.dtype == torch.float32 and torch.equal(C, moments[layer].mean())
+        assert meta == {"model": "tiny", "layer": layer, "module": layout.module_name(layer), "source": "abc123",
+                        "tokens": moments[layer].count, "dtype": "float32"}
+    explicit = write_stats({0: moments[0]}, {0: tmp_path / "c0.safetensors"}, model_name="tiny", source_id="x",
+                           dtype="bfloat16")
+    assert load_stats(explicit[0])[1]["dtype"] == "bfloat16"
+    assert stats.SecondMoment(0, "m", torch.eye(2) * 4, 2).mean().equal(torch.eye(2) * 2)
