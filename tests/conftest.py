@@ -89,3 +89,18 @@ def smollm2():
     from editscale import models
 
     return models.load(models.EMBEDDED)
+
+
+def covariance_standin(model, tokenizer, layout, layer):
+    """A stand-in for C with the structure of the real one: a few dominant directions, a null space.
+
+    Keys of ten prompts span a low-rank part; a small ridge keeps C invertible. It is
+    scaled to unit mean eigenvalue, so λ and thresholds in tests read as relative values.
+    """
+    from editscale.keys import compute_keys
+
+    many = [{"prompt": "{} is", "subject": w} for w in "Paris France Japan music river the man said rain home".split()]
+    K = compute_keys(model, tokenizer, layout, layer, many, ["{}"]).double()
+    C = K.T @ K / len(many)
+    C = C / (C.trace() / C.shape[0])
+    return (C + 1e-4 * torch.eye(C.shape[0], dtype=torch.float64)).float()

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from conftest import covariance_standin
 from editscale import editing, models, solvers
 from editscale.editing import EditConfig
 from editscale.values import ValueConfig
@@ -24,25 +25,11 @@ FAST = ValueConfig(steps=4)
 SEQ = dict(mom2_update_weight=1e-3, alphaedit_l2=1e-3, values=FAST)
 
 
-def _covariance(model, tokenizer, layout, layer):
-    """A stand-in for C with the structure of the real one: a few dominant directions, a null space.
-
-    Keys of ten prompts span a low-rank part; a small ridge keeps C invertible. It is
-    scaled to unit mean eigenvalue, so λ and thresholds below read as relative values.
-    """
-    from editscale.keys import compute_keys
-    many = [{"prompt": "{} is", "subject": w} for w in "Paris France Japan music river the man said rain home".split()]
-    K = compute_keys(model, tokenizer, layout, layer, many, ["{}"]).double()
-    C = K.T @ K / len(many)
-    C = C / (C.trace() / C.shape[0])
-    return (C + 1e-4 * torch.eye(C.shape[0], dtype=torch.float64)).float()
-
-
 @pytest.fixture(params=["llama", "gpt2"])
 def tiny(request, tiny_llama_dir, tiny_gpt2_dir):
     folder = {"llama": tiny_llama_dir, "gpt2": tiny_gpt2_dir}[request.param]
     model, tok, layout = models.load(str(folder))
-    return model, tok, layout, _covariance(model, tok, layout, 1)
+    return model, tok, layout, covariance_standin(model, tok, layout, 1)
 
 
 def test_apply_and_revert_restore_the_weights(tiny):

@@ -63,30 +63,35 @@ def revert_delta(model, layout, layer: int, delta: torch.Tensor) -> None:
 
 
 def solve(cfg: EditConfig, K: torch.Tensor, R: torch.Tensor, C: torch.Tensor, *, P: torch.Tensor | None = None,
-          K_prev: torch.Tensor | None = None, labels=None) -> tuple[torch.Tensor, dict]:
-    """ΔW for keys K (d_in, n) and residuals R (d_out, n) by `cfg.algorithm`, with solver diagnostics."""
+          K_prev: torch.Tensor | None = None, labels=None) -> tuple[tuple[torch.Tensor, torch.Tensor], dict]:
+    """Factors (A, B) of ΔW = A Bᵀ for keys K (d_in, n) and residuals R (d_out, n), and solver diagnostics."""
     diag: dict = {}
-    common = dict(labels=labels, on_ill_conditioned=cfg.on_ill_conditioned, diagnostics=diag)
+    common = dict(labels=labels, on_ill_conditioned=cfg.on_ill_conditioned, diagnostics=diag, factored=True)
     if cfg.algorithm == "rome":
         if K.shape[1] != 1:
             raise ValueError(f"ROME edits one fact at a time; got a batch of {K.shape[1]}")
-        delta = solvers.rome(K[:, 0], R[:, 0], C, **common)
+        factors = solvers.rome(K[:, 0], R[:, 0], C, **common)
     elif cfg.algorithm == "memit":
-        delta = solvers.memit(K, R, C, cfg.mom2_update_weight, **common)
+        factors = solvers.memit(K, R, C, cfg.mom2_update_weight, **common)
     elif cfg.algorithm == "emmet":
-        delta = solvers.emmet(K, R, C, cfg.emmet_lambda, **common)
+        factors = solvers.emmet(K, R, C, cfg.emmet_lambda, **common)
     else:
         if P is None:
             P = solvers.nullspace_projector(C, cfg.nullspace_threshold)
-        delta = solvers.alphaedit(K, R, P, K_prev, cfg.alphaedit_l2, **common)
-    return delta, diag
+        factors = solvers.alphaedit(K, R, P, K_prev, cfg.alphaedit_l2, **common)
+    return factors, diag
 
 
 @dataclass
 class BatchEdit:
-    delta: torch.Tensor  # (d_out, d_in)
+    A: torch.Tensor  # (d_out, n)
+    B: torch.Tensor  # (d_in, n): ΔW = A Bᵀ
     keys: torch.Tensor  # (d_in, n)
     diagnostics: dict
+
+    @property
+    def delta(self) -> torch.Tensor:
+        return self.A @ self.B.T
 
 
 def edit_batch(model, tokenizer, layout, cfg: EditConfig, facts, templates, C, *, P=None, K_prev=None) -> BatchEdit:
@@ -95,16 +100,17 @@ def edit_batch(model, tokenizer, layout, cfg: EditConfig, facts, templates, C, *
     V = compute_values(model, tokenizer, layout, cfg.layer, facts, templates, cfg.values,
                        batch_size=cfg.value_batch_size)
     labels = [f.get("case_id", i) for i, f in enumerate(facts)]
-    delta, diag = solve(cfg, K.T, V.residual.T, C, P=P, K_prev=K_prev, labels=labels)
+    (A, B), diag = solve(cfg, K.T, V.residual.T, C, P=P, K_prev=K_prev, labels=labels)
+    edit = BatchEdit(A, B, K.T, diag)
     diag.update(
         n=len(facts),
         residual_norm=float(V.residual.norm(dim=1).mean()),
         value_loss=float(V.loss.mean()),
         value_steps=float(V.steps.float().mean()),
         converged=float(V.converged.float().mean()),
-        delta_norm=float(delta.norm()),
+        delta_norm=float(edit.delta.norm()),
     )
-    return BatchEdit(delta, K.T, diag)
+    return edit
 
 
 def sequential(model, tokenizer, layout, cfg: EditConfig, facts, templates, C, batch_size: int,
@@ -138,8 +144,9 @@ def sequential(model, tokenizer, layout, cfg: EditConfig, facts, templates, C, b
     for b in range(state["batches_done"], len(batches)):
         k_prev = state["k_prev"] if state["k_prev"].shape[1] else None
         edit = edit_batch(model, tokenizer, layout, cfg, batches[b], templates, C, P=P, K_prev=k_prev)
-        apply_delta(model, layout, cfg.layer, edit.delta)
-        state["delta"] += edit.delta.float().cpu()
+        delta = edit.delta
+        apply_delta(model, layout, cfg.layer, delta)
+        state["delta"] += delta.float().cpu()
         if cfg.algorithm == "alphaedit":  # only AlphaEdit reads earlier keys
             state["k_prev"] = torch.cat([state["k_prev"], edit.keys.float().cpu()], dim=1)
         state["batches_done"] = b + 1
