@@ -32,6 +32,16 @@ def test_context_templates_are_seeded(tiny):
     assert all(t.endswith(". {}") and t.count("{}") == 1 for t in first[1:])
 
 
+def test_templates_round_trip_as_an_artifact(tiny, tmp_path):
+    model, tok, _ = tiny
+    templates = keys.context_templates(model, tok, seed=0, n_tokens=4)
+    keys.save_templates(templates, tmp_path / "t.yaml", seed=0)
+    assert keys.load_templates(tmp_path / "t.yaml") == templates
+    keys.save_templates(templates[1:], tmp_path / "bad.yaml")
+    with pytest.raises(ValueError, match="bare prompt"):
+        keys.load_templates(tmp_path / "bad.yaml")
+
+
 def test_keys_batched_equal_one_at_a_time_and_follow_the_mix(tiny):
     model, tok, layout = tiny
     batched = keys.compute_keys(model, tok, layout, 1, FACTS, TEMPLATES, batch_size=4)

@@ -82,6 +82,19 @@ def solve(cfg: EditConfig, K: torch.Tensor, R: torch.Tensor, C: torch.Tensor, *,
     return factors, diag
 
 
+def independent_batches(cfg: EditConfig, K: torch.Tensor, R: torch.Tensor, C: torch.Tensor, batch_size: int,
+                        labels=None) -> list[tuple[tuple[torch.Tensor, torch.Tensor], dict]]:
+    """Split N facts (columns of K, R, computed on the unedited model) into batches of `batch_size`,
+    each solved against the unedited model: [((A, B), diagnostics), ...], ΔW_b = A Bᵀ."""
+    P = solvers.nullspace_projector(C, cfg.nullspace_threshold) if cfg.algorithm == "alphaedit" else None
+    out = []
+    for start in range(0, K.shape[1], batch_size):
+        cols = slice(start, start + batch_size)
+        names = None if labels is None else list(labels[cols])
+        out.append(solve(cfg, K[:, cols], R[:, cols], C, P=P, labels=names))
+    return out
+
+
 @dataclass
 class BatchEdit:
     A: torch.Tensor  # (d_out, n)

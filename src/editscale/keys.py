@@ -85,3 +85,22 @@ def compute_keys(model, tokenizer, layout, layer: int, facts, templates: Sequenc
         keys.append(torch.einsum("t,ftd->fd", weights, per_prompt).float())
     return torch.cat(keys)
 
+
+
+def save_templates(templates: Sequence[str], path, **provenance) -> None:
+    """Write context templates as YAML (with how they were made), atomically."""
+    import yaml
+
+    from .artifacts import write_text
+
+    write_text(yaml.safe_dump({**provenance, "templates": list(templates)}, sort_keys=False, allow_unicode=True), path)
+
+
+def load_templates(path) -> list[str]:
+    import yaml
+
+    with open(path) as f:
+        templates = yaml.safe_load(f)["templates"]
+    if not templates or templates[0] != "{}":
+        raise ValueError(f"{path}: the first context template must be the bare prompt '{{}}'")
+    return templates
