@@ -134,7 +134,8 @@ def sequential(model, tokenizer, layout, cfg: EditConfig, facts, templates, C, b
     fixed; AlphaEdit's K_prev accumulates earlier keys. After every batch the total ΔW,
     the batches done, the RNG state and the diagnostics go atomically to `checkpoint`,
     and a rerun with the same arguments resumes there. `after_batch(b, batch_facts)` runs
-    after batch b is applied and checkpointed (immediate evaluation). Returns the state.
+    after batch b is applied and before it is checkpointed (immediate evaluation); it may
+    run twice for a batch interrupted in between, so it must overwrite, not append.
     """
     checkpoint = Path(checkpoint)
     run_id = _run_id(cfg, facts, templates, batch_size)
@@ -164,10 +165,12 @@ def sequential(model, tokenizer, layout, cfg: EditConfig, facts, templates, C, b
             state["k_prev"] = torch.cat([state["k_prev"], edit.keys.float().cpu()], dim=1)
         state["batches_done"] = b + 1
         state["diagnostics"].append({"batch": b, **edit.diagnostics})
-        state["weight"] = weight.detach().cpu().clone()
-        save_checkpoint(state, checkpoint, cfg)
+        # Evaluation first: a batch counts as done only once its results are recorded, so a
+        # run killed in between redoes the batch (deterministically) rather than losing them.
         if after_batch is not None:
             after_batch(b, batches[b])
+        state["weight"] = weight.detach().cpu().clone()
+        save_checkpoint(state, checkpoint, cfg)
     return state
 
 

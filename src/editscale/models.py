@@ -142,6 +142,10 @@ def _sha256(path: Path) -> str:
 
 
 def slug(spec: str) -> str:
-    """A file-name-safe name for a model spec, for artifact paths."""
-    name = Path(spec).stem if spec.endswith(".gguf") else spec
+    """A file-name-safe name for a model spec, for artifact paths (a local folder or file: its name)."""
+    path = Path(spec)
+    if spec.endswith(".gguf") or path.exists():
+        name = path.stem if spec.endswith(".gguf") else path.name
+    else:
+        name = spec
     return name.replace("/", "--").replace(" ", "_")

@@ -63,3 +63,75 @@ def select_records(data_config: dict, out_path: str | Path) -> None:
     )
     logging.getLogger(__name__).info("selected %d records from %s", len(records), sources)
     data.write_records(records, out_path)
+
+
+def _load(model_config: dict):
+    return models.load(model_config["spec"], dtype=model_config.get("dtype", "float32"),
+                       device=model_config.get("device", "cpu"), layout=model_config.get("layout"))
+
+
+def make_templates(model_config: dict, template_config: dict, out_path) -> None:
+    from .keys import context_templates, save_templates
+
+    model, tokenizer, _ = _load(model_config)
+    templates = context_templates(model, tokenizer, seed=template_config.get("seed", 0),
+                                  n_tokens=template_config.get("n_tokens", 10), top_k=template_config.get("top_k", 5))
+    save_templates(templates, out_path, model=model_config["spec"], **template_config)
+
+
+def corpus_source(source):
+    """`auto`: the offline Wikipedia articles when present, else Wikipedia through `datasets`."""
+    if source != "auto":
+        return source
+    from . import paths
+
+    shared = paths.shared_data()
+    if shared is not None:
+        return shared / "corpus" / "wikipedia-articles.txt"
+    return {"hf": "wikimedia/wikipedia", "name": "20231101.en", "split": "train", "field": "text"}
+
+
+def compute_stats(model_config: dict, stats_config: dict, layer: int, out_path) -> None:
+    """C at `layer`, resumable through a partial-sums file beside the output."""
+    from . import corpus, stats
+
+    model, tokenizer, layout = _load(model_config)
+    source = corpus_source(stats_config.get("corpus", "auto"))
+    source_id = corpus.fingerprint(source)
+    moments = stats.second_moments(
+        model, tokenizer, layout, [layer], corpus.iter_texts(source), max_tokens=stats_config.get("max_tokens"),
+        batch_size=stats_config.get("batch_size", 8), max_length=stats_config.get("max_length", 256),
+        checkpoint=Path(str(out_path) + ".partial"), source_id=source_id,
+    )
+    stats.write_stats(moments, {layer: out_path}, model_name=model_config["spec"], source_id=source_id,
+                      dtype=model_config.get("dtype", "float32"))
+
+
+def compute_value_chunk(model_config: dict, value_config: dict, records_path, templates_path, layer: int,
+                        chunk: int, chunk_size: int, out_path) -> None:
+    """Keys, v* and residuals of records [chunk·size, (chunk+1)·size) at `layer`, on the unedited model."""
+    from .keys import compute_keys, load_templates
+    from .values import ValueConfig, compute_values
+
+    model, tokenizer, layout = _load(model_config)
+    records = data.read_records(records_path).iloc[chunk * chunk_size : (chunk + 1) * chunk_size]
+    facts = records.to_dict("records")
+    templates = load_templates(templates_path)
+    options = {k: v for k, v in value_config.items() if k in ValueConfig.__dataclass_fields__}
+    K = compute_keys(model, tokenizer, layout, layer, facts, templates)
+    V = compute_values(model, tokenizer, layout, layer, facts, templates, ValueConfig(**options),
+                       batch_size=value_config.get("batch_size", 16), progress=True)
+    import torch
+
+    tensors = {"case_id": torch.tensor(records.case_id.to_numpy()), "keys": K, "v_star": V.v_star,
+               "residual": V.residual, "loss": V.loss, "steps": V.steps, "converged": V.converged}
+    artifacts.write_safetensors(tensors, out_path, metadata={"layer": layer, "model": model_config["spec"]})
+
+
+def read_value_chunks(paths_: list) -> dict:
+    """The value chunks of one layer, concatenated in record order."""
+    import torch
+    from safetensors.torch import load_file
+
+    parts = [load_file(str(p)) for p in paths_]
+    return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}

@@ -1,0 +1,4 @@
+from editscale import experiments, stages
+
+with stages.logged(snakemake.log[0]):
+    experiments.best_layer(list(snakemake.input), snakemake.output[0])

@@ -1,0 +1,4 @@
+from editscale import report, stages
+
+with stages.logged(snakemake.log[0]):
+    report.collect_quality(list(snakemake.input), snakemake.output.table)

@@ -1,0 +1,5 @@
+from editscale import stages
+
+with stages.logged(snakemake.log[0]):
+    stages.compute_stats(snakemake.params.model, snakemake.params.stats, int(snakemake.wildcards.layer),
+                         snakemake.output[0])

@@ -1,0 +1,4 @@
+from editscale import stages
+
+with stages.logged(snakemake.log[0]):
+    stages.make_templates(snakemake.params.model, snakemake.params.templates, snakemake.output[0])

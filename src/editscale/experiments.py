@@ -1,0 +1,134 @@
+"""The paper's experiments as workflow stages: independent edits (layer sweep, batch editing)
+and sequential-batch editing with immediate and retained evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from . import artifacts, data, editing, fluency, metrics
+from .scoring import LowRankEdits
+from .stages import _load, read_value_chunks
+from .stats import load_stats
+
+log = logging.getLogger(__name__)
+
+
+def _edit_config(edit_config: dict, value_config: dict, algorithm: str, layer: int) -> editing.EditConfig:
+    from .values import ValueConfig
+
+    values = ValueConfig(**{k: v for k, v in value_config.items() if k in ValueConfig.__dataclass_fields__})
+    return editing.EditConfig(algorithm=algorithm, layer=layer, values=values,
+                              value_batch_size=value_config.get("batch_size", 16), **edit_config)
+
+
+def _label(table: pd.DataFrame, **columns) -> pd.DataFrame:
+    for name, value in columns.items():
+        table.insert(0, name, value)
+    return table
+
+
+def independent(model_config, edit_config, value_config, eval_config, records_path, value_paths, stats_path,
+                algorithm: str, layer: int, batch_size: int, n: int, out_nll, out_cases) -> None:
+    """N edits in batches of `batch_size`, each batch solved against the unedited model, all
+    evaluated together with per-row low-rank edits (nothing is applied to the model)."""
+    model, tokenizer, layout = _load(model_config)
+    records = data.read_records(records_path).head(n)
+    cached = read_value_chunks(value_paths)
+    if not (cached["case_id"][:n].numpy() == records.case_id.to_numpy()).all():
+        raise ValueError(f"value chunks {value_paths} do not match the records in {records_path}; rerun the values rule")
+    K, R = cached["keys"][:n].T, cached["residual"][:n].T
+    C, _ = load_stats(stats_path)
+    cfg = _edit_config(edit_config, value_config, algorithm, layer)
+    solved = editing.independent_batches(cfg, K, R, C, batch_size, labels=list(records.case_id))
+    edits = LowRankEdits([a for (a, _), _ in solved], [b for (_, b), _ in solved])
+    case_edit = {case: i // batch_size for i, case in enumerate(records.case_id)}
+    nll = metrics.score(model, tokenizer, records, layout=layout, batch_size=eval_config.get("batch_size", 128),
+                        edits=edits, case_edit=case_edit, layer=layer, progress=True)
+    cases = metrics.per_case(nll).merge(records[["case_id", "format"]], on="case_id")
+    cases["value_loss"] = cached["loss"][:n].numpy()
+    for table in (nll, cases):
+        _label(table, algorithm=algorithm, layer=layer, batch_size=batch_size)
+    artifacts.write_parquet(nll, out_nll)
+    artifacts.write_parquet(cases, out_cases)
+
+
+def baseline(model_config, eval_config, records_path, out_nll, out_cases, out_quality) -> None:
+    """The unedited model's metrics, fluency and drift: what every result is read against."""
+    model, tokenizer, layout = _load(model_config)
+    records = data.read_records(records_path)
+    nll = metrics.score(model, tokenizer, records, layout=layout, batch_size=eval_config.get("batch_size", 128))
+    cases = metrics.per_case(nll).merge(records[["case_id", "format"]], on="case_id")
+    artifacts.write_parquet(nll, out_nll)
+    artifacts.write_parquet(cases, out_cases)
+    artifacts.write_parquet(pd.DataFrame([{"n_edits": 0, **_quality(model, tokenizer, records, eval_config)}]),
+                            out_quality)
+
+
+def _quality(model, tokenizer, records, eval_config) -> dict:
+    entropy = fluency.generation_entropy(model, tokenizer, records, n_cases=eval_config.get("fluency_cases", 8),
+                                         max_new_tokens=eval_config.get("fluency_tokens", 30))
+    return {"drift_perplexity": fluency.drift_perplexity(model, tokenizer, max_tokens=eval_config.get("drift_tokens", 5000)),
+            "fluency": float(entropy.entropy.mean()) if len(entropy) else float("nan")}
+
+
+def best_layer(case_paths: list, out_path) -> None:
+    """The layer whose edits score best (harmonic mean of ES, PS, NS), over all sweep algorithms."""
+    cases = pd.concat([pd.read_parquet(p) for p in case_paths])
+    summary = metrics.aggregate(cases, by=["layer"])
+    scores = summary[summary.metric == "Score"].set_index("layer")["mean"]
+    layer = int(scores.idxmax())
+    artifacts.write_text(yaml.safe_dump({"layer": layer, "score": float(scores.max()),
+                                         "scores": {int(k): float(v) for k, v in scores.items()}}), out_path)
+
+
+def read_layer(path) -> int:
+    with open(path) as f:
+        return int(yaml.safe_load(f)["layer"])
+
+
+def sequential(model_config, edit_config, value_config, eval_config, records_path, templates_path, stats_path,
+               algorithm: str, layer: int, batch_size: int, n: int, retained_every: int,
+               out_immediate, out_retained, out_quality) -> None:
+    """Batches applied one after another; checkpointed per batch, so a killed run resumes."""
+    from .keys import load_templates
+
+    model, tokenizer, layout = _load(model_config)
+    records = data.read_records(records_path).head(n)
+    facts = records.to_dict("records")
+    C, _ = load_stats(stats_path)
+    cfg = _edit_config(edit_config, value_config, algorithm, layer)
+    run_dir = Path(out_immediate).parent / f".{Path(out_immediate).stem}.parts"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    n_batches = -(-n // batch_size)
+    retained_at = {b for b in range(n_batches) if (b + 1) % max(1, retained_every) == 0} | {n_batches - 1}
+    batch_eval = eval_config.get("batch_size", 128)
+
+    def after_batch(b: int, batch_facts: list) -> None:
+        done = min((b + 1) * batch_size, n)
+        ids = [f["case_id"] for f in batch_facts]
+        nll = metrics.score(model, tokenizer, records[records.case_id.isin(ids)], layout=layout, batch_size=batch_eval)
+        cases = _label(metrics.per_case(nll), batch=b, n_edits=done)
+        artifacts.write_parquet(cases, run_dir / f"immediate-{b:05d}.parquet")
+        if b in retained_at:
+            nll = metrics.score(model, tokenizer, records.head(done), layout=layout, batch_size=batch_eval)
+            artifacts.write_parquet(_label(metrics.per_case(nll), batch=b, n_edits=done),
+                                    run_dir / f"retained-{b:05d}.parquet")
+            quality = {"batch": b, "n_edits": done, **_quality(model, tokenizer, records, eval_config)}
+            artifacts.write_parquet(pd.DataFrame([quality]), run_dir / f"quality-{b:05d}.parquet")
+        log.info("batch %d/%d done (%d edits)", b + 1, n_batches, done)
+
+    editing.sequential(model, tokenizer, layout, cfg, facts, load_templates(templates_path), C, batch_size,
+                       run_dir / "checkpoint.safetensors", after_batch=after_batch)
+    labels = dict(algorithm=algorithm, layer=layer, batch_size=batch_size)
+    formats = records[["case_id", "format"]]
+    for kind, out in (("immediate", out_immediate), ("retained", out_retained), ("quality", out_quality)):
+        parts = [pd.read_parquet(p) for p in sorted(run_dir.glob(f"{kind}-*.parquet"))]
+        table = pd.concat(parts, ignore_index=True)
+        if kind != "quality":
+            table = table.merge(formats, on="case_id")
+        artifacts.write_parquet(_label(table, **labels), out)

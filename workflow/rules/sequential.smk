@@ -1,0 +1,27 @@
+rule sequential:
+    """Batches of B applied one after another to the same model, checkpointed after every batch:
+    a killed run continues from its last checkpoint."""
+    input:
+        records=RECORDS,
+        templates=TEMPLATES,
+        stats=STATS,
+    output:
+        immediate=f"{SEQUENTIAL}.immediate.parquet",
+        retained=f"{SEQUENTIAL}.retained.parquet",
+        quality=f"{SEQUENTIAL}.quality.parquet",
+    params:
+        model=config["model"],
+        edit=config["edit"],
+        values=config["values"],
+        evaluation=config["evaluation"],
+        n=N_SEQ,
+        retained_every=config["sequential"]["retained_every"],
+    log:
+        f"{RUN_DIR}/logs/sequential/{{algorithm}}-layer{{layer}}-b{{size}}.log",
+    benchmark:
+        f"{RUN_DIR}/benchmarks/sequential/{{algorithm}}-layer{{layer}}-b{{size}}.tsv"
+    resources:
+        mem_mb=8000,
+        gpu=GPU,
+    script:
+        "../../scripts/sequential.py"

@@ -1,0 +1,40 @@
+rule sweep:
+    """N independent single edits at one layer, evaluated together (per-row rank-1 edits)."""
+    input:
+        records=RECORDS,
+        values=lambda w: value_chunks(w.layer, N_SWEEP),
+        stats=STATS,
+    output:
+        nll=f"{SWEEP}.nll.parquet",
+        cases=f"{SWEEP}.cases.parquet",
+    params:
+        model=config["model"],
+        edit=config["edit"],
+        values=config["values"],
+        evaluation=config["evaluation"],
+        n=N_SWEEP,
+    log:
+        f"{RUN_DIR}/logs/sweep/{{algorithm}}-layer{{layer}}.log",
+    benchmark:
+        f"{RUN_DIR}/benchmarks/sweep/{{algorithm}}-layer{{layer}}.tsv"
+    resources:
+        mem_mb=8000,
+        gpu=GPU,
+    script:
+        "../../scripts/independent_edits.py"
+
+
+checkpoint best_layer:
+    """The layer with the best Score (harmonic mean of ES, PS, NS) over the sweep algorithms."""
+    input:
+        sweep_cases,
+    output:
+        BEST_LAYER,
+    log:
+        f"{RUN_DIR}/logs/best_layer.log",
+    benchmark:
+        f"{RUN_DIR}/benchmarks/best_layer.tsv"
+    resources:
+        mem_mb=1000,
+    script:
+        "../../scripts/best_layer.py"

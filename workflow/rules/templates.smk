@@ -1,0 +1,18 @@
+rule templates:
+    """Context templates generated once by the unedited model (seeded), shared by every later stage."""
+    input:
+        MODEL_MANIFEST,
+    output:
+        TEMPLATES,
+    params:
+        model=config["model"],
+        templates=config["templates"],
+    log:
+        f"{MODEL_DIR}/logs/templates.log",
+    benchmark:
+        f"{MODEL_DIR}/benchmarks/templates.tsv"
+    resources:
+        mem_mb=4000,
+        gpu=GPU,
+    script:
+        "../../scripts/make_templates.py"
