@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import reprlib
 import urllib.request
 from pathlib import Path
 
@@ -23,67 +25,73 @@ OFFICIAL_SHA256 = "d017056125178a13728594e66a801357a8db9ed7973a7425554bb4271de9f
 COLUMNS = ["case_id", "subject", "prompt", "target_new", "target_true", "relation_id",
            "paraphrase_prompts", "neighborhood_prompts", "generation_prompts", "format"]
 LIST_COLUMNS = ["paraphrase_prompts", "neighborhood_prompts", "generation_prompts"]
+STRING_COLUMNS = ["subject", "prompt", "target_new", "target_true", "relation_id", "format"]
+# What makes two records the same edit. The prompt lists are compared too, but only
+# between two full records: EasyEdit keeps 1 of each list by design.
 _IDENTITY = ["subject", "prompt", "target_new", "target_true"]
+_FULL_ONLY = ["relation_id", *LIST_COLUMNS]
 
 
 class CounterFactError(ValueError):
-    """A record that can't be used; the message names the file, the case and the field."""
+    """Unusable CounterFact input; the message names the file, the case and the field, and how to fix it."""
 
 
-def default_sources():
-    """The offline full-format records when `../shared/data` is found, else the official URL."""
+def default_sources() -> Path | str:
+    """The offline full-format files when `shared/data` holds them, else the official URL."""
     shared = paths.shared_data()
-    return shared / "counterfact" / "full" if shared is not None else OFFICIAL_URL
+    full = shared / "counterfact" / "full" if shared is not None else None
+    return full if full is not None and full.is_dir() else OFFICIAL_URL
 
 
 def load_counterfact(sources, n: int | None = None, seed: int = 0, unique_subjects: bool = True) -> pd.DataFrame:
     """Validated CounterFact cases from `sources`, sorted by case_id; `n` of them chosen with `seed`.
 
-    With `unique_subjects` (the default) only the lowest case_id of each subject is kept:
-    two edits of one subject in a batch share a key and make EMMET's system singular.
+    With `unique_subjects` (the default) only the lowest case_id of each subject is kept,
+    before any choice of `n`: two edits of one subject share a key and make EMMET's
+    system singular.
     """
-    rows: dict[int, tuple[dict, str]] = {}
-    for file in _files(sources):
-        for record in _read_json(file):
-            row = _normalise(record, file)
-            _merge(rows, row, file)
-    frame = pd.DataFrame([row for row, _ in rows.values()], columns=COLUMNS)
-    frame = frame.sort_values("case_id", ignore_index=True)
+    files = _files(sources)
+    rows: dict[int, tuple[dict, Path]] = {}
+    for file in files:
+        for index, record in enumerate(_read_json(file)):
+            _merge(rows, _normalise(record, file, index), file)
+    if not rows:
+        raise CounterFactError(f"no CounterFact records in {_names(files)}; point the sources at non-empty JSON files")
+    frame = pd.DataFrame([row for row, _ in rows.values()], columns=COLUMNS).sort_values("case_id", ignore_index=True)
     if unique_subjects:
         frame = frame.drop_duplicates("subject", keep="first", ignore_index=True)
     if n is not None:
-        if n < 1 or n > len(frame):
-            raise CounterFactError(f"asked for n={n} records but {sources} hold {len(frame)} usable ones "
+        if isinstance(n, bool) or not 1 <= n <= len(frame):
+            raise CounterFactError(f"n={n} records asked for, but {_names(files)} have {len(frame)} available "
                                    f"(unique_subjects={unique_subjects}); choose n between 1 and {len(frame)}")
-        order = np.random.default_rng(seed).permutation(len(frame))[:n]
-        frame = frame.iloc[np.sort(order)].reset_index(drop=True)
-    if frame.empty:
-        raise CounterFactError(f"no CounterFact records in {sources}; point data.counterfact at the JSON files")
+        # Positions in case_id order, so the same seed and the same pool give the same cases.
+        chosen = np.sort(np.random.default_rng(seed).permutation(len(frame))[:n])
+        frame = frame.iloc[chosen].reset_index(drop=True)
     return _typed(frame)
 
 
 def write_records(frame: pd.DataFrame, path) -> None:
-    artifacts.write_parquet(frame, path)
+    artifacts.write_parquet(frame[COLUMNS], path)
 
 
 def read_records(path) -> pd.DataFrame:
-    """Records written by `write_records`, with list columns as Python lists again."""
-    frame = pd.read_parquet(path)
-    for column in LIST_COLUMNS:
-        frame[column] = frame[column].map(list)
-    return _typed(frame)
+    """Records written by `write_records`, equal to what was written."""
+    return _typed(pd.read_parquet(path))  # pyarrow gives the lists back as numpy arrays
 
 
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:
-    frame = frame.astype({"case_id": "int64", "subject": "string", "prompt": "string", "target_new": "string",
-                          "target_true": "string", "relation_id": "string", "format": "string"})
-    for column in LIST_COLUMNS:
-        frame[column] = frame[column].map(lambda items: [str(x) for x in items])
+    frame = frame.astype({"case_id": "int64", **{column: "string" for column in STRING_COLUMNS}})
+    for column in LIST_COLUMNS:  # plain lists of str, whether they came as lists or numpy arrays
+        frame[column] = frame[column].map(lambda items: [str(item) for item in items])
     return frame[COLUMNS]
 
 
+def _names(files: list[Path]) -> str:
+    return ", ".join(str(file) for file in files) or "the given sources (none)"
+
+
 def _files(sources) -> list[Path]:
-    if isinstance(sources, (str, Path)):
+    if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
     files = []
     for source in sources:
@@ -94,105 +102,118 @@ def _files(sources) -> list[Path]:
         if path.is_dir():
             found = sorted(path.glob("*.json"))
             if not found:
-                raise CounterFactError(f"{path} holds no *.json files")
+                raise CounterFactError(f"CounterFact folder {path} holds no *.json files; point at the files instead")
             files += found
         elif path.is_file():
             files.append(path)
         else:
-            raise CounterFactError(f"CounterFact source {path} does not exist")
+            raise CounterFactError(f"CounterFact source {path} does not exist; check the path in the config")
     return files
 
 
 def _download(url: str) -> Path:
     if url != OFFICIAL_URL:
         raise CounterFactError(f"unknown CounterFact URL {url}; the official one is {OFFICIAL_URL}")
-    target = paths.cache_dir("counterfact") / Path(url).name
+    target = paths.cache_dir("counterfact") / "counterfact.json"
     if target.is_file() and _sha256(target) == OFFICIAL_SHA256:
         return target
+    # The download only replaces the cache once its hash is right; a bad one leaves the cache untouched.
     with artifacts.atomic_path(target) as tmp:
         urllib.request.urlretrieve(url, tmp)
         digest = _sha256(tmp)
         if digest != OFFICIAL_SHA256:
-            raise CounterFactError(f"{url} has sha256 {digest}, expected {OFFICIAL_SHA256}; not using it")
+            raise CounterFactError(f"download of {url} has sha256 {digest}, expected {OFFICIAL_SHA256}; the file "
+                                   f"changed or the download was cut short: retry, or use the offline files")
     return target
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def _sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
-def _read_json(file: Path) -> list:
+def _read_json(file: Path) -> list[dict]:
     try:
-        records = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise CounterFactError(f"{file} is not JSON: {exc}; CounterFact files are a JSON list of records") from exc
-    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        raise CounterFactError(f"{file} must hold a JSON list of record objects")
+        records = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CounterFactError(f"{file} is not JSON ({exc}); a CounterFact file is a JSON list of records") from exc
+    if not isinstance(records, list) or not all(isinstance(record, dict) for record in records):
+        found = "a list with non-object items" if isinstance(records, list) else f"a JSON {type(records).__name__}"
+        raise CounterFactError(f"{file} must hold a JSON list of record objects, found {found}")
     return records
 
 
-def _normalise(record: dict, file: Path) -> dict:
-    """One row from either format, validated."""
-    case = record.get("case_id", "?")
+def _normalise(record: dict, file: Path, index: int) -> dict:
+    """One validated row from a record in either format; errors name the field as the file spells it."""
+    case = record.get("case_id", f"? (record {index})")
+    full = "requested_rewrite" in record
 
-    def field(container: dict, name: str, kind, where: str = ""):
-        label = f"{where}{name}"
-        if name not in container:
-            raise CounterFactError(f"{file}: case_id {case}: field '{label}' is missing")
-        value = container[name]
+    def fail(field: str, problem: str, fix: str) -> CounterFactError:
+        return CounterFactError(f"{file}: case_id {case}: field '{field}' {problem}; {fix}")
+
+    def get(dotted: str, kind):
+        value, names = record, dotted.split(".")
+        for depth, name in enumerate(names):
+            if not isinstance(value, dict):
+                raise fail(".".join(names[:depth]), "must be an object", "see the full ROME format")
+            if name not in value:
+                raise fail(".".join(names[:depth + 1]), "is missing",
+                           f"add it (the record is read as {'full' if full else 'EasyEdit'} format)")
+            value = value[name]
         if kind is list:
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise CounterFactError(f"{file}: case_id {case}: field '{label}' must be a list of strings")
+            if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+                raise fail(dotted, "must be a list of strings", "give the prompts as a JSON list of strings")
         elif not isinstance(value, kind) or isinstance(value, bool):
-            raise CounterFactError(f"{file}: case_id {case}: field '{label}' must be {kind.__name__}, "
-                                   f"got {type(value).__name__}")
+            raise fail(dotted, f"must be {kind.__name__}, got {type(value).__name__}", "fix its type")
         return value
 
-    field(record, "case_id", int)
-    if "requested_rewrite" in record:
-        rewrite = field(record, "requested_rewrite", dict)
-        subject, prompt = field(rewrite, "subject", str, "requested_rewrite."), field(rewrite, "prompt", str, "requested_rewrite.")
-        new = field(field(rewrite, "target_new", dict, "requested_rewrite."), "str", str, "requested_rewrite.target_new.")
-        true = field(field(rewrite, "target_true", dict, "requested_rewrite."), "str", str, "requested_rewrite.target_true.")
-        relation = rewrite.get("relation_id")
-        lists = [field(record, name, list) for name in LIST_COLUMNS]
-        fmt, prompt_field = "full", "requested_rewrite.prompt"
+    get("case_id", int)
+    if full:
+        subject_field, new_field, true_field = ("requested_rewrite.subject", "requested_rewrite.target_new.str",
+                                                "requested_rewrite.target_true.str")
+        subject, prompt = get(subject_field, str), get("requested_rewrite.prompt", str)
+        relation = get("requested_rewrite.relation_id", str)
+        lists = [get(name, list) for name in LIST_COLUMNS]
         if "{}" not in prompt:
-            raise CounterFactError(f"{file}: case_id {case}: field '{prompt_field}' has no '{{}}' for the subject "
-                                   f"{subject!r}; write the prompt as a template like '{{}} is located in'")
+            raise fail("requested_rewrite.prompt", f"has no '{{}}' where the subject {subject!r} goes",
+                       "write it as a template such as '{} is located in'")
     else:
-        subject, filled = field(record, "subject", str), field(record, "prompt", str)
-        new, true = field(record, "target_new", str), field(record, "ground_truth", str)
-        # EasyEdit's locality prompt is one of the neighbourhood prompts, whose true answer is target_true.
-        lists = [[field(record, "rephrase_prompt", str)], [field(record, "locality_prompt", str)], []]
-        relation, fmt, prompt_field = None, "easyedit", "prompt"
-        if not subject or subject not in filled:
-            raise CounterFactError(f"{file}: case_id {case}: field 'prompt' does not contain the subject "
-                                   f"{subject!r}; the prompt must mention the subject it edits")
+        subject_field, new_field, true_field = "subject", "target_new", "ground_truth"
+        subject, filled = get(subject_field, str), get("prompt", str)
+        relation = None
+        # locality_ground_truth is not read: the locality prompt is one of CounterFact's
+        # neighbourhood prompts, whose answer is by construction this case's target_true.
+        lists = [[get("rephrase_prompt", str)], [get("locality_prompt", str)], []]
+        if subject and subject not in filled:
+            raise fail("prompt", f"does not contain the subject {subject!r}", "the prompt must name its subject")
         prompt = filled.replace(subject, "{}", 1)
-    for name, value in (("target_new", new), ("target_true", true)):
+    new, true = get(new_field, str), get(true_field, str)
+    for name, value in ((subject_field, subject), (new_field, new), (true_field, true)):
         if not value.strip():
-            raise CounterFactError(f"{file}: case_id {case}: field '{name}' is empty; give the target text")
+            raise fail(name, "is empty", "give the text")
     if new.strip() == true.strip():
-        raise CounterFactError(f"{file}: case_id {case}: field 'target_new' equals 'target_true' ({new!r}); "
-                               f"an edit must change the answer")
-    return dict(case_id=case, subject=subject, prompt=prompt, target_new=new, target_true=true, relation_id=relation,
-                paraphrase_prompts=lists[0], neighborhood_prompts=lists[1], generation_prompts=lists[2], format=fmt)
+        raise fail(new_field, f"equals {true_field} ({new!r})", "an edit must change the answer")
+    return dict(case_id=record["case_id"], subject=subject, prompt=prompt, target_new=new, target_true=true,
+                relation_id=relation, paraphrase_prompts=lists[0], neighborhood_prompts=lists[1],
+                generation_prompts=lists[2], format="full" if full else "easyedit")
 
 
 def _merge(rows: dict, row: dict, file: Path) -> None:
-    """Identical duplicates merge (a full row wins over its EasyEdit twin); conflicting ones are an error."""
+    """Records of one case merge when they agree (a full row wins over its EasyEdit twin); else an error."""
     case = row["case_id"]
     if case not in rows:
         rows[case] = (row, file)
         return
     kept, kept_file = rows[case]
-    for name in _IDENTITY:
+    both_full = kept["format"] == row["format"] == "full"
+    for name in _IDENTITY + (_FULL_ONLY if both_full else []):
         if kept[name] != row[name]:
-            raise CounterFactError(f"case_id {case} appears in {kept_file} and {file} with different field "
-                                   f"'{name}': {kept[name]!r} vs {row[name]!r}; remove one of them")
-    if kept["format"] == row["format"] == "full" and kept != row:
-        raise CounterFactError(f"case_id {case} appears in {kept_file} and {file} with different prompts; "
-                               f"remove one of them")
+            where = f"twice in {file}" if kept_file == file else f"in both {kept_file} and {file}"
+            raise CounterFactError(f"case_id {case} is {where} with different field '{name}': "
+                                   f"{reprlib.repr(kept[name])} vs {reprlib.repr(row[name])}; "
+                                   f"drop one of the two records")
     if kept["format"] == "easyedit" and row["format"] == "full":
         rows[case] = (row, file)
