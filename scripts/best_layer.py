@@ -1,4 +1,4 @@
 from editscale import experiments, stages
 
-with stages.logged(snakemake.log[0]):
+with stages.logged(snakemake.log[0], snakemake.threads):
     experiments.best_layer(list(snakemake.input), snakemake.output[0])

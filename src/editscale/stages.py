@@ -16,8 +16,13 @@ from . import artifacts, data, models
 
 
 @contextlib.contextmanager
-def logged(log_path: str | Path):
-    """Send this library's log records to the rule's log file (and stderr) for the block."""
+def logged(log_path: str | Path, threads: int | None = None):
+    """Send this library's log records to the rule's log file (and stderr) for the block,
+    with torch using the job's `threads` (parallel jobs must not oversubscribe the cores)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     handlers = [logging.FileHandler(log_path, mode="w"), logging.StreamHandler(sys.stderr)]
     for handler in handlers:
@@ -53,10 +58,35 @@ def prepare_model(model_config: dict, manifest_path: str | Path) -> None:
     artifacts.write_text(yaml.safe_dump(manifest, sort_keys=False), manifest_path)
 
 
+def counterfact_sources(spec):
+    """Config sources with `auto` (full-format records) and `auto-easyedit` resolved."""
+    from . import paths
+
+    resolved = []
+    for source in spec if isinstance(spec, list) else [spec]:
+        if source == "auto":
+            source = data.default_sources()
+        elif source == "auto-easyedit":
+            shared = paths.shared_data()
+            source = shared / "counterfact" / "easyedit" if shared is not None else data.OFFICIAL_URL
+        resolved.append(source)
+    return resolved
+
+
+def selection_name(data_config: dict) -> str:
+    """The record selection's part of artifact paths: size, seed, and where the records came from."""
+    import hashlib
+    import json
+
+    spec = data_config["counterfact"]
+    tag = {"auto": "full", "auto-easyedit": "easyedit"}.get(spec) if isinstance(spec, str) else None
+    tag = tag or hashlib.sha1(json.dumps(spec).encode()).hexdigest()[:8]
+    dups = "" if data_config.get("unique_subjects", True) else "-dups"
+    return f"{tag}-n{data_config['n']}-seed{data_config.get('seed', 0)}{dups}"
+
+
 def select_records(data_config: dict, out_path: str | Path) -> None:
-    sources = data_config["counterfact"]
-    if sources == "auto":
-        sources = data.default_sources()
+    sources = counterfact_sources(data_config["counterfact"])
     records = data.load_counterfact(
         sources, n=data_config.get("n"), seed=data_config.get("seed", 0),
         unique_subjects=data_config.get("unique_subjects", True),

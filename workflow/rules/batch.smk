@@ -13,10 +13,13 @@ rule batch:
         values=config["values"],
         evaluation=config["evaluation"],
         n=config["data"]["n"],
+    conda:
+        ENV
     log:
         f"{RUN_DIR}/logs/batch/{{algorithm}}-layer{{layer}}-b{{size}}.log",
     benchmark:
         f"{RUN_DIR}/benchmarks/batch/{{algorithm}}-layer{{layer}}-b{{size}}.tsv"
+    threads: workflow.cores
     resources:
         mem_mb=8000,
         gpu=GPU,
@@ -35,10 +38,13 @@ rule baseline:
     params:
         model=config["model"],
         evaluation=config["evaluation"],
+    conda:
+        ENV
     log:
         f"{RUN_DIR}/logs/baseline.log",
     benchmark:
         f"{RUN_DIR}/benchmarks/baseline.tsv"
+    threads: workflow.cores
     resources:
         mem_mb=8000,
         gpu=GPU,

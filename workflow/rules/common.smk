@@ -4,10 +4,11 @@ import math
 
 from editscale.experiments import read_layer
 from editscale.models import slug
+from editscale.stages import selection_name
 
 RESULTS = config.get("results", "results")
 MODEL = slug(config["model"]["spec"])
-SELECTION = f"n{config['data']['n']}-seed{config['data'].get('seed', 0)}"
+SELECTION = selection_name(config["data"])
 MODEL_DIR = f"{RESULTS}/{MODEL}"
 RUN_DIR = f"{MODEL_DIR}/{SELECTION}"
 MODEL_MANIFEST = f"{MODEL_DIR}/model.yaml"
@@ -28,6 +29,7 @@ BASELINE = f"{RUN_DIR}/baseline"
 SUMMARY = f"{RUN_DIR}/summary/{{kind}}.parquet"
 FIGURES = ["sweep", "batch", "sequential", "immediate_vs_retained"]
 PLOT = f"{RUN_DIR}/plots/{{name}}.png"
+ENV = "../../envs/editscale.yaml"  # relative to the rule files
 GPU = 1 if str(config["model"].get("device", "cpu")).startswith("cuda") else 0
 N_SWEEP = config["sweep"]["n"]
 N_SEQ = config["sequential"]["n"]

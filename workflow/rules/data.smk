@@ -4,6 +4,8 @@ rule data:
         RECORDS,
     params:
         data=config["data"],
+    conda:
+        ENV
     log:
         f"{RESULTS}/records/logs/{SELECTION}.log",
     benchmark:

@@ -4,6 +4,8 @@ rule model:
         MODEL_MANIFEST,
     params:
         model=config["model"],
+    conda:
+        ENV
     log:
         f"{MODEL_DIR}/logs/model.log",
     benchmark:

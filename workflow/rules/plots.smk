@@ -12,6 +12,8 @@ rule plots:
         pdfs=[PLOT.format(name=name).replace(".png", ".pdf") for name in FIGURES],
     params:
         style=config["plots"],
+    conda:
+        ENV
     log:
         f"{RUN_DIR}/logs/plots.log",
     benchmark:

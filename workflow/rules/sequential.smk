@@ -16,10 +16,13 @@ rule sequential:
         evaluation=config["evaluation"],
         n=N_SEQ,
         retained_every=config["sequential"]["retained_every"],
+    conda:
+        ENV
     log:
         f"{RUN_DIR}/logs/sequential/{{algorithm}}-layer{{layer}}-b{{size}}.log",
     benchmark:
         f"{RUN_DIR}/benchmarks/sequential/{{algorithm}}-layer{{layer}}-b{{size}}.tsv"
+    threads: workflow.cores
     resources:
         mem_mb=8000,
         gpu=GPU,

@@ -7,10 +7,13 @@ rule stats:
     params:
         model=config["model"],
         stats=config["stats"],
+    conda:
+        ENV
     log:
         f"{MODEL_DIR}/logs/stats/{STATS_ID}-layer{{layer}}.log",
     benchmark:
         f"{MODEL_DIR}/benchmarks/stats/{STATS_ID}-layer{{layer}}.tsv"
+    threads: workflow.cores
     resources:
         mem_mb=8000,
         gpu=GPU,

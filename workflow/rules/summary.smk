@@ -17,6 +17,8 @@ rule summary:
         md=SUMMARY.replace(".parquet", ".md"),
     wildcard_constraints:
         kind="|".join(SUMMARY_INPUTS),
+    conda:
+        ENV
     log:
         f"{RUN_DIR}/logs/summary/{{kind}}.log",
     benchmark:
@@ -35,6 +37,8 @@ rule quality:
         table=SUMMARY.format(kind="quality"),
         csv=SUMMARY.format(kind="quality").replace(".parquet", ".csv"),
         md=SUMMARY.format(kind="quality").replace(".parquet", ".md"),
+    conda:
+        ENV
     log:
         f"{RUN_DIR}/logs/summary/quality.log",
     benchmark:

@@ -13,10 +13,13 @@ rule sweep:
         values=config["values"],
         evaluation=config["evaluation"],
         n=N_SWEEP,
+    conda:
+        ENV
     log:
         f"{RUN_DIR}/logs/sweep/{{algorithm}}-layer{{layer}}.log",
     benchmark:
         f"{RUN_DIR}/benchmarks/sweep/{{algorithm}}-layer{{layer}}.tsv"
+    threads: workflow.cores
     resources:
         mem_mb=8000,
         gpu=GPU,
@@ -30,6 +33,8 @@ checkpoint best_layer:
         sweep_cases,
     output:
         BEST_LAYER,
+    conda:
+        ENV
     log:
         f"{RUN_DIR}/logs/best_layer.log",
     benchmark:

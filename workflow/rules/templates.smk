@@ -7,10 +7,13 @@ rule templates:
     params:
         model=config["model"],
         templates=config["templates"],
+    conda:
+        ENV
     log:
         f"{MODEL_DIR}/logs/templates.log",
     benchmark:
         f"{MODEL_DIR}/benchmarks/templates.tsv"
+    threads: workflow.cores
     resources:
         mem_mb=4000,
         gpu=GPU,

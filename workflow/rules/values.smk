@@ -9,10 +9,13 @@ rule values:
     params:
         model=config["model"],
         values=config["values"],
+    conda:
+        ENV
     log:
         f"{RUN_DIR}/logs/values/layer{{layer}}-chunk{{chunk}}.log",
     benchmark:
         f"{RUN_DIR}/benchmarks/values/layer{{layer}}-chunk{{chunk}}.tsv"
+    threads: workflow.cores
     resources:
         mem_mb=8000,
         gpu=GPU,
