@@ -84,7 +84,11 @@ def plot_all(summary: dict, quality_path, style: dict, outputs: dict) -> None:
     batch = _headline(pd.read_parquet(summary["batch"]))
     grid = sns.relplot(batch, x="batch_size", y="mean", hue="algorithm", col="metric", col_order=HEADLINE,
                        kind="line", marker="o", height=2.6, facet_kws={"sharey": False})
-    grid.set(xscale="log")
+    sizes = sorted(batch.batch_size.unique())
+    for ax in grid.axes.flat:
+        ax.set_xscale("log")
+        ax.set_xticks(sizes, [str(b) for b in sizes])
+        ax.minorticks_off()
     grid.figure.suptitle(f"Batch editing from the unedited model {note}", y=1.04)
     _save(grid, outputs["batch"], formats)
 
