@@ -6,7 +6,8 @@ import torch
 from conftest import covariance_standin
 from editscale import editing, models, solvers
 from editscale.editing import EditConfig
-from editscale.values import ValueConfig
+from editscale.keys import compute_keys
+from editscale.values import ValueConfig, Values, compute_values
 
 TEMPLATES = ["{}", "The man said that. {}"]
 FACTS = [
@@ -140,3 +141,32 @@ def test_checkpoint_of_another_run_is_refused(tiny, tmp_path):
     editing.revert_delta(model, layout, 1, state["delta"])
     with pytest.raises(ValueError, match="another run"):
         editing.sequential(model, tok, layout, EditConfig("emmet", 1, values=FAST), FACTS[:2], TEMPLATES, C, 2, ckpt)
+
+
+@pytest.mark.parametrize("algorithm", ["memit", "alphaedit"])
+def test_sequential_with_cached_first_batch_matches_computing_it(tiny, tmp_path, algorithm, monkeypatch):
+    """Batch 0 runs on the unedited model, so keys and values cached there give the same run."""
+    model, tok, layout, C = tiny
+    cfg = EditConfig(algorithm=algorithm, layer=1, **SEQ)
+    computed = editing.sequential(model, tok, layout, cfg, FACTS[:4], TEMPLATES, C, 2, tmp_path / "a.safetensors")
+    editing.revert_delta(model, layout, 1, computed["delta"])
+    # Cached the way the values rule does it: all four facts in one chunk, not batch by batch.
+    K = compute_keys(model, tok, layout, 1, FACTS[:4], TEMPLATES)
+    V = compute_values(model, tok, layout, 1, FACTS[:4], TEMPLATES, FAST, batch_size=4)
+    first = (K[:2], Values(*(getattr(V, f)[:2] for f in Values.__dataclass_fields__)))
+    optimised = []
+    monkeypatch.setattr(editing, "compute_values", lambda *a, **k: optimised.append(a[4]) or compute_values(*a, **k))
+    reused = editing.sequential(model, tok, layout, cfg, FACTS[:4], TEMPLATES, C, 2, tmp_path / "b.safetensors",
+                                first_batch=first)
+    torch.testing.assert_close(reused["delta"], computed["delta"], rtol=1e-4, atol=1e-6)
+    assert [d["value_steps"] for d in reused["diagnostics"]] == [d["value_steps"] for d in computed["diagnostics"]]
+    assert optimised == [FACTS[2:4]]  # only the second batch was optimised
+
+
+def test_cached_first_batch_of_the_wrong_size_is_refused(tiny, tmp_path):
+    model, tok, layout, C = tiny
+    K = compute_keys(model, tok, layout, 1, FACTS[:1], TEMPLATES)
+    V = compute_values(model, tok, layout, 1, FACTS[:1], TEMPLATES, FAST)
+    with pytest.raises(ValueError, match="batch of 2"):
+        editing.sequential(model, tok, layout, EditConfig("memit", 1, **SEQ), FACTS[:4], TEMPLATES, C, 2,
+                           tmp_path / "c.safetensors", first_batch=(K, V))

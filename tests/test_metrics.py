@@ -10,7 +10,7 @@ from torch import nn
 
 from editscale import metrics, models
 from editscale.layout import Layout
-from editscale.scoring import LowRankEdits, target_nll
+from editscale.scoring import LowRankEdits, length_batches, target_nll
 
 
 class Bigram(nn.Module):
@@ -129,6 +129,20 @@ def test_batched_scoring_equals_one_prompt_at_a_time(tiny):
     by_hand = -np.mean([float(logp[i - 1, full[i]]) for i in range(len(alone), len(full))])
     assert batched.nll.iloc[3] == pytest.approx(by_hand, rel=1e-5)
     assert len(batched) == 2 * (1 + 2 + 2) * 2
+    # Batches cut by a padded-token budget instead of a row count: the same numbers.
+    budgeted = metrics.score(model, tok, RECORDS, layout=layout, batch_size=64, max_tokens=40)
+    np.testing.assert_allclose(budgeted.nll.to_numpy(), single, rtol=1e-5, atol=1e-5)
+
+
+def test_length_batches_cover_every_row_once_within_budget():
+    lengths = [5, 30, 7, 7, 12, 50, 3, 9, 9, 9]
+    batches = length_batches(lengths, batch_size=3, max_tokens=30)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) <= 3
+        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 30
+    assert [5] in batches  # longer than the budget: alone
+    assert [lengths[i] for b in batches for i in b] == sorted(lengths)
 
 
 def test_per_row_edits_equal_applying_each_edit(tiny):

@@ -64,14 +64,43 @@ def test_batched_values_equal_one_fact_at_a_time(tiny):
     assert batched.residual.abs().sum() > 0  # the optimisation moved
 
 
-def test_fast_path_equals_plain_full_forward(tiny):
-    """Skipping the blocks below L and scoring only target positions gives the plain path's numbers."""
+def test_fast_step_equals_plain_full_forward(tiny):
+    """One step of the fast path (blocks below L and positions before the subject cached, rows
+    aligned at the subject, logits only where scored) gives the plain path's logits and ∂loss/∂δ."""
     model, tok, layout = tiny
+    plan = values._Plan(tok, FACTS, TEMPLATES, CONFIG.kl_prompt)
+    rows, cols = plan.scored()
+    bare = torch.arange(len(FACTS)) * plan.per_fact
     for layer in (0, 1, 2):
+        fast = values._Fast(model, layout, layer, plan, tok.pad_token_id, "cpu")
+        plain = values._Plain(model, layout, layer, plan, tok.pad_token_id, "cpu")
+        torch.testing.assert_close(fast.at_lookup(plan, bare), plain.at_lookup(plan, bare), rtol=1e-6, atol=1e-6)
+        # δ at the scale of h (norm ≈ 0.1 in these models), where the loss still responds to it.
+        delta = 0.01 * torch.randn(len(FACTS), model.config.hidden_size, generator=torch.Generator().manual_seed(layer))
+        _, _, init_kl = plan.losses(plain.logits(plan, torch.zeros_like(delta), rows, cols), None)
+        outputs = []
+        for runner in (fast, plain):
+            d = delta.clone().requires_grad_(True)
+            logits = runner.logits(plan, d, rows, cols)
+            nll, kl, _ = plan.losses(logits, init_kl)
+            (grad,) = torch.autograd.grad((nll + kl).sum(), d)
+            outputs.append((logits, grad))
+        (fast_logits, fast_grad), (plain_logits, plain_grad) = outputs
+        torch.testing.assert_close(fast_logits, plain_logits, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(fast_grad, plain_grad, rtol=1e-4, atol=1e-7)
+        assert plain_grad.abs().max() > 1e-4  # δ reaches the loss (at the last layer, through the KL term)
+
+
+def test_fast_path_equals_plain_full_forward(tiny):
+    """Whole optimisations agree too. Not at the last layer: there δ at the subject cannot reach
+    the target positions at all, the gradient is float noise, and Adam turns noise into steps."""
+    model, tok, layout = tiny
+    for layer in (0, 1):
         fast = values.compute_values(model, tok, layout, layer, FACTS, TEMPLATES, CONFIG, batch_size=4, fast=True)
         plain = values.compute_values(model, tok, layout, layer, FACTS, TEMPLATES, CONFIG, batch_size=4, fast=False)
         torch.testing.assert_close(fast.loss, plain.loss, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(fast.v_star, plain.v_star, rtol=1e-4, atol=1e-5)
+        assert torch.equal(fast.steps, plain.steps) and torch.equal(fast.converged, plain.converged)
 
 
 def test_early_stopping_freezes_converged_facts(tiny):

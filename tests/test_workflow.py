@@ -38,7 +38,7 @@ def workdir(tmp_path_factory):
     config["values"].update(steps=5, chunk=4)
     config["sweep"].update(layers=[0, 1], n=4)
     config["batch"].update(sizes=[2, 4])
-    config["sequential"].update(sizes=[2, 4], n=4)
+    config["sequential"].update(sizes=[2, 4], n=4, retained_every=1)
     config["evaluation"].update(fluency_cases=2, fluency_tokens=5, drift_tokens=500)
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     return root

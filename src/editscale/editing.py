@@ -18,7 +18,7 @@ import torch
 
 from . import artifacts, solvers
 from .keys import compute_keys
-from .values import ValueConfig, compute_values
+from .values import ValueConfig, Values, compute_values
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +107,21 @@ class BatchEdit:
         return self.A @ self.B.T
 
 
-def edit_batch(model, tokenizer, layout, cfg: EditConfig, facts, templates, C, *, P=None, K_prev=None) -> BatchEdit:
-    """Keys, values and ΔW for one batch of facts, on the model as it is now (ΔW not applied)."""
-    K = compute_keys(model, tokenizer, layout, cfg.layer, facts, templates, batch_size=cfg.key_batch_size)
-    V = compute_values(model, tokenizer, layout, cfg.layer, facts, templates, cfg.values,
-                       batch_size=cfg.value_batch_size)
+def edit_batch(model, tokenizer, layout, cfg: EditConfig, facts, templates, C, *, P=None, K_prev=None,
+               known: tuple[torch.Tensor, Values] | None = None) -> BatchEdit:
+    """Keys, values and ΔW for one batch of facts, on the model as it is now (ΔW not applied).
+
+    `known` is (keys (n, d_in), Values) already computed for these facts on this very model,
+    e.g. the cached unedited-model values for a sequential run's first batch.
+    """
+    if known is None:
+        K = compute_keys(model, tokenizer, layout, cfg.layer, facts, templates, batch_size=cfg.key_batch_size)
+        V = compute_values(model, tokenizer, layout, cfg.layer, facts, templates, cfg.values,
+                           batch_size=cfg.value_batch_size)
+    else:
+        K, V = known
+        if len(K) != len(facts) or len(V.residual) != len(facts):
+            raise ValueError(f"{len(K)} known keys and {len(V.residual)} values for a batch of {len(facts)} facts")
     labels = [f.get("case_id", i) for i, f in enumerate(facts)]
     (A, B), diag = solve(cfg, K.T, V.residual.T, C, P=P, K_prev=K_prev, labels=labels)
     edit = BatchEdit(A, B, K.T, diag)
@@ -127,7 +137,8 @@ def edit_batch(model, tokenizer, layout, cfg: EditConfig, facts, templates, C, *
 
 
 def sequential(model, tokenizer, layout, cfg: EditConfig, facts, templates, C, batch_size: int,
-               checkpoint: str | Path, *, after_batch: Callable[[int, list], None] | None = None) -> dict:
+               checkpoint: str | Path, *, after_batch: Callable[[int, list], None] | None = None,
+               first_batch: tuple[torch.Tensor, Values] | None = None) -> dict:
     """Apply batches of `batch_size` facts one after another to the same (initially unedited) model.
 
     Each batch's keys and values are computed on the model as already edited; C stays
@@ -136,6 +147,8 @@ def sequential(model, tokenizer, layout, cfg: EditConfig, facts, templates, C, b
     and a rerun with the same arguments resumes there. `after_batch(b, batch_facts)` runs
     after batch b is applied and before it is checkpointed (immediate evaluation); it may
     run twice for a batch interrupted in between, so it must overwrite, not append.
+    `first_batch` is (keys, Values) of batch 0 on the unedited model, e.g. from the cached
+    value chunks: the model is unedited only then, so later batches always recompute.
     """
     checkpoint = Path(checkpoint)
     run_id = _run_id(cfg, facts, templates, batch_size)
@@ -157,7 +170,8 @@ def sequential(model, tokenizer, layout, cfg: EditConfig, facts, templates, C, b
     batches = [facts[i : i + batch_size] for i in range(0, len(facts), batch_size)]
     for b in range(state["batches_done"], len(batches)):
         k_prev = state["k_prev"] if state["k_prev"].shape[1] else None
-        edit = edit_batch(model, tokenizer, layout, cfg, batches[b], templates, C, P=P, K_prev=k_prev)
+        known = first_batch if b == 0 else None
+        edit = edit_batch(model, tokenizer, layout, cfg, batches[b], templates, C, P=P, K_prev=k_prev, known=known)
         delta = edit.delta
         apply_delta(model, layout, cfg.layer, delta)
         state["delta"] += delta.float().cpu()

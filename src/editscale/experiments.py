@@ -26,6 +26,20 @@ def _edit_config(edit_config: dict, value_config: dict, algorithm: str, layer: i
                               value_batch_size=value_config.get("batch_size", 16), **edit_config)
 
 
+def _cached_values(value_paths: list, records: pd.DataFrame, records_path) -> dict:
+    """The value chunks' tensors for exactly `records`, in their order."""
+    cached = read_value_chunks(value_paths)
+    n = len(records)
+    if len(cached["case_id"]) < n or not (cached["case_id"][:n].numpy() == records.case_id.to_numpy()).all():
+        raise ValueError(f"value chunks {value_paths} do not match the records in {records_path}; rerun the values rule")
+    return {key: tensor[:n] for key, tensor in cached.items()}
+
+
+def _score(model, tokenizer, layout, records, eval_config: dict, **edits) -> pd.DataFrame:
+    return metrics.score(model, tokenizer, records, layout=layout, batch_size=eval_config.get("batch_size", 128),
+                         max_tokens=eval_config.get("max_tokens", 2048), **edits)
+
+
 def _label(table: pd.DataFrame, **columns) -> pd.DataFrame:
     for name, value in columns.items():
         table.insert(0, name, value)
@@ -38,17 +52,15 @@ def independent(model_config, edit_config, value_config, eval_config, records_pa
     evaluated together with per-row low-rank edits (nothing is applied to the model)."""
     model, tokenizer, layout = _load(model_config)
     records = data.read_records(records_path).head(n)
-    cached = read_value_chunks(value_paths)
-    if not (cached["case_id"][:n].numpy() == records.case_id.to_numpy()).all():
-        raise ValueError(f"value chunks {value_paths} do not match the records in {records_path}; rerun the values rule")
+    cached = _cached_values(value_paths, records, records_path)
     K, R = cached["keys"][:n].T, cached["residual"][:n].T
     C, _ = load_stats(stats_path)
     cfg = _edit_config(edit_config, value_config, algorithm, layer)
     solved = editing.independent_batches(cfg, K, R, C, batch_size, labels=list(records.case_id))
     edits = LowRankEdits([a for (a, _), _ in solved], [b for (_, b), _ in solved])
     case_edit = {case: i // batch_size for i, case in enumerate(records.case_id)}
-    nll = metrics.score(model, tokenizer, records, layout=layout, batch_size=eval_config.get("batch_size", 128),
-                        edits=edits, case_edit=case_edit, layer=layer, progress=True)
+    nll = _score(model, tokenizer, layout, records, eval_config, edits=edits, case_edit=case_edit, layer=layer,
+                 progress=True)
     cases = metrics.per_case(nll).merge(records[["case_id", "format"]], on="case_id")
     cases["value_loss"] = cached["loss"][:n].numpy()
     for table in (nll, cases):
@@ -61,7 +73,7 @@ def baseline(model_config, eval_config, records_path, out_nll, out_cases, out_qu
     """The unedited model's metrics, fluency and drift: what every result is read against."""
     model, tokenizer, layout = _load(model_config)
     records = data.read_records(records_path)
-    nll = metrics.score(model, tokenizer, records, layout=layout, batch_size=eval_config.get("batch_size", 128))
+    nll = _score(model, tokenizer, layout, records, eval_config)
     cases = metrics.per_case(nll).merge(records[["case_id", "format"]], on="case_id")
     artifacts.write_parquet(nll, out_nll)
     artifacts.write_parquet(cases, out_cases)
@@ -92,10 +104,12 @@ def read_layer(path) -> int:
 
 
 def sequential(model_config, edit_config, value_config, eval_config, records_path, templates_path, stats_path,
-               algorithm: str, layer: int, batch_size: int, n: int, retained_every: int,
+               value_paths: list, algorithm: str, layer: int, batch_size: int, n: int, retained_every: int,
                out_immediate, out_retained, out_quality) -> None:
-    """Batches applied one after another; checkpointed per batch, so a killed run resumes."""
+    """Batches applied one after another; checkpointed per batch, so a killed run resumes.
+    The first batch edits the unedited model, so its keys and values come from the value chunks."""
     from .keys import load_templates
+    from .values import Values
 
     model, tokenizer, layout = _load(model_config)
     records = data.read_records(records_path).head(n)
@@ -106,24 +120,25 @@ def sequential(model_config, edit_config, value_config, eval_config, records_pat
     run_dir.mkdir(parents=True, exist_ok=True)
     n_batches = -(-n // batch_size)
     retained_at = {b for b in range(n_batches) if (b + 1) % max(1, retained_every) == 0} | {n_batches - 1}
-    batch_eval = eval_config.get("batch_size", 128)
 
     def after_batch(b: int, batch_facts: list) -> None:
         done = min((b + 1) * batch_size, n)
         ids = [f["case_id"] for f in batch_facts]
-        nll = metrics.score(model, tokenizer, records[records.case_id.isin(ids)], layout=layout, batch_size=batch_eval)
+        nll = _score(model, tokenizer, layout, records[records.case_id.isin(ids)], eval_config)
         cases = _label(metrics.per_case(nll), batch=b, n_edits=done)
         artifacts.write_parquet(cases, run_dir / f"immediate-{b:05d}.parquet")
         if b in retained_at:
-            nll = metrics.score(model, tokenizer, records.head(done), layout=layout, batch_size=batch_eval)
+            nll = _score(model, tokenizer, layout, records.head(done), eval_config)
             artifacts.write_parquet(_label(metrics.per_case(nll), batch=b, n_edits=done),
                                     run_dir / f"retained-{b:05d}.parquet")
             quality = {"batch": b, "n_edits": done, **_quality(model, tokenizer, records, eval_config)}
             artifacts.write_parquet(pd.DataFrame([quality]), run_dir / f"quality-{b:05d}.parquet")
         log.info("batch %d/%d done (%d edits)", b + 1, n_batches, done)
 
+    cached = _cached_values(value_paths, records.head(batch_size), records_path)
+    first_batch = (cached["keys"], Values(*(cached[f] for f in Values.__dataclass_fields__)))
     editing.sequential(model, tokenizer, layout, cfg, facts, load_templates(templates_path), C, batch_size,
-                       run_dir / "checkpoint.safetensors", after_batch=after_batch)
+                       run_dir / "checkpoint.safetensors", after_batch=after_batch, first_batch=first_batch)
     labels = dict(algorithm=algorithm, layer=layer, batch_size=batch_size)
     formats = records[["case_id", "format"]]
     for kind, out in (("immediate", out_immediate), ("retained", out_retained), ("quality", out_quality)):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 import re
 from collections import Counter
@@ -10,6 +9,7 @@ from typing import Iterable, Sequence
 
 import torch
 
+from .hooks import cache_argument
 from .keys import pad_batch
 
 _WORD = re.compile(r"\w+|[^\w\s]")
@@ -32,8 +32,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
     """Continuations of `prompts`: greedy when `top_k` is None, else seeded top-k sampling."""
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
-    # transformers renamed `past_key_values` to `cache` (5.2x); accept either.
-    cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache_name = cache_argument(model)
     texts = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]

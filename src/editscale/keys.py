@@ -61,6 +61,23 @@ def pad_batch(sequences: list[list[int]], pad_id: int, device) -> dict:
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
 
+def pad_aligned(sequences: list[list[int]], positions: list[int], pad_id: int, device) -> tuple[dict, int]:
+    """Rows padded on the left so that each row's `positions` entry lands in one shared column,
+    and on the right to a common width; with position_ids that skip the padding. Returns the
+    inputs and that column."""
+    column = max(positions)
+    width = max(column - pos + len(seq) for seq, pos in zip(sequences, positions))
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, (seq, pos) in enumerate(zip(sequences, positions)):
+        start = column - pos
+        ids[row, start : start + len(seq)] = torch.tensor(seq)
+        mask[row, start : start + len(seq)] = 1
+    position_ids = (mask.cumsum(1) - 1).clamp(min=0)
+    inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids}
+    return {k: v.to(device) for k, v in inputs.items()}, column
+
+
 def compute_keys(model, tokenizer, layout, layer: int, facts, templates: Sequence[str],
                  *, batch_size: int = 16) -> torch.Tensor:
     """Keys (n, d_in), float32, for `facts` (mappings with `prompt` and `subject`)."""

@@ -33,7 +33,7 @@ def prompt_table(records: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["case_id", "prompt_kind", "prompt_index", "prompt", "target", "continuation"])
 
 
-def score(model, tokenizer, records: pd.DataFrame, *, layout=None, batch_size: int = 64,
+def score(model, tokenizer, records: pd.DataFrame, *, layout=None, batch_size: int = 64, max_tokens: int = 2048,
           edits: LowRankEdits | None = None, case_edit: dict | None = None, layer: int | None = None,
           progress: bool = False) -> pd.DataFrame:
     """The long NLL table for `records`.
@@ -50,7 +50,7 @@ def score(model, tokenizer, records: pd.DataFrame, *, layout=None, batch_size: i
     if edits is not None:
         row_edit = table["case_id"].map(case_edit).fillna(-1).astype(int).tolist()
     table["nll"] = target_nll(model, tokenizer, layout, list(zip(table.prompt, table.continuation)),
-                              batch_size=batch_size, edits=edits, row_edit=row_edit, layer=layer,
+                              batch_size=batch_size, max_tokens=max_tokens, edits=edits, row_edit=row_edit, layer=layer,
                               progress=progress).numpy()
     return table[NLL_COLUMNS].astype({"case_id": "int64", "prompt_index": "int64", "nll": "float64"})
 

@@ -59,9 +59,21 @@ def per_row_edits(module, edits: LowRankEdits | None, row_edit: torch.Tensor | N
         handle.remove()
 
 
+def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[list[int]]:
+    """Indices grouped shortest first: at most `batch_size` rows and `max_tokens` padded tokens
+    a batch (a row longer than that goes alone), so a few long prompts do not pad all the rest."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if batches and len(batches[-1]) < batch_size and (len(batches[-1]) + 1) * lengths[i] <= max_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 def target_nll(model, tokenizer, layout, pairs: Sequence[tuple[str, str]], *, batch_size: int = 64,
-               edits: LowRankEdits | None = None, row_edit: Sequence[int] | None = None, layer: int | None = None,
-               progress: bool = False) -> torch.Tensor:
+               max_tokens: int = 2048, edits: LowRankEdits | None = None, row_edit: Sequence[int] | None = None,
+               layer: int | None = None, progress: bool = False) -> torch.Tensor:
     """Mean-token NLL of each continuation after its prompt (float64 tensor, one per pair).
 
     With `edits`, pair i is scored under edit `row_edit[i]` (−1 for none) at `layer`.
@@ -72,12 +84,10 @@ def target_nll(model, tokenizer, layout, pairs: Sequence[tuple[str, str]], *, ba
     norm, head = layout.head(model)
     module = layout.edited_module(model, layer) if edits is not None else None
     spans = [continuation_span(tokenizer, prompt, target) for prompt, target in pairs]
-    # Similar lengths together waste less padding; the order is restored at the end.
-    order = sorted(range(len(spans)), key=lambda i: len(spans[i].ids))
     result = torch.empty(len(spans), dtype=torch.float64)
     row_edit_t = torch.as_tensor(row_edit if row_edit is not None else [-1] * len(spans))
-    for start in tqdm(range(0, len(order), batch_size), desc="scoring", disable=not progress):
-        idx = order[start : start + batch_size]
+    batches = length_batches([s.end - 1 for s in spans], batch_size, max_tokens)
+    for idx in tqdm(batches, desc="scoring", disable=not progress):
         batch = [spans[i] for i in idx]
         inputs = pad_batch([s.ids[: s.end - 1] for s in batch], tokenizer.pad_token_id, device)
         rows = torch.cat([torch.full((s.end - s.start,), r) for r, s in enumerate(batch)])

@@ -10,8 +10,9 @@ token of every prompt, and minimised:
 (the KL direction is the reference code's). A batch of facts shares one
 forward/backward per step, but each fact has its own δ, Adam state, early stop and
 clamp, and the loss is a sum of per-fact terms: the result equals optimising the facts
-one at a time. The blocks up to L run once per batch; each step replays only the blocks
-above L, and computes logits only at the scored positions.
+one at a time. The blocks up to L run once per batch, and so do the positions before each
+subject's last token (a KV cache: δ cannot reach them). Each step replays only the blocks
+above L on the positions from the subject on, and computes logits only where scored.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .hooks import UpperStack, block_output
-from .keys import in_context, pad_batch
+from .keys import in_context, pad_aligned, pad_batch
 from .tokens import continuation_span, fill, subject_last_token
 
 
@@ -136,10 +137,8 @@ def _optimise(model, tokenizer, layout, layer, facts, templates, config: ValueCo
     assert templates[0] == "{}", "the first context template must be the bare prompt"
     device = next(model.parameters()).device
     plan = _Plan(tokenizer, facts, templates, config.kl_prompt)
-    inputs = pad_batch(plan.sequences, tokenizer.pad_token_id, device)
-    runner = (_Fast if fast else _Plain)(model, layout, layer, inputs)
-    bare_rows = torch.arange(len(facts)) * plan.per_fact
-    h = runner.hidden[bare_rows.to(device), plan.seq_lookup[bare_rows].to(device)].float()
+    runner = (_Fast if fast else _Plain)(model, layout, layer, plan, tokenizer.pad_token_id, device)
+    h = runner.at_lookup(plan, torch.arange(len(facts)) * plan.per_fact).float()
     h_norm = h.norm(dim=1)
 
     n, d = h.shape
@@ -192,18 +191,25 @@ def _adam_step(param, m, v, grad, idx, t, lr, betas=(0.9, 0.999), eps=1e-8):
 
 
 class _Fast:
-    """Blocks up to L once; each step replays the blocks above L and the head at scored positions."""
+    """Blocks up to L and positions before the subject once; each step replays the blocks
+    above L from the subject on, and the head at scored positions. Rows are aligned at the
+    subject's last token, so it sits in column 0 of what is replayed."""
 
-    def __init__(self, model, layout, layer, inputs):
-        self.upper = UpperStack(model, layout.block_list(model), layer, **inputs)
+    def __init__(self, model, layout, layer, plan, pad_id, device):
+        inputs, column = pad_aligned(plan.sequences, plan.seq_lookup.tolist(), pad_id, device)
+        self.upper = UpperStack(model, layout.block_list(model), layer, prefix=column, **inputs)
         self.norm, self.head = layout.head(model)
-        self.hidden = self.upper.hidden
+
+    def at_lookup(self, plan, rows):
+        return self.upper.hidden[rows.to(self.upper.hidden.device), 0]
 
     def logits(self, plan, delta, rows, cols):
-        seq_rows = torch.arange(len(plan.seq_fact), device=delta.device)
-        lookup, fact = plan.seq_lookup.to(delta.device), plan.seq_fact.to(delta.device)
-        h = self.upper.hidden.index_put((seq_rows, lookup), delta[fact].to(self.hidden.dtype), accumulate=True)
+        h = self.upper.hidden
+        seq_rows = torch.arange(len(plan.seq_fact), device=h.device)
+        first = torch.zeros_like(seq_rows)
+        h = h.index_put((seq_rows, first), delta[plan.seq_fact.to(h.device)].to(h.dtype), accumulate=True)
         h = self.upper.run(h)
+        cols = cols - plan.seq_lookup[rows]
         return self.head(self.norm(h[rows.to(h.device), cols.to(h.device)]))
 
     def select(self, seq_rows):
@@ -213,9 +219,13 @@ class _Fast:
 class _Plain:
     """The plain path: a full forward per step with δ added by a hook, logits everywhere."""
 
-    def __init__(self, model, layout, layer, inputs):
-        self.model, self.block, self.inputs = model, layout.block(model, layer), inputs
+    def __init__(self, model, layout, layer, plan, pad_id, device):
+        self.model, self.block = model, layout.block(model, layer)
+        self.inputs = pad_batch(plan.sequences, pad_id, device)
         self.hidden = self._forward(None)[1]
+
+    def at_lookup(self, plan, rows):
+        return self.hidden[rows.to(self.hidden.device), plan.seq_lookup[rows].to(self.hidden.device)]
 
     def _forward(self, add):
         seen = {}

@@ -1,10 +1,11 @@
 rule sequential:
     """Batches of B applied one after another to the same model, checkpointed after every batch:
-    a killed run continues from its last checkpoint."""
+    a killed run continues from its last checkpoint. The first batch reuses the cached values."""
     input:
         records=RECORDS,
         templates=TEMPLATES,
         stats=STATS,
+        values=lambda w: value_chunks(w.layer, min(int(w.size), N_SEQ)),  # the first batch's, on the unedited model
     output:
         immediate=f"{SEQUENTIAL}.immediate.parquet",
         retained=f"{SEQUENTIAL}.retained.parquet",
