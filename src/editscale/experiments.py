@@ -40,6 +40,12 @@ def _score(model, tokenizer, layout, records, eval_config: dict, **edits) -> pd.
                          max_tokens=eval_config.get("max_tokens", 2048), **edits)
 
 
+def _log_headline(what: str, cases: pd.DataFrame) -> None:
+    es, ps, ns = (cases[m].mean() for m in ("ES", "PS", "NS"))
+    log.info("%s: %d cases, ES %.1f PS %.1f NS %.1f Score %.1f", what, len(cases), es, ps, ns,
+             metrics.harmonic_mean([es, ps, ns]))
+
+
 def _label(table: pd.DataFrame, **columns) -> pd.DataFrame:
     for name, value in columns.items():
         table.insert(0, name, value)
@@ -53,7 +59,7 @@ def independent(model_config, edit_config, value_config, eval_config, records_pa
     model, tokenizer, layout = _load(model_config)
     records = data.read_records(records_path).head(n)
     cached = _cached_values(value_paths, records, records_path)
-    K, R = cached["keys"][:n].T, cached["residual"][:n].T
+    K, R = cached["keys"].T, cached["residual"].T
     C, _ = load_stats(stats_path)
     cfg = _edit_config(edit_config, value_config, algorithm, layer)
     solved = editing.independent_batches(cfg, K, R, C, batch_size, labels=list(records.case_id))
@@ -62,7 +68,8 @@ def independent(model_config, edit_config, value_config, eval_config, records_pa
     nll = _score(model, tokenizer, layout, records, eval_config, edits=edits, case_edit=case_edit, layer=layer,
                  progress=True)
     cases = metrics.per_case(nll).merge(records[["case_id", "format"]], on="case_id")
-    cases["value_loss"] = cached["loss"][:n].numpy()
+    cases["value_loss"] = cases.case_id.map(dict(zip(records.case_id, cached["loss"].tolist())))
+    _log_headline(f"{algorithm} layer {layer}, batches of {batch_size}", cases)
     for table in (nll, cases):
         _label(table, algorithm=algorithm, layer=layer, batch_size=batch_size)
     artifacts.write_parquet(nll, out_nll)
@@ -75,6 +82,7 @@ def baseline(model_config, eval_config, records_path, out_nll, out_cases, out_qu
     records = data.read_records(records_path)
     nll = _score(model, tokenizer, layout, records, eval_config)
     cases = metrics.per_case(nll).merge(records[["case_id", "format"]], on="case_id")
+    _log_headline("unedited model", cases)
     artifacts.write_parquet(nll, out_nll)
     artifacts.write_parquet(cases, out_cases)
     artifacts.write_parquet(pd.DataFrame([{"n_edits": 0, **_quality(model, tokenizer, records, eval_config)}]),
@@ -129,8 +137,9 @@ def sequential(model_config, edit_config, value_config, eval_config, records_pat
         artifacts.write_parquet(cases, run_dir / f"immediate-{b:05d}.parquet")
         if b in retained_at:
             nll = _score(model, tokenizer, layout, records.head(done), eval_config)
-            artifacts.write_parquet(_label(metrics.per_case(nll), batch=b, n_edits=done),
-                                    run_dir / f"retained-{b:05d}.parquet")
+            retained = metrics.per_case(nll)
+            _log_headline(f"retained after {done} edits", retained)
+            artifacts.write_parquet(_label(retained, batch=b, n_edits=done), run_dir / f"retained-{b:05d}.parquet")
             quality = {"batch": b, "n_edits": done, **_quality(model, tokenizer, records, eval_config)}
             artifacts.write_parquet(pd.DataFrame([quality]), run_dir / f"quality-{b:05d}.parquet")
         log.info("batch %d/%d done (%d edits)", b + 1, n_batches, done)

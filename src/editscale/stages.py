@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -31,10 +32,12 @@ def logged(log_path: str | Path, threads: int | None = None):
     root.setLevel(logging.INFO)
     for handler in handlers:
         root.addHandler(handler)
+    start = time.perf_counter()
     try:
         yield
+        root.info("done in %.1f s", time.perf_counter() - start)
     except Exception:
-        root.exception("stage failed")
+        root.exception("stage failed after %.1f s", time.perf_counter() - start)
         raise
     finally:
         for handler in handlers:
