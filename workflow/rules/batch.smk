@@ -19,7 +19,7 @@ rule batch:
         f"{RUN_DIR}/logs/batch/{{algorithm}}-layer{{layer}}-b{{size}}.log",
     benchmark:
         f"{RUN_DIR}/benchmarks/batch/{{algorithm}}-layer{{layer}}-b{{size}}.tsv"
-    threads: workflow.cores
+    threads: THREADS
     resources:
         mem_mb=8000,
         gpu=GPU,
@@ -44,7 +44,7 @@ rule baseline:
         f"{RUN_DIR}/logs/baseline.log",
     benchmark:
         f"{RUN_DIR}/benchmarks/baseline.tsv"
-    threads: workflow.cores
+    threads: THREADS
     resources:
         mem_mb=8000,
         gpu=GPU,

@@ -31,6 +31,7 @@ FIGURES = ["sweep", "batch", "sequential", "immediate_vs_retained"]
 PLOT = f"{RUN_DIR}/plots/{{name}}.png"
 ENV = "../../envs/editscale.yaml"  # relative to the rule files
 GPU = 1 if str(config["model"].get("device", "cpu")).startswith("cuda") else 0
+THREADS = config.get("threads", 1)  # torch threads per model job; jobs run side by side up to --cores
 N_SWEEP = config["sweep"]["n"]
 N_SEQ = config["sequential"]["n"]
 

@@ -23,7 +23,7 @@ rule sequential:
         f"{RUN_DIR}/logs/sequential/{{algorithm}}-layer{{layer}}-b{{size}}.log",
     benchmark:
         f"{RUN_DIR}/benchmarks/sequential/{{algorithm}}-layer{{layer}}-b{{size}}.tsv"
-    threads: workflow.cores
+    threads: THREADS
     resources:
         mem_mb=8000,
         gpu=GPU,

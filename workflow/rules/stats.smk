@@ -13,7 +13,7 @@ rule stats:
         f"{MODEL_DIR}/logs/stats/{STATS_ID}-layer{{layer}}.log",
     benchmark:
         f"{MODEL_DIR}/benchmarks/stats/{STATS_ID}-layer{{layer}}.tsv"
-    threads: workflow.cores
+    threads: THREADS
     resources:
         mem_mb=8000,
         gpu=GPU,

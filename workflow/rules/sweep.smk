@@ -19,7 +19,7 @@ rule sweep:
         f"{RUN_DIR}/logs/sweep/{{algorithm}}-layer{{layer}}.log",
     benchmark:
         f"{RUN_DIR}/benchmarks/sweep/{{algorithm}}-layer{{layer}}.tsv"
-    threads: workflow.cores
+    threads: THREADS
     resources:
         mem_mb=8000,
         gpu=GPU,

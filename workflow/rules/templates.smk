@@ -13,7 +13,7 @@ rule templates:
         f"{MODEL_DIR}/logs/templates.log",
     benchmark:
         f"{MODEL_DIR}/benchmarks/templates.tsv"
-    threads: workflow.cores
+    threads: THREADS
     resources:
         mem_mb=4000,
         gpu=GPU,

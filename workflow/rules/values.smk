@@ -15,7 +15,7 @@ rule values:
         f"{RUN_DIR}/logs/values/layer{{layer}}-chunk{{chunk}}.log",
     benchmark:
         f"{RUN_DIR}/benchmarks/values/layer{{layer}}-chunk{{chunk}}.tsv"
-    threads: workflow.cores
+    threads: THREADS
     resources:
         mem_mb=8000,
         gpu=GPU,
