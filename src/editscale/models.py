@@ -91,7 +91,12 @@ def gguf_to_folder(gguf: Path) -> Path:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        tmp.rename(folder)
+        try:
+            tmp.rename(folder)
+        except OSError:
+            if not (folder / "config.json").is_file():
+                raise
+            log.info("another process converted %s first; using its folder", gguf)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder

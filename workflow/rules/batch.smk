@@ -1,6 +1,7 @@
 rule batch:
     """N edits in independent batches of B, each solved against the unedited model."""
     input:
+        model=MODEL_MANIFEST,
         records=RECORDS,
         values=lambda w: value_chunks(w.layer, config["data"]["n"]),
         stats=STATS,
@@ -30,6 +31,7 @@ rule batch:
 rule baseline:
     """The unedited model's metrics, fluency and drift perplexity."""
     input:
+        model=MODEL_MANIFEST,
         records=RECORDS,
     output:
         nll=f"{BASELINE}.nll.parquet",

@@ -2,6 +2,7 @@ rule sequential:
     """Batches of B applied one after another to the same model, checkpointed after every batch:
     a killed run continues from its last checkpoint. The first batch reuses the cached values."""
     input:
+        model=MODEL_MANIFEST,
         records=RECORDS,
         templates=TEMPLATES,
         stats=STATS,

@@ -1,6 +1,7 @@
 rule sweep:
     """N independent single edits at one layer, evaluated together (per-row rank-1 edits)."""
     input:
+        model=MODEL_MANIFEST,
         records=RECORDS,
         values=lambda w: value_chunks(w.layer, N_SWEEP),
         stats=STATS,

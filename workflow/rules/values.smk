@@ -2,6 +2,7 @@ rule values:
     """Keys, v* and residuals of one chunk of records on the unedited model; reused by every
     algorithm and batch size that edits the unedited model."""
     input:
+        model=MODEL_MANIFEST,
         records=RECORDS,
         templates=TEMPLATES,
     output:
