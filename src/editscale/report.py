@@ -93,7 +93,8 @@ def plot_all(summary: dict, quality_path, style: dict, outputs: dict) -> None:
     _save(grid, outputs["batch"], formats)
 
     retained = _headline(pd.read_parquet(summary["retained"]))
-    quality = pd.read_parquet(quality_path).assign(metric="drift perplexity", mean=lambda q: q.drift_perplexity)
+    quality = pd.read_parquet(quality_path).dropna(subset=["algorithm"])  # the unedited row has no run
+    quality = quality.astype({"batch_size": int}).assign(metric="drift perplexity", mean=lambda q: q.drift_perplexity)
     both = pd.concat([retained, quality[retained.columns.intersection(quality.columns)]], ignore_index=True)
     grid = sns.relplot(both, x="n_edits", y="mean", hue="batch_size", row="algorithm", col="metric",
                        col_order=[*HEADLINE, "drift perplexity"], kind="line", marker="o", height=2.4,
