@@ -67,8 +67,9 @@ def independent(model_config, edit_config, value_config, eval_config, records_pa
     case_edit = {case: i // batch_size for i, case in enumerate(records.case_id)}
     nll = _score(model, tokenizer, layout, records, eval_config, edits=edits, case_edit=case_edit, layer=layer,
                  progress=True)
-    cases = metrics.per_case(nll).merge(records[["case_id", "format"]], on="case_id")
-    cases["value_loss"] = cases.case_id.map(dict(zip(records.case_id, cached["loss"].tolist())))
+    # The value chunks are in record order (checked by _cached_values), so the losses join as a column.
+    case_info = records[["case_id", "format"]].assign(value_loss=cached["loss"].numpy())
+    cases = metrics.per_case(nll).merge(case_info, on="case_id")
     _log_headline(f"{algorithm} layer {layer}, batches of {batch_size}", cases)
     for table in (nll, cases):
         _label(table, algorithm=algorithm, layer=layer, batch_size=batch_size)
