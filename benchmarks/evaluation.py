@@ -51,7 +51,8 @@ def main() -> None:
     print(f"scoring, one at a time:  {len(records) / t_single:7.2f} cases/s   batched is x{t_single / t_batched:.2f}")
 
     texts = corpus.iter_texts(paths.shared_data() / "corpus" / "wikipedia-articles.txt")
-    C = stats.second_moments(model, tok, layout, [args.layer], texts, max_tokens=20_000, progress=False)[args.layer].mean()
+    C = stats.second_moments(model, tok, layout, [args.layer], texts, max_tokens=20_000, max_length=2048,
+                             progress=False)[args.layer].mean()
     facts = records.to_dict("records")
     K = keys.compute_keys(model, tok, layout, args.layer, facts, ["{}"]).T
     R = torch.randn(layout.weight(model, args.layer).shape[0], len(facts), generator=torch.Generator().manual_seed(0))

@@ -30,7 +30,8 @@ def known_fact(smollm2):
 def layer1(smollm2):
     model, tokenizer, layout = smollm2
     texts = corpus.iter_texts(SHARED / "corpus" / "wikipedia-articles.txt")
-    C = stats.second_moments(model, tokenizer, layout, [1], texts, max_tokens=20_000, progress=False)[1].mean()
+    C = stats.second_moments(model, tokenizer, layout, [1], texts, max_tokens=20_000, max_length=2048,
+                             progress=False)[1].mean()
     return C, keys.context_templates(model, tokenizer, seed=0)
 
 

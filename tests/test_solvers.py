@@ -91,6 +91,21 @@ def test_memit_equals_emmet_with_the_same_ridge():
     """Kᵀ(λC + KKᵀ)⁻¹ = (λI + KᵀC⁻¹K)⁻¹KᵀC⁻¹ (push-through identity): two different solves, one answer."""
     K, R, C = problem()
     torch.testing.assert_close(solvers.memit(K, R, C, 0.3), solvers.emmet(K, R, C, 0.3), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(solvers.memit(K, R, C, 0.3), solvers.emmet(K, R, C, 0.1, 3.0), rtol=1e-9, atol=1e-12)
+
+
+def test_emmet_scales_C_as_the_reference_does():
+    """unified-model-editing's EMMET multiplies C by mom2_update_weight λ, then solves
+    R (Kᵀ(λC)⁻¹K + εI)⁻¹ Kᵀ(λC)⁻¹; ε is added only for a batch (n > 1)."""
+    K, R, C = problem()
+    lam, eps = 15.0, 0.1
+    Cl = lam * C.double()
+    Cinv_K = torch.linalg.solve(Cl, K.double())
+    naive = R.double() @ torch.linalg.solve(K.double().T @ Cinv_K + eps * torch.eye(K.shape[1], dtype=torch.float64),
+                                            Cinv_K.T)
+    torch.testing.assert_close(solvers.emmet(K, R, C, eps, lam).double(), naive, rtol=1e-6, atol=1e-9)
+    one = solvers.emmet(K[:, :1], R[:, :1], C, eps, lam)
+    torch.testing.assert_close(one, solvers.rome(K[:, 0], R[:, 0], C))  # no ε for a single edit
 
 
 def test_nullspace_projector_is_an_orthogonal_projector_of_the_right_rank():

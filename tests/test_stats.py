@@ -33,8 +33,9 @@ def tiny(request, tiny_llama_dir, tiny_gpt2_dir):
     return models.load(str(folder))
 
 
-def reference_keys(model, tokenizer, layout, layer, texts):
-    """Every token's key, in text order, from a plain full forward of each text alone (no padding)."""
+def reference_keys(model, tokenizer, layout, layer, texts, skip_first=False):
+    """Every token's key, in text order, from a plain full forward of each text alone (no padding):
+    each text one sequence, truncated at MAX_LENGTH, as the reference's layer_stats feeds it."""
     found = []
     handle = layout.edited_module(model, layer).register_forward_pre_hook(lambda _m, args: found.append(args[0][0]))
     try:
@@ -43,6 +44,8 @@ def reference_keys(model, tokenizer, layout, layer, texts):
                 if text:
                     ids = tokenizer(text, truncation=True, max_length=MAX_LENGTH, return_tensors="pt")["input_ids"]
                     model(input_ids=ids)
+                    if skip_first:
+                        found[-1] = found[-1][1:]
     finally:
         handle.remove()
     return torch.cat(found).double()
@@ -112,7 +115,7 @@ def test_missing_source_and_fingerprints(tmp_path):
 
 def test_matches_brute_force_for_two_layers_in_one_pass(tiny):
     model, tok, layout = tiny
-    moments = second_moments(model, tok, layout, [2, 0], TEXTS, batch_size=4, max_length=MAX_LENGTH, progress=False)
+    moments = second_moments(model, tok, layout, [2, 0], TEXTS, batch_tokens=40, window=5, max_length=MAX_LENGTH, progress=False)
     assert sorted(moments) == [0, 2]
     for layer in (0, 2):
         K = reference_keys(model, tok, layout, layer, TEXTS)
@@ -127,10 +130,10 @@ def test_stops_after_the_deepest_layer(tiny):
     calls = []
     handle = layout.block(model, 2).register_forward_pre_hook(lambda *_: calls.append(1))
     try:
-        stopped = second_moments(model, tok, layout, [0, 1], TEXTS, batch_size=4, max_length=MAX_LENGTH,
+        stopped = second_moments(model, tok, layout, [0, 1], TEXTS, batch_tokens=40, window=5, max_length=MAX_LENGTH,
                                  progress=False)
         assert calls == []
-        full = second_moments(model, tok, layout, [0, 1, 2], TEXTS, batch_size=4, max_length=MAX_LENGTH,
+        full = second_moments(model, tok, layout, [0, 1, 2], TEXTS, batch_tokens=40, window=5, max_length=MAX_LENGTH,
                               progress=False)
         assert calls  # the counter does see block 2 when it is asked for
     finally:
@@ -143,15 +146,15 @@ def test_stops_after_the_deepest_layer(tiny):
 def test_token_budget_is_exact_and_samples_are_bounded(tiny):
     model, tok, layout = tiny
     K = reference_keys(model, tok, layout, 1, TEXTS)
-    budgeted = second_moments(model, tok, layout, [1], TEXTS, max_tokens=37, batch_size=2, max_length=MAX_LENGTH,
+    budgeted = second_moments(model, tok, layout, [1], TEXTS, max_tokens=37, batch_tokens=20, window=2, max_length=MAX_LENGTH,
                               progress=False)[1]
     assert budgeted.count == 37  # cut inside a text and inside a batch
     assert_relative(budgeted.mean(), K[:37].T @ K[:37] / 37, 1e-5)
     # Three texts read, one of them empty: the tokens of texts 0 and 2.
-    sampled = second_moments(model, tok, layout, [1], TEXTS, max_samples=3, batch_size=2, max_length=MAX_LENGTH,
+    sampled = second_moments(model, tok, layout, [1], TEXTS, max_samples=3, batch_tokens=20, window=2, max_length=MAX_LENGTH,
                              progress=False)[1]
     assert sampled.count == len(reference_keys(model, tok, layout, 1, TEXTS[:3]))
-    everything = second_moments(model, tok, layout, [1], TEXTS, max_tokens=10**6, batch_size=5,
+    everything = second_moments(model, tok, layout, [1], TEXTS, max_tokens=10**6, window=5,
                                 max_length=MAX_LENGTH, progress=False)[1]
     assert everything.count == len(K)
 
@@ -166,7 +169,8 @@ def interrupted(texts, after):
 
 def test_resume_after_interruption_equals_uninterrupted(tiny, tmp_path):
     model, tok, layout = tiny
-    kwargs = dict(batch_size=2, max_length=MAX_LENGTH, checkpoint_every=1, source_id="corpus-v1", progress=False)
+    kwargs = dict(window=2, batch_tokens=20, max_length=MAX_LENGTH, checkpoint_every=1, source_id="corpus-v1",
+                  progress=False)
     whole = second_moments(model, tok, layout, [0, 2], TEXTS, **kwargs)
     checkpoint = tmp_path / "partial.safetensors"
     with pytest.raises(KeyboardInterrupt):
@@ -181,31 +185,74 @@ def test_resume_after_interruption_equals_uninterrupted(tiny, tmp_path):
     assert not checkpoint.exists()
 
 
-def test_mismatched_checkpoint_is_refused(tiny, tmp_path):
+def test_checkpoint_of_other_settings_is_never_mixed_in(tiny, tmp_path, caplog):
+    """Partial sums made with other settings are not resumed: the run starts over, says why, and
+    gives what a clean run gives."""
     model, tok, layout = tiny
-    kwargs = dict(batch_size=2, max_length=MAX_LENGTH, checkpoint_every=1, progress=False)
+    kwargs = dict(window=2, batch_tokens=20, checkpoint_every=1, progress=False)
     checkpoint = tmp_path / "partial.safetensors"
-    with pytest.raises(KeyboardInterrupt):
-        second_moments(model, tok, layout, [0, 2], interrupted(TEXTS, 7), checkpoint=checkpoint,
-                       source_id="corpus-v1", **kwargs)
-    with pytest.raises(ValueError, match=r"partial\.safetensors.*layers"):
-        second_moments(model, tok, layout, [0, 1], TEXTS, checkpoint=checkpoint, source_id="corpus-v1", **kwargs)
-    with pytest.raises(ValueError, match=r"partial\.safetensors.*source_id"):
-        second_moments(model, tok, layout, [0, 2], TEXTS, checkpoint=checkpoint, source_id="corpus-v2", **kwargs)
-    assert checkpoint.is_file()  # refused, not deleted
+    for changed in (dict(layers=[0, 1]), dict(source_id="corpus-v2"), dict(max_length=MAX_LENGTH - 4),
+                    dict(skip_first_token=True)):
+        with pytest.raises(KeyboardInterrupt):
+            second_moments(model, tok, layout, [0, 2], interrupted(TEXTS, 7), checkpoint=checkpoint,
+                           source_id="corpus-v1", max_length=MAX_LENGTH, **kwargs)
+        run = {**dict(layers=[0, 2], source_id="corpus-v1", max_length=MAX_LENGTH), **changed}
+        layers = run.pop("layers")
+        clean = second_moments(model, tok, layout, layers, TEXTS, **run, **kwargs)
+        with caplog.at_level("WARNING", logger="editscale"):
+            resumed = second_moments(model, tok, layout, layers, TEXTS, checkpoint=checkpoint, **run, **kwargs)
+        assert "starting over" in caplog.text and next(iter(changed)) in caplog.text
+        caplog.clear()
+        for layer in layers:
+            assert resumed[layer].count == clean[layer].count
+            assert torch.equal(resumed[layer].sum, clean[layer].sum)
+        assert not checkpoint.exists()
+
+
+def test_first_token_can_be_left_out(tiny):
+    model, tok, layout = tiny
+    kept = second_moments(model, tok, layout, [1], TEXTS, max_length=MAX_LENGTH, progress=False)[1]
+    skipped = second_moments(model, tok, layout, [1], TEXTS, max_length=MAX_LENGTH, skip_first_token=True,
+                             progress=False)[1]
+    K = reference_keys(model, tok, layout, 1, TEXTS, skip_first=True)
+    assert skipped.count == len(K) == kept.count - sum(1 for t in TEXTS if t)
+    assert_relative(skipped.mean(), K.T @ K / len(K), 1e-5)
+    budget = second_moments(model, tok, layout, [1], TEXTS, max_length=MAX_LENGTH, skip_first_token=True,
+                            max_tokens=30, progress=False)[1]
+    assert budget.count == 30  # the budget counts summed tokens
+    assert_relative(budget.mean(), K[:30].T @ K[:30] / 30, 1e-5)
+
+
+def test_batching_changes_only_the_order_of_the_sums(tiny):
+    """Texts are never cut into several sequences, so batching cannot change which keys are summed."""
+    model, tok, layout = tiny
+    runs = [second_moments(model, tok, layout, [1], TEXTS, max_length=MAX_LENGTH, batch_tokens=b, window=w,
+                           max_tokens=90, progress=False)[1] for b, w in ((1, 1), (16, 3), (10**6, 100))]
+    assert len({r.count for r in runs}) == 1
+    for run in runs[1:]:
+        assert_relative(run.mean(), runs[0].mean(), 1e-6)
+
+
+def test_length_batches_follow_the_reference_collation():
+    sequences = [[1] * n for n in (3, 9, 5, 2, 9, 1)]
+    batches = stats._length_batches(sequences, batch_tokens=18)
+    assert [[len(s) for s in b] for b in batches] == [[9, 9], [5, 3, 2], [1]]
+    assert [len(b) for b in stats._length_batches([[1] * 30, [1] * 2], batch_tokens=10)] == [1, 1]
 
 
 def test_write_and_load_stats_round_trip(tiny, tmp_path):
     model, tok, layout = tiny
-    moments = second_moments(model, tok, layout, [0, 1], TEXTS, batch_size=4, max_length=MAX_LENGTH, progress=False)
-    paths = write_stats(moments, tmp_path / "stats", model_name="tiny", source_id="abc123", dtype=torch.float32)
+    moments = second_moments(model, tok, layout, [0, 1], TEXTS, batch_tokens=40, window=5, max_length=MAX_LENGTH, progress=False)
+    paths = write_stats(moments, tmp_path / "stats", model_name="tiny", source_id="abc123", dtype=torch.float32,
+                        max_length=MAX_LENGTH, skip_first_token=False)
     assert paths[1] == tmp_path / "stats" / "layer1.safetensors"
     for layer, path in paths.items():
         C, meta = load_stats(path)
         assert C.dtype == torch.float32 and torch.equal(C, moments[layer].mean())
         assert meta == {"model": "tiny", "layer": layer, "module": layout.module_name(layer), "source": "abc123",
-                        "tokens": moments[layer].count, "dtype": "float32"}
+                        "tokens": moments[layer].count, "dtype": "float32", "max_length": MAX_LENGTH,
+                        "skip_first_token": False}
     explicit = write_stats({0: moments[0]}, {0: tmp_path / "c0.safetensors"}, model_name="tiny", source_id="x",
-                           dtype="bfloat16")
-    assert load_stats(explicit[0])[1]["dtype"] == "bfloat16"
+                           dtype="bfloat16", max_length=8, skip_first_token=True)
+    assert load_stats(explicit[0])[1]["dtype"] == "bfloat16" and load_stats(explicit[0])[1]["skip_first_token"]
     assert stats.SecondMoment(0, "m", torch.eye(2) * 4, 2).mean().equal(torch.eye(2) * 2)

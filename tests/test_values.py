@@ -23,18 +23,67 @@ def tiny(request, tiny_llama_dir, tiny_gpt2_dir):
     return models.load(str(folder))
 
 
-def test_context_templates_are_seeded(tiny):
+def plain_prefixes(model, tok, starts, n_tokens, top_k, seed):
+    """The reference's sampling, written plainly: the global RNG seeded once, every row advanced one
+    position per step from the shortest start on, a full forward (no cache) each step, one
+    top-k draw per row per step, kept only by rows whose start word has ended."""
+    torch.manual_seed(seed)
+    rows = [tok(start)["input_ids"] for start in starts]
+    for position in range(min(map(len, rows)), n_tokens):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([row[:position] for row in rows])).logits[:, -1].float()
+        top = torch.topk(torch.softmax(logits, -1), top_k)
+        pick = torch.multinomial(top.values / top.values.sum(1, keepdim=True), 1)
+        for i, row in enumerate(rows):
+            if len(row) == position:
+                row.append(int(top.indices[i, pick[i, 0]]))
+    return rows
+
+
+def test_context_templates_follow_the_reference_recipe(tiny):
     model, tok, _ = tiny
-    first = keys.context_templates(model, tok, seed=3, n_tokens=4)
-    assert first == keys.context_templates(model, tok, seed=3, n_tokens=4)
-    assert first != keys.context_templates(model, tok, seed=4, n_tokens=4)
-    assert first[0] == "{}" and len(first) == 6
+    first = keys.context_templates(model, tok, seed=3, n_tokens=6)
+    assert first == keys.context_templates(model, tok, seed=3, n_tokens=6)
+    assert first != keys.context_templates(model, tok, seed=4, n_tokens=6)
+    assert first[0] == "{}" and len(first) == 1 + len(keys.TEMPLATE_STARTS)
     assert all(t.endswith(". {}") and t.count("{}") == 1 for t in first[1:])
+    # Starts of different token lengths, so rows wait for each other as in the reference.
+    starts = ["The", "Therefore", "Because of the", "I", "You"]
+    rows = keys.sample_prefixes(model, tok, starts, n_tokens=12, top_k=5, seed=3)
+    assert [len(row) for row in rows] == [12] * len(starts)  # BOS and the start word included
+    assert all(row[: len(tok(s)["input_ids"])] == tok(s)["input_ids"] for row, s in zip(rows, starts))
+    assert rows == plain_prefixes(model, tok, starts, 12, 5, 3)
+    texts = [t.removesuffix(". {}") for t in keys.context_templates(model, tok, starts=starts, n_tokens=12, seed=3)[1:]]
+    assert all(text.startswith(start) for text, start in zip(texts, starts))
+    with pytest.raises(ValueError, match="n_tokens"):
+        keys.context_templates(model, tok, starts=["Because of the"], n_tokens=2)
+
+
+def test_kl_term_is_the_references_kl_div(tiny):
+    """The KL term is torch.nn.functional.kl_div(initial, current, log_target=True) per fact, i.e.
+    KL(current ‖ initial), value and gradient; never the other direction."""
+    _, tok, _ = tiny
+    plan = values._Plan(tok, FACTS, TEMPLATES, CONFIG.kl_prompt)
+    rows, _ = plan.scored()
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(len(rows), len(tok), generator=generator).requires_grad_(True)
+    init = torch.log_softmax(torch.randn(len(FACTS), len(tok), generator=generator), -1)
+    _, kl, current = plan.losses(logits, init)
+    n_kl = len(FACTS)
+    reference = torch.stack([
+        torch.nn.functional.kl_div(init[i : i + 1], torch.log_softmax(logits[-n_kl:][i : i + 1], -1), log_target=True,
+                                   reduction="batchmean") for i in range(n_kl)])
+    torch.testing.assert_close(kl, reference)
+    (ours,) = torch.autograd.grad(kl.sum(), logits, retain_graph=True)
+    (theirs,) = torch.autograd.grad(reference.sum(), logits)
+    torch.testing.assert_close(ours, theirs)
+    reverse = torch.nn.functional.kl_div(current, init, log_target=True, reduction="none").sum(-1)
+    assert not torch.allclose(kl, reverse, rtol=1e-2)
 
 
 def test_templates_round_trip_as_an_artifact(tiny, tmp_path):
     model, tok, _ = tiny
-    templates = keys.context_templates(model, tok, seed=0, n_tokens=4)
+    templates = keys.context_templates(model, tok, seed=0, n_tokens=8)
     keys.save_templates(templates, tmp_path / "t.yaml", seed=0)
     assert keys.load_templates(tmp_path / "t.yaml") == templates
     keys.save_templates(templates[1:], tmp_path / "bad.yaml")

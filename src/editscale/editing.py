@@ -74,7 +74,7 @@ def solve(cfg: EditConfig, K: torch.Tensor, R: torch.Tensor, C: torch.Tensor, *,
     elif cfg.algorithm == "memit":
         factors = solvers.memit(K, R, C, cfg.mom2_update_weight, **common)
     elif cfg.algorithm == "emmet":
-        factors = solvers.emmet(K, R, C, cfg.emmet_lambda, **common)
+        factors = solvers.emmet(K, R, C, cfg.emmet_lambda, cfg.mom2_update_weight, **common)
     else:
         if P is None:
             P = solvers.nullspace_projector(C, cfg.nullspace_threshold)

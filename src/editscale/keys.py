@@ -6,35 +6,70 @@ k = ½·(key from the bare prompt) + ½·(mean key over the prefixed prompts).
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Sequence
 
 import torch
 
-from .hooks import forward_until, module_inputs
+from .hooks import cache_argument, forward_until, module_inputs
 from .tokens import subject_last_token
 
 TEMPLATE_STARTS = ("The", "Therefore", "Because", "I", "You")
+TEMPLATE_RECIPE = (
+    "ROME/MEMIT get_context_templates: '{}' first, then one prefix per start word, all starts sampled "
+    "in one batch (generate_fast); each row grows to n_tokens tokens in all, start word and BOS included; "
+    "next token by softmax, top-k, renormalise, torch.multinomial on a CPU generator seeded once; "
+    "decoded without special tokens, NFKD, blank lines to spaces, stripped; braces to spaces; '. {}' appended"
+)
 
 
 def context_templates(model, tokenizer, *, starts: Sequence[str] = TEMPLATE_STARTS, n_tokens: int = 10,
                       top_k: int = 5, seed: int = 0) -> list[str]:
-    """"{}" plus one sampled prefix per start, each followed by ". {}" (seeded top-k sampling)."""
-    generator = torch.Generator().manual_seed(seed)
+    """"{}" plus one sampled prefix per start word, each followed by ". {}" (`TEMPLATE_RECIPE`).
+
+    The reference's recipe (its `max_out_len=10` is `n_tokens`), seeded: on a CPU the
+    strings equal the reference's after `torch.manual_seed(seed)`. One deliberate difference:
+    special tokens are not decoded into the text (the reference leaves Llama-3's
+    "<|begin_of_text|>" inside each template, so re-tokenising gives two BOS tokens).
+    """
+    rows = sample_prefixes(model, tokenizer, starts, n_tokens=n_tokens, top_k=top_k, seed=seed)
+    texts = [unicodedata.normalize("NFKD", tokenizer.decode(row, skip_special_tokens=True)).replace("\n\n", " ").strip()
+             for row in rows]
+    # Braces in generated text would be read as placeholders later.
+    return ["{}"] + [text.replace("{", " ").replace("}", " ") + ". {}" for text in texts]
+
+
+def sample_prefixes(model, tokenizer, starts: Sequence[str], *, n_tokens: int, top_k: int, seed: int) -> list[list[int]]:
+    """Token ids of each start word grown to `n_tokens` tokens in all, every start in one batch.
+
+    As the reference's generate_fast: all rows advance one position per step together, from the
+    shortest start on; a row whose start word still has tokens at that position keeps them, and
+    its sampled token is discarded. Every step draws one token for every row, in row order.
+    """
     device = next(model.parameters()).device
-    templates = ["{}"]
-    for start in starts:
-        ids = torch.tensor([tokenizer(start)["input_ids"]], device=device)
-        prompt_len = ids.shape[1]
-        with torch.no_grad():
-            for _ in range(n_tokens):
-                logits = model(input_ids=ids, use_cache=False).logits[0, -1].float().cpu()
-                top = torch.topk(logits, top_k)
-                choice = torch.multinomial(torch.softmax(top.values, -1), 1, generator=generator)
-                ids = torch.cat([ids, top.indices[choice].view(1, 1).to(device)], dim=1)
-        text = start + tokenizer.decode(ids[0, prompt_len:], skip_special_tokens=True)
-        # Braces in generated text would be read as placeholders later.
-        templates.append(text.replace("{", " ").replace("}", " ") + ". {}")
-    return templates
+    prompts = [tokenizer(start)["input_ids"] for start in starts]
+    if max(map(len, prompts)) > n_tokens:
+        raise ValueError(f"templates.n_tokens={n_tokens} is shorter than a start word ({max(map(len, prompts))} "
+                         f"tokens, BOS included); raise it")
+    ids = torch.full((len(prompts), n_tokens), tokenizer.pad_token_id, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, : len(prompt)] = torch.tensor(prompt)
+    lengths = torch.tensor([len(p) for p in prompts])
+    generator = torch.Generator().manual_seed(seed)
+    cache_name = cache_argument(model)
+    past, done = None, 0
+    with torch.no_grad():
+        for position in range(int(lengths.min()), n_tokens):
+            # Every position before `position` holds a real token in every row, so no mask is needed.
+            out = model(input_ids=ids[:, done:position].to(device), use_cache=True, **{cache_name: past})
+            past, done = out[cache_name], position
+            probs = torch.softmax(out.logits[:, -1].float().cpu(), dim=-1)
+            top = torch.topk(probs, top_k, dim=-1)
+            pick = torch.multinomial(top.values / top.values.sum(1, keepdim=True), 1, generator=generator)
+            sampled = top.indices.gather(1, pick).squeeze(1)
+            grow = lengths <= position  # rows whose start word has ended
+            ids[grow, position] = sampled[grow]
+    return ids.tolist()
 
 
 def in_context(template: str, prompt: str) -> str:
@@ -101,7 +136,6 @@ def compute_keys(model, tokenizer, layout, layer: int, facts, templates: Sequenc
         per_prompt = per_prompt.view(len(chunk), len(templates), -1)
         keys.append(torch.einsum("t,ftd->fd", weights, per_prompt).float())
     return torch.cat(keys)
-
 
 
 def save_templates(templates: Sequence[str], path, **provenance) -> None:

@@ -65,14 +65,19 @@ def memit(K, R, C, mom2_update_weight: float, *, labels: Sequence | None = None,
     return _finished(R64, B, torch.result_type(K, R), factored)
 
 
-def emmet(K, R, C, emmet_lambda: float, *, labels: Sequence | None = None,
+def emmet(K, R, C, emmet_lambda: float, mom2_update_weight: float = 1.0, *, labels: Sequence | None = None,
           on_ill_conditioned: str = "raise", max_condition: float = MAX_CONDITION,
           diagnostics: dict | None = None, factored: bool = False):
-    """ΔW = R (KᵀC⁻¹K + εI)⁻¹ KᵀC⁻¹, ε = emmet_lambda; ε = 0 makes ΔW K = R exactly (ROME for n = 1)."""
+    """ΔW = R (Kᵀ(λC)⁻¹K + εI)⁻¹ Kᵀ(λC)⁻¹ = R (KᵀC⁻¹K + λεI)⁻¹ KᵀC⁻¹, ε = emmet_lambda, λ = mom2_update_weight.
+
+    As the reference (unified-model-editing emmet_main.py): C is scaled by λ before the solve, and
+    ε is added only for a batch (n > 1), so one edit is exactly ROME. ε = 0 makes ΔW K = R exactly.
+    """
     opts = _options(labels, on_ill_conditioned, max_condition, diagnostics, K=K, R=R, C=C)
     K64, R64, C64 = (t.to(K.device, torch.float64) for t in (K, R, C))
     Cinv_K = _solve(C64, K64, "EMMET: C", key="condition_C", **opts)  # (d_in, n)
-    gram = K64.T @ Cinv_K + emmet_lambda * torch.eye(K.shape[1], dtype=torch.float64, device=K.device)
+    ridge = mom2_update_weight * emmet_lambda if K.shape[1] > 1 else 0.0
+    gram = K64.T @ Cinv_K + ridge * torch.eye(K.shape[1], dtype=torch.float64, device=K.device)
     B = _solve(gram, Cinv_K.T, "EMMET: KᵀC⁻¹K + εI", keys=K64, **opts).T
     return _finished(R64, B, torch.result_type(K, R), factored)
 

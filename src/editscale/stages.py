@@ -104,12 +104,13 @@ def _load(model_config: dict):
 
 
 def make_templates(model_config: dict, template_config: dict, out_path) -> None:
-    from .keys import context_templates, save_templates
+    from .keys import TEMPLATE_RECIPE, TEMPLATE_STARTS, context_templates, save_templates
 
     model, tokenizer, _ = _load(model_config)
     templates = context_templates(model, tokenizer, seed=template_config.get("seed", 0),
                                   n_tokens=template_config.get("n_tokens", 10), top_k=template_config.get("top_k", 5))
-    save_templates(templates, out_path, model=model_config["spec"], **template_config)
+    save_templates(templates, out_path, model=model_config["spec"], **template_config, starts=list(TEMPLATE_STARTS),
+                   recipe=TEMPLATE_RECIPE)
 
 
 def corpus_source(source):
@@ -131,13 +132,21 @@ def compute_stats(model_config: dict, stats_config: dict, layer: int, out_path) 
     model, tokenizer, layout = _load(model_config)
     source = corpus_source(stats_config.get("corpus", "auto"))
     source_id = corpus.fingerprint(source)
+    max_length = stats_max_length(model, stats_config.get("max_length", "auto"))
+    skip_first = stats_config.get("skip_first_token", False)
     moments = stats.second_moments(
         model, tokenizer, layout, [layer], corpus.iter_texts(source), max_tokens=stats_config.get("max_tokens"),
-        batch_size=stats_config.get("batch_size", 8), max_length=stats_config.get("max_length", 256),
+        max_length=max_length, skip_first_token=skip_first, batch_tokens=stats_config.get("batch_tokens", 8192),
         checkpoint=Path(str(out_path) + ".partial"), source_id=source_id,
     )
     stats.write_stats(moments, {layer: out_path}, model_name=model_config["spec"], source_id=source_id,
-                      dtype=model_config.get("dtype", "float32"))
+                      dtype=model_config.get("dtype", "float32"), max_length=max_length, skip_first_token=skip_first)
+
+
+def stats_max_length(model, setting) -> int:
+    """`auto`: the model's context length, as the reference truncates; a number caps it."""
+    context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions")
+    return int(context) if setting == "auto" else min(int(setting), int(context))
 
 
 def compute_value_chunk(model_config: dict, value_config: dict, records_path, templates_path, layer: int,

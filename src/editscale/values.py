@@ -4,10 +4,12 @@ For each fact, δ is added to the residual stream after block L at the subject's
 token of every prompt, and minimised:
 
     loss = mean NLL(target_new | templated prompts)
-         + kl_factor · KL(initial ‖ current) at the subject in "{subject} is a"
+         + kl_factor · KL(current ‖ initial) at the subject in "{subject} is a"
          + weight_decay · ‖δ‖ / ‖h‖²
 
-(the KL direction is the reference code's). A batch of facts shares one
+The KL term is the reference's `kl_div(init_logp, cur_logp, log_target=True)`, which is
+Σ p_cur·(log p_cur − log p_init): KL(current ‖ initial), see `kl_current_initial` and
+docs/fidelity.md. A batch of facts shares one
 forward/backward per step, but each fact has its own δ, Adam state, early stop and
 clamp, and the loss is a sum of per-fact terms: the result equals optimising the facts
 one at a time. The blocks up to L run once per batch, and so do the positions before each
@@ -129,8 +131,17 @@ class _Plan:
         fact_nll = fact_nll / (self.per_fact - 1)
         kl_logp = logp[n_tok:]
         init = kl_logp.detach() if init_kl is None else init_kl
-        kl = (init.exp() * (init - kl_logp)).sum(-1)
-        return fact_nll, kl, kl_logp.detach()
+        return fact_nll, kl_current_initial(kl_logp, init), kl_logp.detach()
+
+
+def kl_current_initial(current: torch.Tensor, initial: torch.Tensor) -> torch.Tensor:
+    """KL(current ‖ initial) = Σ p_cur·(log p_cur − log p_init) per row, from log-probabilities.
+
+    This is what the reference's `torch.nn.functional.kl_div(initial, current, log_target=True)`
+    computes (kl_div(input, target) = Σ exp(target)·(target − input)); gradients flow through
+    `current` only, `initial` being the detached distribution of the first step.
+    """
+    return (current.exp() * (current - initial)).sum(-1)
 
 
 def _optimise(model, tokenizer, layout, layer, facts, templates, config: ValueConfig, fast: bool) -> Values:

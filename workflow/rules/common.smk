@@ -14,9 +14,11 @@ RUN_DIR = f"{MODEL_DIR}/{SELECTION}"
 MODEL_MANIFEST = f"{MODEL_DIR}/model.yaml"  # an input wherever the model is loaded, so one job prepares it
 RECORDS = f"{RESULTS}/records/{SELECTION}.parquet"
 TEMPLATES = f"{MODEL_DIR}/templates-seed{config['templates']['seed']}.yaml"
-STATS_ID = "{}-{}tok".format(
+STATS_ID = "{}-{}tok-len{}{}".format(  # every setting that changes C
     "auto" if config["stats"]["corpus"] == "auto" else slug(str(config["stats"]["corpus"])),
     config["stats"]["max_tokens"],
+    config["stats"].get("max_length", "auto"),
+    "-nofirst" if config["stats"].get("skip_first_token", False) else "",
 )
 STATS = f"{MODEL_DIR}/stats/{STATS_ID}/layer{{layer}}.safetensors"
 CHUNK = config["values"]["chunk"]
