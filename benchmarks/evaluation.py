@@ -56,8 +56,8 @@ def main() -> None:
     facts = records.to_dict("records")
     K = keys.compute_keys(model, tok, layout, args.layer, facts, ["{}"]).T
     R = torch.randn(layout.weight(model, args.layer).shape[0], len(facts), generator=torch.Generator().manual_seed(0))
-    cfg = editing.EditConfig("rome", args.layer)
-    edits = [editing.solve(cfg, K[:, i : i + 1], R[:, i : i + 1], C)[0] for i in range(len(facts))]
+    solved = editing.independent_batches(editing.prepare(editing.EditConfig("rome", args.layer), C), K, R, 1)
+    edits = [(e.A, e.B) for e in solved]
     low_rank = LowRankEdits([a for a, _ in edits], [b for _, b in edits])
     case_edit = {case: i for i, case in enumerate(records.case_id)}
     _, t_edits = timed(lambda: metrics.score(model, tok, records, layout=layout, batch_size=args.batch_size,

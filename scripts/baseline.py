@@ -1,5 +1,5 @@
 from editscale import experiments, stages
 
-with stages.logged(snakemake.log[0], snakemake.threads):
-    experiments.baseline(snakemake.params.model, snakemake.params.evaluation, snakemake.input.records,
-                         snakemake.output.nll, snakemake.output.cases, snakemake.output.quality)
+p, i, o = snakemake.params, snakemake.input, snakemake.output
+with stages.logged(snakemake.log[0], snakemake.config) as run:
+    experiments.baseline(p.model, p.evaluation, run, i.records, o.nll, o.cases, o.quality)

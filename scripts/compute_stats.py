@@ -1,5 +1,5 @@
 from editscale import stages
 
-with stages.logged(snakemake.log[0], snakemake.threads):
-    stages.compute_stats(snakemake.params.model, snakemake.params.stats, int(snakemake.wildcards.layer),
-                         snakemake.output[0])
+p = snakemake.params
+with stages.logged(snakemake.log[0], snakemake.config) as run:
+    stages.compute_stats(p.model, p.stats, run, dict(zip(p.layers, snakemake.output)))

@@ -1,8 +1,6 @@
 from editscale import stages
 
-with stages.logged(snakemake.log[0], snakemake.threads):
-    stages.compute_value_chunk(
-        snakemake.params.model, snakemake.params.values, snakemake.input.records, snakemake.input.templates,
-        int(snakemake.wildcards.layer), int(snakemake.wildcards.chunk), snakemake.params.values["chunk"],
-        snakemake.output[0],
-    )
+p, i, w = snakemake.params, snakemake.input, snakemake.wildcards
+with stages.logged(snakemake.log[0], snakemake.config) as run:
+    stages.compute_values(p.model, p.values, run, i.records, i.templates, int(w.layer), int(w.start), int(w.end),
+                          snakemake.output[0])

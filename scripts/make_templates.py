@@ -1,4 +1,5 @@
 from editscale import stages
 
-with stages.logged(snakemake.log[0], snakemake.threads):
-    stages.make_templates(snakemake.params.model, snakemake.params.templates, snakemake.output[0])
+p = snakemake.params
+with stages.logged(snakemake.log[0], snakemake.config) as run:
+    stages.make_templates(p.model, p.templates, run, snakemake.output[0])

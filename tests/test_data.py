@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-from editscale import data, paths
+from editscale import artifacts, data, paths
 from editscale.data import CounterFactError
 
 SHARED = paths.shared_data()
@@ -230,7 +230,7 @@ def test_official_url_uses_a_verified_cache_and_rejects_a_bad_download(tmp_path,
     cached = tmp_path / "counterfact" / "counterfact.json"
     cached.parent.mkdir(parents=True)
     cached.write_text(json.dumps([full_record(5)]))
-    good = data._sha256(cached)
+    good = artifacts.sha256(cached)
     monkeypatch.setattr(data, "OFFICIAL_SHA256", good)
 
     def no_network(url, target):

@@ -1,13 +1,16 @@
-"""Applying edits on tiny random models: layouts, sequential batches, checkpoints and resumption."""
+"""Applying edits on tiny random models: layouts, sequential batches, run folders and resumption."""
+
+import logging
 
 import pytest
 import torch
 
 from conftest import covariance_standin
-from editscale import editing, models, solvers
+from editscale import algorithms, editing, models, sequential
 from editscale.editing import EditConfig
 from editscale.keys import compute_keys
-from editscale.values import ValueConfig, Values, compute_values
+from editscale.settings import EditSettings, ValueSettings
+from editscale.values import Values, compute_values
 
 TEMPLATES = ["{}", "The man said that. {}"]
 FACTS = [
@@ -21,9 +24,19 @@ FACTS = [
         ("{} plays the", "Jimi Hendrix", "violin"),
     ])
 ]
-FAST = ValueConfig(steps=4)
+FAST = ValueSettings(steps=4)
 # λ small against the keys' own scale, so each batch's edit is large enough to change the next one.
-SEQ = dict(mom2_update_weight=1e-3, alphaedit_l2=1e-3, values=FAST)
+SEQ = EditSettings(mom2_update_weight=1e-3, alphaedit_l2=1e-3)
+
+
+def config(algorithm, edit=SEQ):
+    return EditConfig(algorithm=algorithm, layer=1, edit=edit, values=FAST)
+
+
+def run(tiny, cfg, facts, batch_size, run_dir, **kw):
+    model, tok, layout, C = tiny
+    return sequential.sequential(model, tok, layout, cfg, facts, TEMPLATES, editing.prepare(cfg, C), batch_size,
+                                 run_dir, **{"identity": "test", **kw})
 
 
 @pytest.fixture(params=["llama", "gpt2"])
@@ -58,10 +71,9 @@ def test_edit_moves_the_key_toward_the_value(tiny, algorithm):
     """After applying ΔW, W's output on each key changes by about its residual (exactly for ROME/EMMET λ=0)."""
     model, tok, layout, C = tiny
     facts = FACTS[:1] if algorithm == "rome" else FACTS[:3]
-    cfg = EditConfig(algorithm=algorithm, layer=1, emmet_lambda=0.0, mom2_update_weight=1e-6,
-                     nullspace_threshold=1e-2, alphaedit_l2=1e-9, values=FAST)
-    edit = editing.edit_batch(model, tok, layout, cfg, facts, TEMPLATES, C)
-    from editscale.values import compute_values
+    cfg = config(algorithm, EditSettings(emmet_lambda=0.0, mom2_update_weight=1e-6, nullspace_threshold=1e-2,
+                                         alphaedit_l2=1e-9))
+    edit = editing.edit_batch(model, tok, layout, cfg, facts, TEMPLATES, editing.prepare(cfg, C))
     R = compute_values(model, tok, layout, 1, facts, TEMPLATES, FAST).residual.T
     change = edit.delta @ edit.keys
     torch.testing.assert_close(change, R, rtol=1e-3, atol=1e-3 * float(R.abs().max()))
@@ -70,97 +82,136 @@ def test_edit_moves_the_key_toward_the_value(tiny, algorithm):
 
 def test_rome_refuses_batches(tiny):
     model, tok, layout, C = tiny
-    with pytest.raises(ValueError, match="one fact at a time"):
-        editing.edit_batch(model, tok, layout, EditConfig("rome", 1, values=FAST), FACTS[:2], TEMPLATES, C)
+    cfg = config("rome")
+    with pytest.raises(ValueError, match="1 fact at a time"):
+        editing.edit_batch(model, tok, layout, cfg, FACTS[:2], TEMPLATES, editing.prepare(cfg, C))
 
 
 def test_duplicate_subject_in_a_batch_is_caught_not_nan(tiny):
     model, tok, layout, C = tiny
     facts = [FACTS[0], dict(FACTS[0], case_id=99, target_new="German"), FACTS[1]]
     before = layout.weight(model, 1).clone()
-    with pytest.raises(solvers.IllConditionedError) as err:
-        editing.edit_batch(model, tok, layout, EditConfig("emmet", 1, emmet_lambda=0.0, values=FAST),
-                           facts, TEMPLATES, C)
+    cfg = config("emmet", EditSettings(emmet_lambda=0.0))
+    with pytest.raises(algorithms.IllConditionedError) as err:
+        editing.edit_batch(model, tok, layout, cfg, facts, TEMPLATES, editing.prepare(cfg, C))
     assert "10" in str(err.value) and "99" in str(err.value)
     assert torch.equal(layout.weight(model, 1), before)
 
 
-@pytest.mark.parametrize("algorithm", ["memit", "alphaedit"])
-def test_sequential_resumes_to_the_same_delta(tiny, tmp_path, algorithm):
-    """Interrupt after batch 1 (a real exception), rerun, and land on the uninterrupted ΔW."""
-    model, tok, layout, C = tiny
-    w0 = layout.weight(model, 1).clone()
-    cfg = EditConfig(algorithm=algorithm, layer=1, **SEQ)
+class Interrupt(Exception):
+    pass
 
-    full = editing.sequential(model, tok, layout, cfg, FACTS, TEMPLATES, C, 2, tmp_path / "full.safetensors")
-    torch.testing.assert_close(layout.weight(model, 1), w0 + full["delta"], rtol=1e-5, atol=1e-6)
-    # Back to exactly W0 (reverting would leave rounding), so both runs start from the same weights.
-    layout.weight(model, 1).copy_(w0)
 
-    class Interrupt(Exception):
-        pass
-
-    def interrupt(batch, _facts):
-        if batch == 1:
+def interrupt_at(batch):
+    def after_batch(b, _facts):
+        if b == batch:
             raise Interrupt
 
-    ckpt = tmp_path / "resumed.safetensors"
+    return after_batch
+
+
+@pytest.mark.parametrize("algorithm", ["memit", "alphaedit"])
+def test_sequential_resumes_to_the_same_weights(tiny, tmp_path, algorithm):
+    """Interrupt while batch 1 is being evaluated (a real exception), rerun, and land on the
+    uninterrupted run's weights, bit for bit."""
+    model, tok, layout, _ = tiny
+    w0 = layout.weight(model, 1).clone()
+    cfg = config(algorithm)
+    full = run(tiny, cfg, FACTS, 2, tmp_path / "full")
+    w_full = layout.weight(model, 1).clone()
+    torch.testing.assert_close(w_full, w0 + full.total, rtol=1e-5, atol=1e-6)
+    layout.weight(model, 1).copy_(w0)  # a fresh process starts from the unedited weights
+
     with pytest.raises(Interrupt):
-        editing.sequential(model, tok, layout, cfg, FACTS, TEMPLATES, C, 2, ckpt, after_batch=interrupt)
-    assert editing.load_checkpoint(ckpt)["batches_done"] == 1  # batch 1's evaluation never finished
-    # A fresh process would start from the unedited weights.
+        run(tiny, cfg, FACTS, 2, tmp_path / "resumed", after_batch=interrupt_at(1))
+    assert sorted(p.name for p in (tmp_path / "resumed").iterdir()) == ["batch-00000.safetensors"]
     layout.weight(model, 1).copy_(w0)
     seen = []
-    resumed = editing.sequential(model, tok, layout, cfg, FACTS, TEMPLATES, C, 2, ckpt,
-                                 after_batch=lambda b, _f: seen.append(b))
+    resumed = run(tiny, cfg, FACTS, 2, tmp_path / "resumed", after_batch=lambda b, _f: seen.append(b))
     assert seen == [1, 2]  # only the batches that were left
-    rel = (resumed["delta"] - full["delta"]).norm() / full["delta"].norm()
-    assert rel <= 1e-6
-    assert [d["batch"] for d in resumed["diagnostics"]] == [0, 1, 2]
+    assert torch.equal(layout.weight(model, 1), w_full) and torch.equal(resumed.total, full.total)
+    assert [d["batch"] for d in resumed.diagnostics] == [0, 1, 2]
     if algorithm == "alphaedit":
-        assert resumed["k_prev"].shape[1] == len(FACTS)
+        assert resumed.memory.size == len(FACTS)
+        assert torch.equal(resumed.memory.gram, full.memory.gram)
+
+
+def test_a_kill_between_snapshots_replays_from_the_last_one(tiny, tmp_path, caplog):
+    """Snapshots every 2 batches, killed during batch 3: the rerun loads the weights after batch 2,
+    replays batch 2's factors, and ends bit-identical to an uninterrupted run."""
+    model, tok, layout, _ = tiny
+    w0 = layout.weight(model, 1).clone()
+    cfg = config("alphaedit")
+    full = run(tiny, cfg, FACTS, 1, tmp_path / "full", snapshot_every=2)
+    w_full = layout.weight(model, 1).clone()
+    layout.weight(model, 1).copy_(w0)
+    with pytest.raises(Interrupt):
+        run(tiny, cfg, FACTS, 1, tmp_path / "killed", snapshot_every=2, after_batch=interrupt_at(3))
+    assert (tmp_path / "killed" / "snapshot.safetensors").exists()
+    layout.weight(model, 1).copy_(w0)
+    with caplog.at_level(logging.INFO, logger="editscale"):
+        resumed = run(tiny, cfg, FACTS, 1, tmp_path / "killed", snapshot_every=2)
+    assert "after batch 3 (snapshot after 2, 1 replayed)" in caplog.text
+    assert torch.equal(layout.weight(model, 1), w_full) and torch.equal(resumed.total, full.total)
+
+
+def test_a_batch_writes_only_what_it_adds(tiny, tmp_path):
+    """Factors (and, for algorithms that keep them, keys): O((d_in + d_out)·B) bytes, never a full matrix."""
+    model, _, layout, _ = tiny
+    d_out, d_in = layout.weight(model, 1).shape
+    for algorithm, tensors in (("memit", {"A", "B"}), ("alphaedit", {"A", "B", "keys"})):
+        run(tiny, config(algorithm), FACTS[:4], 2, tmp_path / algorithm)
+        from safetensors import safe_open
+
+        with safe_open(str(tmp_path / algorithm / "batch-00001.safetensors"), framework="pt") as f:
+            assert set(f.keys()) == tensors
+            assert {tuple(f.get_tensor(k).shape) for k in f.keys()} <= {(d_out, 2), (d_in, 2)}
 
 
 def test_sequential_batches_see_earlier_edits(tiny, tmp_path):
     """Batch 2's values are computed on the model edited by batch 1, unlike independent batches."""
     model, tok, layout, C = tiny
-    cfg = EditConfig(algorithm="memit", layer=1, **SEQ)
-    seq = editing.sequential(model, tok, layout, cfg, FACTS[:4], TEMPLATES, C, 2, tmp_path / "s.safetensors")
-    editing.revert_delta(model, layout, 1, seq["delta"])
-    first = editing.edit_batch(model, tok, layout, cfg, FACTS[:2], TEMPLATES, C)
-    second_alone = editing.edit_batch(model, tok, layout, cfg, FACTS[2:4], TEMPLATES, C)
-    assert seq["diagnostics"][0]["delta_norm"] == pytest.approx(first.diagnostics["delta_norm"], rel=1e-5)
-    assert seq["diagnostics"][1]["delta_norm"] != pytest.approx(second_alone.diagnostics["delta_norm"], rel=1e-3)
-    assert not torch.allclose(seq["delta"], first.delta + second_alone.delta, rtol=1e-4, atol=1e-6)
+    cfg = config("memit")
+    seq = run(tiny, cfg, FACTS[:4], 2, tmp_path / "s")
+    editing.revert_delta(model, layout, 1, seq.total)
+    solver = editing.prepare(cfg, C)
+    first = editing.edit_batch(model, tok, layout, cfg, FACTS[:2], TEMPLATES, solver)
+    second_alone = editing.edit_batch(model, tok, layout, cfg, FACTS[2:4], TEMPLATES, solver)
+    assert seq.diagnostics[0]["delta_norm"] == pytest.approx(first.diagnostics["delta_norm"], rel=1e-5)
+    assert seq.diagnostics[1]["delta_norm"] != pytest.approx(second_alone.diagnostics["delta_norm"], rel=1e-3)
+    assert not torch.allclose(seq.total, first.delta + second_alone.delta, rtol=1e-4, atol=1e-6)
 
 
-def test_checkpoint_of_another_run_is_refused(tiny, tmp_path):
-    model, tok, layout, C = tiny
-    ckpt = tmp_path / "c.safetensors"
-    cfg = EditConfig(algorithm="memit", layer=1, values=FAST)
-    state = editing.sequential(model, tok, layout, cfg, FACTS[:2], TEMPLATES, C, 2, ckpt)
-    editing.revert_delta(model, layout, 1, state["delta"])
-    with pytest.raises(ValueError, match="another run"):
-        editing.sequential(model, tok, layout, EditConfig("emmet", 1, values=FAST), FACTS[:2], TEMPLATES, C, 2, ckpt)
+def test_a_run_folder_of_another_run_is_never_resumed(tiny, tmp_path, caplog):
+    model, _, layout, _ = tiny
+    w0 = layout.weight(model, 1).clone()
+    with pytest.raises(Interrupt):
+        run(tiny, config("memit"), FACTS[:4], 2, tmp_path / "r", identity="old", after_batch=interrupt_at(1))
+    layout.weight(model, 1).copy_(w0)
+    clean = run(tiny, config("memit"), FACTS[:4], 2, tmp_path / "clean", identity="new")
+    layout.weight(model, 1).copy_(w0)
+    with caplog.at_level(logging.WARNING, logger="editscale"):
+        other = run(tiny, config("memit"), FACTS[:4], 2, tmp_path / "r", identity="new")
+    assert "another run" in caplog.text and "starting over" in caplog.text
+    assert torch.equal(other.total, clean.total)
 
 
 @pytest.mark.parametrize("algorithm", ["memit", "alphaedit"])
 def test_sequential_with_cached_first_batch_matches_computing_it(tiny, tmp_path, algorithm, monkeypatch):
     """Batch 0 runs on the unedited model, so keys and values cached there give the same run."""
     model, tok, layout, C = tiny
-    cfg = EditConfig(algorithm=algorithm, layer=1, **SEQ)
-    computed = editing.sequential(model, tok, layout, cfg, FACTS[:4], TEMPLATES, C, 2, tmp_path / "a.safetensors")
-    editing.revert_delta(model, layout, 1, computed["delta"])
-    # Cached the way the values rule does it: all four facts in one chunk, not batch by batch.
+    cfg = config(algorithm)
+    computed = run(tiny, cfg, FACTS[:4], 2, tmp_path / "a")
+    editing.revert_delta(model, layout, 1, computed.total)
+    # Cached the way the values rule does it: all four facts in one go, not batch by batch.
     K = compute_keys(model, tok, layout, 1, FACTS[:4], TEMPLATES)
     V = compute_values(model, tok, layout, 1, FACTS[:4], TEMPLATES, FAST, batch_size=4)
     first = (K[:2], Values(*(getattr(V, f)[:2] for f in Values.__dataclass_fields__)))
     optimised = []
     monkeypatch.setattr(editing, "compute_values", lambda *a, **k: optimised.append(a[4]) or compute_values(*a, **k))
-    reused = editing.sequential(model, tok, layout, cfg, FACTS[:4], TEMPLATES, C, 2, tmp_path / "b.safetensors",
-                                first_batch=first)
-    torch.testing.assert_close(reused["delta"], computed["delta"], rtol=1e-4, atol=1e-6)
-    assert [d["value_steps"] for d in reused["diagnostics"]] == [d["value_steps"] for d in computed["diagnostics"]]
+    reused = run(tiny, cfg, FACTS[:4], 2, tmp_path / "b", first_batch=first)
+    torch.testing.assert_close(reused.total, computed.total, rtol=1e-4, atol=1e-6)
+    assert [d["value_steps"] for d in reused.diagnostics] == [d["value_steps"] for d in computed.diagnostics]
     assert optimised == [FACTS[2:4]]  # only the second batch was optimised
 
 
@@ -169,5 +220,4 @@ def test_cached_first_batch_of_the_wrong_size_is_refused(tiny, tmp_path):
     K = compute_keys(model, tok, layout, 1, FACTS[:1], TEMPLATES)
     V = compute_values(model, tok, layout, 1, FACTS[:1], TEMPLATES, FAST)
     with pytest.raises(ValueError, match="batch of 2"):
-        editing.sequential(model, tok, layout, EditConfig("memit", 1, **SEQ), FACTS[:4], TEMPLATES, C, 2,
-                           tmp_path / "c.safetensors", first_batch=(K, V))
+        run(tiny, config("memit"), FACTS[:4], 2, tmp_path / "c", first_batch=(K, V))

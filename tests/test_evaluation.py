@@ -8,6 +8,7 @@ import torch
 from conftest import covariance_standin
 from editscale import editing, keys, metrics, models, values
 from editscale.scoring import LowRankEdits
+from editscale.settings import EditSettings, ValueSettings
 
 SUBJECTS = ["Danielle Darrieux", "Angola", "Toyota", "The Eiffel Tower", "Ludwig van Beethoven", "Jimi Hendrix",
             "Paris", "Japan"]
@@ -20,7 +21,7 @@ RECORDS = pd.DataFrame({
     "generation_prompts": [[]] * 8, "format": ["full"] * 8,
 })
 TEMPLATES = ["{}", "The man said that. {}"]
-FAST = values.ValueConfig(steps=3)
+FAST = ValueSettings(steps=3)
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
@@ -48,9 +49,10 @@ def _loop(model, tok, layout, edits, groups):
 def test_batched_independent_edits_equal_the_loop(setup, algorithm, batch):
     model, tok, layout, C, K, R = setup
     w0 = layout.weight(model, 1).clone()
-    cfg = editing.EditConfig(algorithm, 1, mom2_update_weight=1e-3, emmet_lambda=0.1)
+    cfg = editing.EditConfig(algorithm, 1, edit=EditSettings(mom2_update_weight=1e-3, emmet_lambda=0.1))
     groups = [list(RECORDS.case_id[i : i + batch]) for i in range(0, len(RECORDS), batch)]
-    edits = [f for f, _ in editing.independent_batches(cfg, K, R, C, batch, labels=list(RECORDS.case_id))]
+    solved = editing.independent_batches(editing.prepare(cfg, C), K, R, batch, labels=list(RECORDS.case_id))
+    edits = [(e.A, e.B) for e in solved]
     case_edit = {case: e for e, cases in enumerate(groups) for case in cases}
     batched = metrics.score(model, tok, RECORDS, layout=layout, layer=1, case_edit=case_edit,
                             edits=LowRankEdits([a for a, _ in edits], [b for _, b in edits]))

@@ -4,6 +4,7 @@ import pytest
 
 from conftest import SHARED
 from editscale import corpus, data, editing, keys, stats
+from editscale.settings import EditSettings
 
 pytestmark = [pytest.mark.smollm2, pytest.mark.skipif(SHARED is None, reason="needs the offline data folder")]
 
@@ -43,8 +44,8 @@ def test_edit_rewrites_a_known_fact(smollm2, known_fact, layer1, algorithm, opti
     model, tokenizer, layout = smollm2
     record, text = known_fact
     C, templates = layer1
-    edit = editing.edit_batch(model, tokenizer, layout, editing.EditConfig(algorithm, 1, **options),
-                              [record], templates, C)
+    cfg = editing.EditConfig(algorithm, 1, edit=EditSettings(**options))
+    edit = editing.edit_batch(model, tokenizer, layout, cfg, [record], templates, editing.prepare(cfg, C))
     editing.apply_delta(model, layout, 1, edit.delta)
     try:
         after = _greedy(model, tokenizer, text)

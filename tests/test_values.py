@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from editscale import keys, models, values
+from editscale.settings import ValueSettings
 from editscale.tokens import fill
 
 FACTS = [
@@ -14,7 +15,7 @@ FACTS = [
 ]
 TEMPLATES = ["{}", "The man said that. {}", "Therefore, because of the rain. {}"]
 # Short runs keep the tests fast; a threshold no fact reaches on one step, one all reach on another.
-CONFIG = values.ValueConfig(steps=6, loss_threshold=0.05)
+CONFIG = ValueSettings(steps=6, loss_threshold=0.05)
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
@@ -158,7 +159,7 @@ def test_early_stopping_freezes_converged_facts(tiny):
     probe = values.compute_values(model, tok, layout, 1, FACTS, TEMPLATES, CONFIG, batch_size=4)
     # A threshold between the facts' final losses makes some stop early and some not.
     threshold = float(probe.loss.median())
-    config = values.ValueConfig(steps=6, loss_threshold=threshold)
+    config = ValueSettings(steps=6, loss_threshold=threshold)
     batched = values.compute_values(model, tok, layout, 1, FACTS, TEMPLATES, config, batch_size=4)
     single = values.compute_values(model, tok, layout, 1, FACTS, TEMPLATES, config, batch_size=1)
     assert batched.converged.any() and not batched.converged.all()
@@ -169,7 +170,7 @@ def test_early_stopping_freezes_converged_facts(tiny):
 
 def test_clamp_bounds_delta(tiny):
     model, tok, layout = tiny
-    config = values.ValueConfig(steps=6, loss_threshold=0.0, clamp_factor=0.01, lr=5.0)
+    config = ValueSettings(steps=6, loss_threshold=0.0, clamp_factor=0.01, lr=5.0)
     out = values.compute_values(model, tok, layout, 1, FACTS, TEMPLATES, config, batch_size=4)
     h = out.v_star - out.residual
     assert (out.residual.norm(dim=1) <= 0.01 * h.norm(dim=1) * (1 + 1e-5)).all()

@@ -12,7 +12,6 @@ import pytest
 import yaml
 
 from conftest import SHARED, build_tokenizer, save_tiny
-from editscale import editing
 from editscale.stages import selection_name
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(SHARED is None, reason="needs the offline data folder")]
@@ -85,17 +84,63 @@ def test_end_to_end_then_nothing_to_do(workdir):
     assert "plots" in jobs and not set(jobs) - {"plots", "all"}, restyled.stdout
 
 
-def test_killed_sequential_run_resumes_from_its_checkpoint(workdir):
+def planned_jobs(workdir) -> list[tuple[str, str]]:
+    """(rule, wildcards) of every job `snakemake -n` would run."""
+    dry = snakemake(workdir, "-n")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    jobs = []
+    for line in dry.stdout.splitlines():
+        if line.startswith(("rule ", "checkpoint ")):
+            jobs.append((line.split()[1].rstrip(":"), ""))
+        elif line.strip().startswith("wildcards:") and jobs:
+            jobs[-1] = (jobs[-1][0], line.split(":", 1)[1].strip())
+    return [job for job in jobs if job[0] != "all"]
+
+
+def test_execution_settings_and_key_order_rerun_nothing(workdir):
+    """Device, batch sizes, chunking, threads, snapshots and resources are execution settings; the
+    order of keys is not a setting. Only result settings rerun what they affect."""
+    assert snakemake(workdir).returncode == 0  # up to date first (an earlier test restyled the plots)
+    original = (workdir / "config.yaml").read_text()
+    config = yaml.safe_load(original)
+    try:
+        changed = yaml.safe_load(original)
+        changed["model"]["device"] = "cuda"
+        changed["threads"] = 2
+        changed["values"].update(batch_size=3, chunk=1)
+        changed["evaluation"].update(batch_size=7, max_tokens=999)
+        changed["stats"]["batch_tokens"] = 512
+        changed["sequential"]["snapshot_every"] = 1
+        changed["resources"] = {"model_mem_mb": 64000, "model_runtime": 600, "gpus": 1}
+        reordered = {key: (dict(reversed(list(value.items()))) if isinstance(value, dict) else value)
+                     for key, value in reversed(list(changed.items()))}
+        (workdir / "config.yaml").write_text(yaml.safe_dump(reordered, sort_keys=False))
+        assert planned_jobs(workdir) == []
+        # A result setting of one algorithm reruns that algorithm's jobs and what reads them, nothing else.
+        config["edit"]["emmet_lambda"] = 0.5
+        (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+        jobs = planned_jobs(workdir)
+        edits = [wildcards for rule, wildcards in jobs if rule in ("sweep", "batch", "sequential")]
+        assert edits and all("algorithm=emmet" in w for w in edits), jobs
+        assert {rule for rule, _ in jobs} <= {"sweep", "batch", "sequential", "best_layer", "summary", "quality",
+                                              "plots"}, jobs
+    finally:
+        (workdir / "config.yaml").write_text(original)
+
+
+def test_killed_sequential_run_resumes_where_it_stopped(workdir):
     target = f"{run_dir(workdir)}/sequential/emmet-layer1-b1.immediate.parquet"
-    parts = workdir / f"{run_dir(workdir)}/sequential/.emmet-layer1-b1.immediate.parts"
-    checkpoint = parts / "checkpoint.safetensors"
+    folder = workdir / f"{run_dir(workdir)}/sequential"
+    (workdir / target).unlink(missing_ok=True)
     process = snakemake(workdir, target, start_new_session=True)
     deadline = time.time() + 240
-    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+    while not list(folder.glob(".emmet-layer1-b1.*.parts/batch-*.safetensors")) and process.poll() is None \
+            and time.time() < deadline:
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)  # a crash: no clean-up of any kind
     process.wait()
-    done = editing.load_checkpoint(checkpoint)["batches_done"]
+    (parts,) = folder.glob(".emmet-layer1-b1.*.parts")
+    done = len(list(parts.glob("batch-*.safetensors")))
     assert 1 <= done < 4, f"the run was not caught mid-way (batches done: {done})"
     snakemake(workdir, "--unlock")
     rerun = snakemake(workdir, target, "--rerun-incomplete")
@@ -104,3 +149,4 @@ def test_killed_sequential_run_resumes_from_its_checkpoint(workdir):
     assert f"after batch {done}" in log
     immediate = pd.read_parquet(workdir / target)
     assert sorted(immediate.batch) == [0, 1, 2, 3] and immediate.case_id.is_unique
+    assert not parts.exists()  # the tables are written, the run folder is gone

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -41,3 +42,26 @@ def write_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict | N
 def write_text(text: str, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def read_tensors(path: str | os.PathLike, device="cpu") -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path), device=str(device))
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """A safetensors file's metadata (all values are strings)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()

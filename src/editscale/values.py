@@ -25,19 +25,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .hooks import UpperStack, block_output
+from .settings import ValueSettings
 from .keys import in_context, pad_aligned, pad_batch
 from .tokens import continuation_span, fill, subject_last_token
-
-
-@dataclass(frozen=True)
-class ValueConfig:
-    lr: float = 0.5
-    steps: int = 25  # loss evaluations; the last one is not followed by an update
-    loss_threshold: float = 0.05
-    kl_factor: float = 0.0625
-    weight_decay: float = 1e-3
-    clamp_factor: float = 4.0
-    kl_prompt: str = "{} is a"
 
 
 @dataclass
@@ -53,7 +43,7 @@ class Values:
         return Values(*(torch.cat([getattr(p, f) for p in parts]) for f in Values.__dataclass_fields__))
 
 
-def compute_values(model, tokenizer, layout, layer: int, facts, templates, config: ValueConfig = ValueConfig(),
+def compute_values(model, tokenizer, layout, layer: int, facts, templates, config: ValueSettings = ValueSettings(),
                    *, batch_size: int = 16, fast: bool = True, progress: bool = False) -> Values:
     """v* and r for `facts` (mappings with prompt, subject, target_new), `batch_size` facts per forward."""
     chunks = range(0, len(facts), batch_size)
@@ -144,7 +134,7 @@ def kl_current_initial(current: torch.Tensor, initial: torch.Tensor) -> torch.Te
     return (current.exp() * (current - initial)).sum(-1)
 
 
-def _optimise(model, tokenizer, layout, layer, facts, templates, config: ValueConfig, fast: bool) -> Values:
+def _optimise(model, tokenizer, layout, layer, facts, templates, config: ValueSettings, fast: bool) -> Values:
     assert templates[0] == "{}", "the first context template must be the bare prompt"
     device = next(model.parameters()).device
     plan = _Plan(tokenizer, facts, templates, config.kl_prompt)

@@ -3,17 +3,15 @@ rule batch:
     input:
         model=MODEL_MANIFEST,
         records=RECORDS,
-        values=lambda w: value_chunks(w.layer, config["data"]["n"]),
+        values=lambda w: value_files(w.layer, SETTINGS.data.n),
         stats=STATS,
     output:
         nll=f"{BATCH}.nll.parquet",
         cases=f"{BATCH}.cases.parquet",
     params:
-        model=config["model"],
-        edit=config["edit"],
-        values=config["values"],
-        evaluation=config["evaluation"],
-        n=config["data"]["n"],
+        model=MODEL_PARAMS,
+        edit=edit_params,
+        n=SETTINGS.data.n,
     conda:
         ENV
     log:
@@ -22,8 +20,7 @@ rule batch:
         f"{RUN_DIR}/benchmarks/batch/{{algorithm}}-layer{{layer}}-b{{size}}.tsv"
     threads: THREADS
     resources:
-        mem_mb=8000,
-        gpu=GPU,
+        **model_resources(),
     script:
         "../../scripts/independent_edits.py"
 
@@ -38,8 +35,8 @@ rule baseline:
         cases=f"{BASELINE}.cases.parquet",
         quality=f"{BASELINE}.quality.parquet",
     params:
-        model=config["model"],
-        evaluation=config["evaluation"],
+        model=MODEL_PARAMS,
+        evaluation=S.results(SETTINGS.evaluation),
     conda:
         ENV
     log:
@@ -48,7 +45,6 @@ rule baseline:
         f"{RUN_DIR}/benchmarks/baseline.tsv"
     threads: THREADS
     resources:
-        mem_mb=8000,
-        gpu=GPU,
+        **model_resources(),
     script:
         "../../scripts/baseline.py"

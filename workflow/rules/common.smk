@@ -1,28 +1,33 @@
-# Paths and names derived from config, shared by every stage. An artifact path says what
-# made it: model, record selection, algorithm, layer, batch size.
-import math
-
+# Settings, paths and names derived from config once, shared by every stage. An artifact path says
+# what made it: model, record selection, algorithm, layer, batch size. Rule params carry result
+# settings only, in canonical form (settings.results); execution settings reach scripts through
+# the config and rerun nothing.
+from editscale import settings as S
 from editscale.experiments import read_layer
 from editscale.models import slug
 from editscale.stages import selection_name
 
-RESULTS = config.get("results", "results")
-MODEL = slug(config["model"]["spec"])
-SELECTION = selection_name(config["data"])
+SETTINGS = S.parse(config)
+RESULTS = SETTINGS.results
+MODEL_PARAMS = S.results(SETTINGS.model)
+DATA_PARAMS = S.results(SETTINGS.data)
+MODEL = slug(SETTINGS.model.spec)
+SELECTION = selection_name(DATA_PARAMS)
 MODEL_DIR = f"{RESULTS}/{MODEL}"
 RUN_DIR = f"{MODEL_DIR}/{SELECTION}"
 MODEL_MANIFEST = f"{MODEL_DIR}/model.yaml"  # an input wherever the model is loaded, so one job prepares it
 RECORDS = f"{RESULTS}/records/{SELECTION}.parquet"
-TEMPLATES = f"{MODEL_DIR}/templates-seed{config['templates']['seed']}.yaml"
+TEMPLATES = f"{MODEL_DIR}/templates-seed{SETTINGS.templates.seed}.yaml"
 STATS_ID = "{}-{}tok-len{}{}".format(  # every setting that changes C
-    "auto" if config["stats"]["corpus"] == "auto" else slug(str(config["stats"]["corpus"])),
-    config["stats"]["max_tokens"],
-    config["stats"].get("max_length", "auto"),
-    "-nofirst" if config["stats"].get("skip_first_token", False) else "",
+    "auto" if SETTINGS.stats.corpus == "auto" else slug(str(SETTINGS.stats.corpus)),
+    SETTINGS.stats.max_tokens,
+    SETTINGS.stats.max_length,
+    "-nofirst" if SETTINGS.stats.skip_first_token else "",
 )
 STATS = f"{MODEL_DIR}/stats/{STATS_ID}/layer{{layer}}.safetensors"
-CHUNK = config["values"]["chunk"]
-VALUES = f"{RUN_DIR}/values/layer{{layer}}/chunk{{chunk}}.safetensors"
+# One statistics pass fills every layer a run can edit: the sweep's, and a fixed `layer` if given.
+STATS_LAYERS = sorted(set(SETTINGS.sweep.layers) | ({int(SETTINGS.layer)} if SETTINGS.layer != "auto" else set()))
+VALUES = f"{RUN_DIR}/values/layer{{layer}}/records{{start}}-{{end}}.safetensors"
 SWEEP = f"{RUN_DIR}/sweep/{{algorithm}}-layer{{layer}}"
 BEST_LAYER = f"{RUN_DIR}/sweep/best_layer.yaml"
 BATCH = f"{RUN_DIR}/batch/{{algorithm}}-layer{{layer}}-b{{size}}"
@@ -32,38 +37,60 @@ SUMMARY = f"{RUN_DIR}/summary/{{kind}}.parquet"
 FIGURES = ["sweep", "batch", "sequential", "immediate_vs_retained"]
 PLOT = f"{RUN_DIR}/plots/{{name}}.png"
 ENV = "../../envs/editscale.yaml"  # relative to the rule files
-GPU = 1 if str(config["model"].get("device", "cpu")).startswith("cuda") else 0
-THREADS = config.get("threads", 1)  # torch threads per model job; jobs run side by side up to --cores
-N_SWEEP = config["sweep"]["n"]
-N_SEQ = config["sequential"]["n"]
+THREADS = SETTINGS.threads  # torch threads per model job; jobs run side by side up to --cores
+N_SWEEP = SETTINGS.sweep.n
+N_SEQ = SETTINGS.sequential.n
+
+# Value files cover the records the sweep edits, then the rest: no record is optimised twice, and
+# how a job chunks its range is execution only. A consumer reads the files that hold its records.
+VALUE_CUTS = sorted({N_SWEEP, SETTINGS.data.n})
 
 
-def value_chunks(layer, n):
-    return [VALUES.format(layer=layer, chunk=c) for c in range(math.ceil(n / CHUNK))]
+def value_files(layer, n):
+    """The value files holding records [0, n) at `layer` (the last may hold more)."""
+    starts = [0, *VALUE_CUTS[:-1]]
+    return [VALUES.format(layer=layer, start=s, end=e) for s, e in zip(starts, VALUE_CUTS) if s < n]
+
+
+def edit_params(wildcards):
+    """The edit settings the job's algorithm reads, and no others."""
+    from editscale.algorithms import get
+
+    edit = S.results(SETTINGS.edit)
+    return {name: edit[name] for name in (*get(wildcards.algorithm).settings, "on_ill_conditioned")}
+
+
+def model_resources(runtime=None):
+    res = SETTINGS.resources
+    gpus = res.gpus if res.gpus != "auto" else int(str(SETTINGS.model.device).startswith("cuda"))
+    return dict(mem_mb=res.model_mem_mb, runtime=runtime or res.model_runtime, gpu=gpus)
+
+
+LIGHT = dict(mem_mb=SETTINGS.resources.light_mem_mb, runtime=SETTINGS.resources.light_runtime)
 
 
 def chosen_layer():
     """`layer: auto` takes the sweep's best layer (a checkpoint); a number overrides it."""
-    if config["layer"] != "auto":
-        return int(config["layer"])
+    if SETTINGS.layer != "auto":
+        return int(SETTINGS.layer)
     return read_layer(checkpoints.best_layer.get().output[0])
 
 
 def sweep_cases(wildcards=None):
     return [f"{SWEEP.format(algorithm=a, layer=l)}.cases.parquet"
-            for a in config["sweep"]["algorithms"] for l in config["sweep"]["layers"]]
+            for a in SETTINGS.sweep.algorithms for l in SETTINGS.sweep.layers]
 
 
 def batch_cases(wildcards=None):
     layer = chosen_layer()
     return [f"{BATCH.format(algorithm=a, layer=layer, size=b)}.cases.parquet"
-            for a in config["batch"]["algorithms"] for b in config["batch"]["sizes"]]
+            for a in SETTINGS.batch.algorithms for b in SETTINGS.batch.sizes]
 
 
 def sequential_outputs(kind):
     def outputs(wildcards=None):
         layer = chosen_layer()
         return [f"{SEQUENTIAL.format(algorithm=a, layer=layer, size=b)}.{kind}.parquet"
-                for a in config["sequential"]["algorithms"] for b in config["sequential"]["sizes"]]
+                for a in SETTINGS.sequential.algorithms for b in SETTINGS.sequential.sizes]
 
     return outputs

@@ -3,7 +3,7 @@ rule data:
     output:
         RECORDS,
     params:
-        data=config["data"],
+        data=DATA_PARAMS,
     conda:
         ENV
     log:
@@ -11,6 +11,6 @@ rule data:
     benchmark:
         f"{RESULTS}/records/benchmarks/{SELECTION}.tsv"
     resources:
-        mem_mb=2000,
+        **LIGHT,
     script:
         "../../scripts/select_records.py"

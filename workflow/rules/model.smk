@@ -3,7 +3,7 @@ rule model:
     output:
         MODEL_MANIFEST,
     params:
-        model=config["model"],
+        model=MODEL_PARAMS,
     conda:
         ENV
     log:
@@ -11,6 +11,6 @@ rule model:
     benchmark:
         f"{MODEL_DIR}/benchmarks/model.tsv"
     resources:
-        mem_mb=4000,
+        **{**model_resources(), "gpu": 0},  # conversion runs on the CPU
     script:
         "../../scripts/prepare_model.py"

@@ -11,7 +11,7 @@ rule plots:
                                      caption="../report/immediate_vs_retained.rst", category="Figures"),
         pdfs=[PLOT.format(name=name).replace(".png", ".pdf") for name in FIGURES],
     params:
-        style=config["plots"],
+        style=S.results(SETTINGS.plots),
     conda:
         ENV
     log:
@@ -19,6 +19,6 @@ rule plots:
     benchmark:
         f"{RUN_DIR}/benchmarks/plots.tsv"
     resources:
-        mem_mb=2000,
+        **LIGHT,
     script:
         "../../scripts/plot.py"

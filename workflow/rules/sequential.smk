@@ -1,23 +1,23 @@
 rule sequential:
-    """Batches of B applied one after another to the same model, checkpointed after every batch:
-    a killed run continues from its last checkpoint. The first batch reuses the cached values."""
+    """Batches of B applied one after another to the same model, each recorded as it finishes:
+    a killed run continues where it stopped. The first batch reuses the cached values."""
     input:
         model=MODEL_MANIFEST,
         records=RECORDS,
         templates=TEMPLATES,
         stats=STATS,
-        values=lambda w: value_chunks(w.layer, min(int(w.size), N_SEQ)),  # the first batch's, on the unedited model
+        values=lambda w: value_files(w.layer, min(int(w.size), N_SEQ)),  # the first batch's, on the unedited model
     output:
         immediate=f"{SEQUENTIAL}.immediate.parquet",
         retained=f"{SEQUENTIAL}.retained.parquet",
         quality=f"{SEQUENTIAL}.quality.parquet",
     params:
-        model=config["model"],
-        edit=config["edit"],
-        values=config["values"],
-        evaluation=config["evaluation"],
+        model=MODEL_PARAMS,
+        edit=edit_params,
+        values=S.results(SETTINGS.values),
+        evaluation=S.results(SETTINGS.evaluation),
         n=N_SEQ,
-        retained_every=config["sequential"]["retained_every"],
+        retained_every=SETTINGS.sequential.retained_every,
     conda:
         ENV
     log:
@@ -26,7 +26,6 @@ rule sequential:
         f"{RUN_DIR}/benchmarks/sequential/{{algorithm}}-layer{{layer}}-b{{size}}.tsv"
     threads: THREADS
     resources:
-        mem_mb=8000,
-        gpu=GPU,
+        **model_resources(SETTINGS.resources.sequential_runtime),
     script:
         "../../scripts/sequential.py"

@@ -1,21 +1,22 @@
 rule stats:
-    """C = E[k kᵀ] of the edited projection's input at one layer (stops after that layer)."""
+    """C = E[k kᵀ] of the edited projection's input at every layer a run can edit, in one pass
+    that stops after the deepest of them."""
     input:
         MODEL_MANIFEST,
     output:
-        STATS,
+        expand(STATS, layer=STATS_LAYERS),
     params:
-        model=config["model"],
-        stats=config["stats"],
+        model=MODEL_PARAMS,
+        stats=S.results(SETTINGS.stats),
+        layers=STATS_LAYERS,
     conda:
         ENV
     log:
-        f"{MODEL_DIR}/logs/stats/{STATS_ID}-layer{{layer}}.log",
+        f"{MODEL_DIR}/logs/stats/{STATS_ID}.log",
     benchmark:
-        f"{MODEL_DIR}/benchmarks/stats/{STATS_ID}-layer{{layer}}.tsv"
+        f"{MODEL_DIR}/benchmarks/stats/{STATS_ID}.tsv"
     threads: THREADS
     resources:
-        mem_mb=8000,
-        gpu=GPU,
+        **model_resources(),
     script:
         "../../scripts/compute_stats.py"

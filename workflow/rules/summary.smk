@@ -24,7 +24,7 @@ rule summary:
     benchmark:
         f"{RUN_DIR}/benchmarks/summary/{{kind}}.tsv"
     resources:
-        mem_mb=2000,
+        **LIGHT,
     script:
         "../../scripts/summarise.py"
 
@@ -44,6 +44,6 @@ rule quality:
     benchmark:
         f"{RUN_DIR}/benchmarks/summary/quality.tsv"
     resources:
-        mem_mb=2000,
+        **LIGHT,
     script:
         "../../scripts/collect_quality.py"

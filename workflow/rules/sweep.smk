@@ -3,16 +3,14 @@ rule sweep:
     input:
         model=MODEL_MANIFEST,
         records=RECORDS,
-        values=lambda w: value_chunks(w.layer, N_SWEEP),
+        values=lambda w: value_files(w.layer, N_SWEEP),
         stats=STATS,
     output:
         nll=f"{SWEEP}.nll.parquet",
         cases=f"{SWEEP}.cases.parquet",
     params:
-        model=config["model"],
-        edit=config["edit"],
-        values=config["values"],
-        evaluation=config["evaluation"],
+        model=MODEL_PARAMS,
+        edit=edit_params,
         n=N_SWEEP,
     conda:
         ENV
@@ -22,8 +20,7 @@ rule sweep:
         f"{RUN_DIR}/benchmarks/sweep/{{algorithm}}-layer{{layer}}.tsv"
     threads: THREADS
     resources:
-        mem_mb=8000,
-        gpu=GPU,
+        **model_resources(),
     script:
         "../../scripts/independent_edits.py"
 
@@ -41,6 +38,6 @@ checkpoint best_layer:
     benchmark:
         f"{RUN_DIR}/benchmarks/best_layer.tsv"
     resources:
-        mem_mb=1000,
+        **LIGHT,
     script:
         "../../scripts/best_layer.py"

@@ -5,8 +5,8 @@ rule templates:
     output:
         TEMPLATES,
     params:
-        model=config["model"],
-        templates=config["templates"],
+        model=MODEL_PARAMS,
+        templates=S.results(SETTINGS.templates),
     conda:
         ENV
     log:
@@ -15,7 +15,6 @@ rule templates:
         f"{MODEL_DIR}/benchmarks/templates.tsv"
     threads: THREADS
     resources:
-        mem_mb=4000,
-        gpu=GPU,
+        **model_resources(),
     script:
         "../../scripts/make_templates.py"

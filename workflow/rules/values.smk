@@ -1,5 +1,5 @@
 rule values:
-    """Keys, v* and residuals of one chunk of records on the unedited model; reused by every
+    """Keys, v* and residuals of a range of records on the unedited model; reused by every
     algorithm and batch size that edits the unedited model."""
     input:
         model=MODEL_MANIFEST,
@@ -8,17 +8,19 @@ rule values:
     output:
         VALUES,
     params:
-        model=config["model"],
-        values=config["values"],
+        model=MODEL_PARAMS,
+        values=S.results(SETTINGS.values),
+    wildcard_constraints:
+        start=r"\d+",
+        end=r"\d+",
     conda:
         ENV
     log:
-        f"{RUN_DIR}/logs/values/layer{{layer}}-chunk{{chunk}}.log",
+        f"{RUN_DIR}/logs/values/layer{{layer}}-records{{start}}-{{end}}.log",
     benchmark:
-        f"{RUN_DIR}/benchmarks/values/layer{{layer}}-chunk{{chunk}}.tsv"
+        f"{RUN_DIR}/benchmarks/values/layer{{layer}}-records{{start}}-{{end}}.tsv"
     threads: THREADS
     resources:
-        mem_mb=8000,
-        gpu=GPU,
+        **model_resources(),
     script:
         "../../scripts/compute_values.py"

@@ -1,4 +1,5 @@
-"""The closed-form solvers on random problems: constraints, limits, identities and conditioning."""
+"""The plain path (each update's textbook d_in × d_in formula) on random problems: constraints,
+limits, identities and conditioning. The prepared solvers are tested against it in test_algorithms.py."""
 
 import logging
 import math
@@ -6,8 +7,8 @@ import math
 import pytest
 import torch
 
-from editscale import solvers
-from editscale.solvers import IllConditionedError
+from editscale.algorithms import MAX_CONDITION, IllConditionedError
+from editscale.algorithms import dense as solvers
 
 D_IN, D_OUT, N = 24, 16, 5
 LABELS = [11, 22, 33, 44]
@@ -163,10 +164,10 @@ def test_duplicate_keys_without_labels_are_named_by_column():
 def test_fallbacks_return_a_finite_least_squares_answer_and_warn(mode, caplog):
     K, R, C = duplicated()
     diagnostics = {}
-    with caplog.at_level(logging.WARNING, logger="editscale.solvers"):
+    with caplog.at_level(logging.WARNING, logger="editscale.algorithms"):
         delta = solvers.emmet(K, R, C, 0.0, labels=LABELS, on_ill_conditioned=mode, diagnostics=diagnostics)
     assert torch.isfinite(delta).all()
-    assert diagnostics["fallback"] == mode and diagnostics["condition"] > solvers.MAX_CONDITION
+    assert diagnostics["fallback"] == mode and diagnostics["condition"] > MAX_CONDITION
     assert any("condition" in rec.getMessage() and mode in rec.getMessage() for rec in caplog.records)
     # the conflicting pair gets the mean of its two residuals, the others are met exactly
     change = delta @ K

@@ -1,0 +1,52 @@
+"""Every editing algorithm, declared once: adding one means one entry here (and its settings).
+
+An entry says which edit settings the algorithm reads (so only those rerun its results), how to
+build its operator T from C, its ridge ρ for a batch of n, and whether it keeps the keys of earlier
+sequential batches. The maths is in `prepared`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from .prepared import InverseOfC, NullSpaceProjector
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    name: str
+    settings: tuple[str, ...]  # edit settings it reads
+    operator: Callable  # (C, settings, *, mode, max_condition) -> T
+    ridge: Callable[[dict, int], float]  # (settings, n) -> ρ
+    system: str  # the small system it solves, for messages
+    remembers: bool = False  # earlier sequential batches' keys join the system
+    max_batch: int | None = None
+    source: str = ""  # where the update comes from
+
+
+def _inverse(C, settings, *, mode, max_condition):
+    return InverseOfC(C, mode=mode, max_condition=max_condition)
+
+
+def _projector(C, settings, *, mode, max_condition):
+    return NullSpaceProjector(C, settings["nullspace_threshold"])
+
+
+ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
+    Algorithm("rome", (), _inverse, lambda s, n: 0.0, "ROME: kᵀC⁻¹k", max_batch=1,
+              source="Meng et al. 2022 (ROME), eq. 2"),
+    Algorithm("memit", ("mom2_update_weight",), _inverse, lambda s, n: s["mom2_update_weight"],
+              "MEMIT: KᵀC⁻¹K + λI", source="Meng et al. 2023 (MEMIT), eq. 14; unified-model-editing memit_main.py"),
+    Algorithm("emmet", ("mom2_update_weight", "emmet_lambda"), _inverse,
+              lambda s, n: s["mom2_update_weight"] * s["emmet_lambda"] if n > 1 else 0.0, "EMMET: KᵀC⁻¹K + λεI",
+              source="Gupta et al. 2024 (EMMET); unified-model-editing emmet_main.py"),
+    Algorithm("alphaedit", ("nullspace_threshold", "alphaedit_l2"), _projector, lambda s, n: s["alphaedit_l2"],
+              "AlphaEdit: UᵀPU + αI", remembers=True, source="Fang et al. 2025 (AlphaEdit), eq. 11; AlphaEdit_main.py"),
+)}
+
+
+def get(name: str) -> Algorithm:
+    if name not in ALGORITHMS:
+        raise ValueError(f"algorithm {name!r} is not one of {', '.join(ALGORITHMS)}")
+    return ALGORITHMS[name]

@@ -1,0 +1,208 @@
+"""The workflow's configuration, parsed once into typed settings with one set of defaults.
+
+`workflow/schemas/config.schema.yaml` checks types and ranges and describes every key; the
+defaults live here and nowhere else. Each field is a *result* setting (changing it changes what
+a stage computes, so it is a rule param and reruns that stage) or an *execution* setting
+(device, batch sizes, chunking, threads, memory: changing it reruns nothing). `results(section)`
+gives a section's result settings as a plain dict in field order, which is the canonical form
+rule params need: Snakemake compares params by their repr, and reordering keys in a copied
+config must not look like a change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+def execution(default=None, **kw):
+    """A field that changes how a stage runs, never what it computes."""
+    if "default_factory" not in kw:
+        kw["default"] = default
+    return field(metadata={"execution": True}, **kw)
+
+
+@dataclass(frozen=True)
+class Model:
+    spec: str = "smollm2-135m"
+    dtype: str = "float32"
+    layout: dict | None = None
+    device: str = execution("cpu")
+
+
+@dataclass(frozen=True)
+class Data:
+    counterfact: Any = "auto"
+    n: int = 64
+    seed: int = 0
+    unique_subjects: bool = True
+
+
+@dataclass(frozen=True)
+class Templates:
+    seed: int = 0
+    n_tokens: int = 10
+    top_k: int = 5
+
+
+@dataclass(frozen=True)
+class Stats:
+    corpus: str = "auto"
+    max_tokens: int = 20000
+    max_length: Any = "auto"  # an int, or "auto": the model's context length
+    skip_first_token: bool = False
+    batch_tokens: int = execution(8192)
+
+
+@dataclass(frozen=True)
+class ValueSettings:
+    """Value optimisation (values.py); defaults from the reference's Llama configurations."""
+    lr: float = 0.5
+    steps: int = 25  # loss evaluations; the last one is not followed by an update
+    loss_threshold: float = 0.05
+    kl_factor: float = 0.0625
+    weight_decay: float = 1e-3
+    clamp_factor: float = 4.0
+    kl_prompt: str = "{} is a"
+    batch_size: int = execution(8)
+    chunk: int = execution(8)
+
+
+@dataclass(frozen=True)
+class EditSettings:
+    """What the algorithms read (each reads only its own: algorithms.registry)."""
+    mom2_update_weight: float = 100.0  # MEMIT's λ (EMMET scales C by it too); scale with d_in
+    emmet_lambda: float = 0.1
+    nullspace_threshold: float = 0.01
+    alphaedit_l2: float = 10.0
+    on_ill_conditioned: str = "raise"
+
+
+@dataclass(frozen=True)
+class Sweep:
+    layers: tuple = (1, 2, 3, 4)
+    algorithms: tuple = ("rome", "memit", "emmet")
+    n: int = 8
+
+
+@dataclass(frozen=True)
+class Batch:
+    algorithms: tuple = ("memit", "emmet")
+    sizes: tuple = (4, 16, 64)
+
+
+@dataclass(frozen=True)
+class Sequential:
+    algorithms: tuple = ("memit", "emmet", "alphaedit")
+    sizes: tuple = (1, 2, 4)
+    n: int = 4
+    retained_every: int = 2
+    snapshot_every: int = execution(64)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    fluency_cases: int = 2
+    fluency_tokens: int = 30
+    drift_tokens: int = 2000
+    batch_size: int = execution(128)
+    max_tokens: int = execution(2048)
+
+
+@dataclass(frozen=True)
+class Plots:
+    style: str = "whitegrid"
+    context: str = "paper"
+    palette: str = "colorblind"
+    formats: tuple = ("png", "pdf")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Per job: `model` jobs load the model, `light` ones only read tables. Execution only."""
+    model_mem_mb: int = 8000
+    model_runtime: int = 60  # minutes
+    sequential_runtime: int = 120
+    light_mem_mb: int = 2000
+    light_runtime: int = 10
+    gpus: Any = "auto"  # auto: 1 when model.device is cuda, else 0
+
+
+@dataclass(frozen=True)
+class Settings:
+    results: str = "results"
+    threads: int = 1
+    layer: Any = "auto"
+    model: Model = field(default_factory=Model)
+    data: Data = field(default_factory=Data)
+    templates: Templates = field(default_factory=Templates)
+    stats: Stats = field(default_factory=Stats)
+    values: ValueSettings = field(default_factory=ValueSettings)
+    edit: EditSettings = field(default_factory=EditSettings)
+    sweep: Sweep = field(default_factory=Sweep)
+    batch: Batch = field(default_factory=Batch)
+    sequential: Sequential = field(default_factory=Sequential)
+    evaluation: Evaluation = field(default_factory=Evaluation)
+    plots: Plots = field(default_factory=Plots)
+    resources: Resources = field(default_factory=Resources)
+
+
+def parse(config: dict) -> Settings:
+    """Typed settings from a (schema-validated) config dict; missing keys take the defaults above."""
+    top = {}
+    for f in fields(Settings):
+        if f.name not in config:
+            continue
+        value = config[f.name]
+        section = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+        top[f.name] = _section(section, value) if section is not None else value
+    unknown = set(config) - {f.name for f in fields(Settings)}
+    if unknown:
+        raise ValueError(f"unknown config keys {sorted(unknown)}")
+    return Settings(**top)
+
+
+def _section(cls, value: dict):
+    unknown = set(value) - {f.name for f in fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown keys {sorted(unknown)} in config section {cls.__name__.lower()}")
+    return cls(**{k: tuple(v) if isinstance(v, list) and k != "counterfact" else v for k, v in value.items()})
+
+
+def results(section) -> dict:
+    """The section's result settings, in field order: the canonical form for rule params."""
+    return {f.name: _plain(getattr(section, f.name)) for f in fields(section) if not f.metadata.get("execution")}
+
+
+def as_dict(section) -> dict:
+    """Every setting of a section, result and execution, as plain values."""
+    return {f.name: _plain(getattr(section, f.name)) for f in fields(section)}
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(value[k]) for k in sorted(value)}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class Execution:
+    """Every execution setting a stage may read, and nothing else: these never rerun a stage."""
+    device: str
+    threads: int
+    value_batch_size: int
+    value_chunk: int
+    eval_batch_size: int
+    eval_max_tokens: int
+    stats_batch_tokens: int
+    snapshot_every: int
+
+    @staticmethod
+    def of(s: Settings) -> "Execution":
+        return Execution(device=s.model.device, threads=s.threads, value_batch_size=s.values.batch_size,
+                         value_chunk=s.values.chunk, eval_batch_size=s.evaluation.batch_size,
+                         eval_max_tokens=s.evaluation.max_tokens, stats_batch_tokens=s.stats.batch_tokens,
+                         snapshot_every=s.sequential.snapshot_every)
