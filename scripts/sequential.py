@@ -4,4 +4,4 @@ p, i, o, w = snakemake.params, snakemake.input, snakemake.output, snakemake.wild
 with stages.logged(snakemake.log[0], snakemake.config) as run:
     experiments.sequential(p.model, p.edit, p.values, p.evaluation, run, i.records, i.templates, i.stats,
                            list(i.values), w.algorithm, int(w.layer), int(w.size), p.n, p.retained_every,
-                           o.immediate, o.retained, o.quality)
+                           o.immediate, o.retained, o.quality, o.batches, o.edits)

@@ -195,3 +195,12 @@ def test_the_registry_reads_only_declared_edit_settings():
         assert set(cfg.settings()) == set(algorithm.settings)
     with pytest.raises(ValueError, match="not one of"):
         algorithms.get("fine-tuning")
+
+
+def test_nearly_parallel_keys_are_named_even_when_well_conditioned(caplog):
+    K, R, C = problem(3)
+    K[:, 2] = K[:, 0] + 0.05 * K[:, 1] / K[:, 1].norm() * K[:, 0].norm()  # |cos| ≈ 0.999
+    with caplog.at_level(logging.WARNING, logger="editscale.algorithms"):
+        out = solver("memit", C).solve(K, R, labels=[5, 6, 7])
+    assert torch.isfinite(out.B).all() and out.diagnostics["condition"] < 1e6
+    assert "nearly parallel" in caplog.text and "records 5 and 7" in caplog.text

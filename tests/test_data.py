@@ -1,6 +1,7 @@
 """CounterFact loading: facts about the real offline files, then every malformed-input case."""
 
 import hashlib
+import io
 import json
 
 import pandas as pd
@@ -233,16 +234,17 @@ def test_official_url_uses_a_verified_cache_and_rejects_a_bad_download(tmp_path,
     good = artifacts.sha256(cached)
     monkeypatch.setattr(data, "OFFICIAL_SHA256", good)
 
-    def no_network(url, target):
+    def no_network(url, timeout):
         raise AssertionError("a verified cache must not be downloaded again")
 
-    monkeypatch.setattr(data.urllib.request, "urlretrieve", no_network)
+    monkeypatch.setattr(data.urllib.request, "urlopen", no_network)
     assert data.load_counterfact(data.OFFICIAL_URL).case_id.tolist() == [5]
 
-    def truncated_download(url, target):
-        open(target, "w").write("[]")
+    def truncated_download(url, timeout):
+        assert timeout == data.DOWNLOAD_TIMEOUT  # a stalled server cannot hang the run
+        return io.BytesIO(b"[]")
 
-    monkeypatch.setattr(data.urllib.request, "urlretrieve", truncated_download)
+    monkeypatch.setattr(data.urllib.request, "urlopen", truncated_download)
     stale = json.dumps([full_record(6)])
     cached.write_text(stale)  # no longer matches, so it is fetched again
     with pytest.raises(CounterFactError) as err:

@@ -221,3 +221,13 @@ def test_cached_first_batch_of_the_wrong_size_is_refused(tiny, tmp_path):
     V = compute_values(model, tok, layout, 1, FACTS[:1], TEMPLATES, FAST)
     with pytest.raises(ValueError, match="batch of 2"):
         run(tiny, config("memit"), FACTS[:4], 2, tmp_path / "c", first_batch=(K, V))
+
+
+def test_conflicting_edits_in_a_batch_are_refused_or_named(caplog):
+    batches = [FACTS[:2], [FACTS[2], dict(FACTS[2], case_id=77, target_new="Fiat"), FACTS[3]]]
+    with pytest.raises(ValueError, match=r"'Toyota' \(cases 12, 77: 'Volkswagen' vs 'Fiat'\).*allow_conflicts"):
+        editing.check_conflicts(batches)
+    with caplog.at_level(logging.WARNING, logger="editscale"):
+        editing.check_conflicts(batches, allow=True)
+    assert "'Toyota' (cases 12, 77" in caplog.text
+    editing.check_conflicts([FACTS[:3], [dict(FACTS[0], case_id=78)]])  # other batches, or the same target: fine

@@ -97,6 +97,17 @@ def test_aggregate_score_is_the_harmonic_mean_and_ci_is_seeded():
     assert metrics.harmonic_mean([50, 0, 100]) == 0
 
 
+def test_aggregate_refuses_undefined_metrics_naming_the_cases():
+    """A case without neighbourhood prompts has NS NaN: never averaged into a summary, always named."""
+    rows = _nll_rows(7, "rewrite", 0, 0.5, 2.0) + _nll_rows(7, "paraphrase", 0, 0.5, 2.0) \
+        + _nll_rows(8, "rewrite", 0, 0.5, 2.0) + _nll_rows(8, "paraphrase", 0, 0.5, 2.0) \
+        + _nll_rows(8, "neighborhood", 0, 2.0, 1.0)
+    cases = metrics.per_case(pd.DataFrame(rows, columns=metrics.NLL_COLUMNS)).assign(format="full")
+    with pytest.raises(ValueError, match=r"undefined \(NaN\) for cases \[7\]"):
+        metrics.aggregate(cases)
+    assert len(metrics.aggregate(cases[cases.case_id == 8]))
+
+
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
 def tiny(request, tiny_llama_dir, tiny_gpt2_dir):
     folder = {"llama": tiny_llama_dir, "gpt2": tiny_gpt2_dir}[request.param]

@@ -69,3 +69,14 @@ def test_smollm2_knows_danielle_darrieux(smollm2):
     out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     continuation = tokenizer.decode(out[0, inputs["input_ids"].shape[1]:])
     assert continuation.startswith(" French")
+
+
+def test_a_gguf_is_hash_checked_before_conversion(tmp_path, monkeypatch):
+    """Wherever the embedded GGUF came from (an installed package, the cache), a wrong file is
+    refused before any conversion and nothing is cached."""
+    monkeypatch.setenv("EDITSCALE_CACHE", str(tmp_path / "cache"))
+    fake = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    fake.write_bytes(b"not the model")
+    with pytest.raises(RuntimeError, match=r"has sha256 .* expected b179c952"):
+        models.gguf_to_folder(fake, sha256=models._SMOLLM2_SHA256)
+    assert not list((tmp_path / "cache" / "models").glob("*"))

@@ -108,6 +108,9 @@ def test_missing_source_and_fingerprints(tmp_path):
     spec = {"hf": "wikimedia/wikipedia", "name": "20231101.en", "split": "train", "field": "text"}
     assert corpus.fingerprint(spec) == corpus.fingerprint("hf:wikimedia/wikipedia:20231101.en:train") \
         == "hf:wikimedia/wikipedia:20231101.en:train"
+    pinned = "hf:wikimedia/wikipedia:20231101.en:train@b04c8d1"
+    assert corpus.fingerprint(pinned) == pinned == corpus.fingerprint({**spec, "revision": "b04c8d1"})
+    assert corpus._dataset_spec(pinned)["revision"] == "b04c8d1"
 
 
 # --- second moments -------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Text sources for the key statistics C (DESIGN §2): local files offline, `datasets` online.
 
 A source is a path (`.txt` or `.jsonl`), a dataset dict
-`{"hf": "wikimedia/wikipedia", "name": "20231101.en", "split": "train", "field": "text"}`,
-or the same as a string, `"hf:wikimedia/wikipedia:20231101.en:train[:field]"`.
+`{"hf": "wikimedia/wikipedia", "name": "20231101.en", "split": "train", "field": "text", "revision": None}`,
+or the same as a string, `"hf:wikimedia/wikipedia:20231101.en:train[:field][@revision]"`; a revision
+pins the dataset to a commit of its hub repository.
 Every source yields its documents in a fixed order, so a run can be resumed by skipping.
 """
 
@@ -42,7 +43,8 @@ def fingerprint(source) -> str:
     if _is_dataset(source):
         spec = _dataset_spec(source)
         field = "" if spec["field"] == "text" else f":{spec['field']}"
-        return f"hf:{spec['hf']}:{spec['name'] or ''}:{spec['split']}{field}"
+        revision = f"@{spec['revision']}" if spec["revision"] else ""
+        return f"hf:{spec['hf']}:{spec['name'] or ''}:{spec['split']}{field}{revision}"
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"text source {path} does not exist")
@@ -113,19 +115,21 @@ def _dataset_spec(source) -> dict:
             raise ValueError(f"dataset source {source} needs an 'hf' key naming the dataset")
         spec = dict(source)
     else:
-        parts = source.split(":")[1:]
+        body, _, revision = source.partition("@")
+        parts = body.split(":")[1:]
         if not 3 <= len(parts) <= 4:
-            raise ValueError(f"dataset source {source!r}: expected 'hf:<dataset>:<name>:<split>[:<field>]'")
-        spec = dict(zip(("hf", "name", "split", "field"), parts))
+            raise ValueError(f"dataset source {source!r}: expected 'hf:<dataset>:<name>:<split>[:<field>][@<revision>]'")
+        spec = dict(zip(("hf", "name", "split", "field"), parts), revision=revision or None)
     return {"hf": spec["hf"], "name": spec.get("name") or None, "split": spec.get("split", "train"),
-            "field": spec.get("field", "text")}
+            "field": spec.get("field", "text"), "revision": spec.get("revision")}
 
 
 def _dataset_texts(spec: dict) -> Iterator[str]:
     # Streaming reads the (large) dataset in its stored order without downloading it whole.
     import datasets
 
-    rows = datasets.load_dataset(spec["hf"], spec["name"], split=spec["split"], streaming=True)
+    rows = datasets.load_dataset(spec["hf"], spec["name"], split=spec["split"], streaming=True,
+                                 revision=spec["revision"])
     for row in rows:
         text = (row.get(spec["field"]) or "").strip()
         if text:

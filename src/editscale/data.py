@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import reprlib
+import shutil
 import urllib.request
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from . import artifacts, paths
 
 OFFICIAL_URL = "https://rome.baulab.info/data/dsets/counterfact.json"
 OFFICIAL_SHA256 = "d017056125178a13728594e66a801357a8db9ed7973a7425554bb4271de9fc6f"
+DOWNLOAD_TIMEOUT = 120  # seconds without a byte before a download is given up
 COLUMNS = ["case_id", "subject", "prompt", "target_new", "target_true", "relation_id",
            "paraphrase_prompts", "neighborhood_prompts", "generation_prompts", "format"]
 LIST_COLUMNS = ["paraphrase_prompts", "neighborhood_prompts", "generation_prompts"]
@@ -29,6 +31,9 @@ STRING_COLUMNS = ["subject", "prompt", "target_new", "target_true", "relation_id
 # between two full records: EasyEdit keeps 1 of each list by design.
 _IDENTITY = ["subject", "prompt", "target_new", "target_true"]
 _FULL_ONLY = ["relation_id", *LIST_COLUMNS]
+
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 class CounterFactError(ValueError):
@@ -100,6 +105,11 @@ def _files(sources) -> list[Path]:
         path = Path(source)
         if path.is_dir():
             found = sorted(path.glob("*.json"))
+            unread = sorted(p.name for p in path.iterdir() if p.suffix in (".jsonl", ".gz", ".parquet", ".csv"))
+            if unread:
+                raise CounterFactError(f"CounterFact folder {path} holds {', '.join(unread)}, which would not be read "
+                                       f"(only *.json lists of records are); convert or move them, or name the "
+                                       f"*.json files instead of the folder")
             if not found:
                 raise CounterFactError(f"CounterFact folder {path} holds no *.json files; point at the files instead")
             files += found
@@ -118,7 +128,8 @@ def _download(url: str) -> Path:
         return target
     # The download only replaces the cache once its hash is right; a bad one leaves the cache untouched.
     with artifacts.atomic_path(target) as tmp:
-        urllib.request.urlretrieve(url, tmp)
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response, open(tmp, "wb") as out:
+            shutil.copyfileobj(response, out, 1 << 20)
         digest = artifacts.sha256(tmp)
         if digest != OFFICIAL_SHA256:
             raise CounterFactError(f"download of {url} has sha256 {digest}, expected {OFFICIAL_SHA256}; the file "
@@ -161,15 +172,18 @@ def _normalise(record: dict, file: Path, index: int) -> dict:
             raise fail(dotted, f"must be {kind.__name__}, got {type(value).__name__}", "fix its type")
         return value
 
-    get("case_id", int)
+    if not INT64_MIN <= get("case_id", int) <= INT64_MAX:
+        raise fail("case_id", "does not fit in a 64-bit integer", "renumber the case")
     if full:
         subject_field, new_field, true_field = ("requested_rewrite.subject", "requested_rewrite.target_new.str",
                                                 "requested_rewrite.target_true.str")
         subject, prompt = get(subject_field, str), get("requested_rewrite.prompt", str)
         relation = get("requested_rewrite.relation_id", str)
         lists = [get(name, list) for name in LIST_COLUMNS]
+        list_fields = LIST_COLUMNS[:2]
+        prompt_field = "requested_rewrite.prompt"
         if "{}" not in prompt:
-            raise fail("requested_rewrite.prompt", f"has no '{{}}' where the subject {subject!r} goes",
+            raise fail(prompt_field, f"has no '{{}}' where the subject {subject!r} goes",
                        "write it as a template such as '{} is located in'")
     else:
         subject_field, new_field, true_field = "subject", "target_new", "ground_truth"
@@ -178,13 +192,31 @@ def _normalise(record: dict, file: Path, index: int) -> dict:
         # locality_ground_truth is not read: the locality prompt is one of CounterFact's
         # neighbourhood prompts, whose answer is by construction this case's target_true.
         lists = [[get("rephrase_prompt", str)], [get("locality_prompt", str)], []]
+        list_fields = ["rephrase_prompt", "locality_prompt"]
+        prompt_field = "prompt"
         if subject and subject not in filled:
             raise fail("prompt", f"does not contain the subject {subject!r}", "the prompt must name its subject")
+        if "{" in filled or "}" in filled:
+            raise fail("prompt", f"contains a brace ({filled!r})", "a filled prompt has no placeholders; remove it")
         prompt = filled.replace(subject, "{}", 1)
+    if prompt.count("{}") != 1 or prompt.replace("{}", "", 1).count("{") or prompt.replace("{}", "", 1).count("}"):
+        raise fail(prompt_field, f"must hold exactly one '{{}}' and no other braces, got {prompt!r}",
+                   "keep one '{}' for the subject; anything else in braces would be scored as literal text")
+    for name, items in zip(list_fields, lists):
+        if not items:
+            raise fail(name, "is an empty list", "give at least one prompt (its score would be undefined)")
+        for i, item in enumerate(items):
+            if not item.strip():
+                raise fail(name if len(items) == 1 and not full else f"{name}[{i}]", "is an empty prompt",
+                           "give the prompt text or drop it from the list")
     new, true = get(new_field, str), get(true_field, str)
     for name, value in ((subject_field, subject), (new_field, new), (true_field, true)):
         if not value.strip():
             raise fail(name, "is empty", "give the text")
+    for name, value in ((new_field, new), (true_field, true)):
+        if "\n" in value or "\r" in value or value != value.strip():
+            raise fail(name, f"is not a single trimmed line ({value!r})", "a target is the text right after the "
+                       "prompt; remove line breaks and surrounding spaces")
     if new.strip() == true.strip():
         raise fail(new_field, f"equals {true_field} ({new!r})", "an edit must change the answer")
     return dict(case_id=record["case_id"], subject=subject, prompt=prompt, target_new=new, target_true=true,

@@ -7,6 +7,7 @@ transposed weights need no special case here. Sequential batches are in `sequent
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -17,6 +18,7 @@ from .keys import compute_keys
 from .settings import EditSettings, ValueSettings
 from .values import Values, compute_values
 
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EditConfig:
@@ -40,6 +42,27 @@ def prepare(cfg: EditConfig, C: torch.Tensor) -> Prepared:
     """cfg's algorithm with its work on C done once, on C's device (put C on the model's device)."""
     return algorithms.prepare(algorithms.get(cfg.algorithm), C, cfg.settings(),
                               on_ill_conditioned=cfg.edit.on_ill_conditioned)
+
+
+def check_conflicts(batches, allow: bool = False) -> None:
+    """Refuse (or, with `allow`, warn about) batches that edit one subject towards different targets:
+    the solvers would average the two, so neither edit is what was asked for."""
+    found = []
+    for facts in batches:
+        by_subject: dict = {}
+        for fact in facts:
+            by_subject.setdefault(fact["subject"], []).append(fact)
+        for subject, group in by_subject.items():
+            if len({f["target_new"] for f in group}) > 1:
+                found.append(f"{subject!r} (cases {', '.join(str(f['case_id']) for f in group)}: "
+                             f"{' vs '.join(repr(f['target_new']) for f in group)})")
+    if not found:
+        return
+    shown = "; ".join(found[:10]) + (f"; and {len(found) - 10} more" if len(found) > 10 else "")
+    if not allow:
+        raise ValueError(f"conflicting edits in one batch, same subject and different targets: {shown}. Fix: "
+                         f"data: unique_subjects: true, or edit: allow_conflicts: true to edit them anyway")
+    log.warning("conflicting edits in one batch (allowed by edit.allow_conflicts): %s", shown)
 
 
 def apply_delta(model, layout, layer: int, delta: torch.Tensor, sign: float = 1.0) -> None:

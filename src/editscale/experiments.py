@@ -16,7 +16,7 @@ import yaml
 
 from . import artifacts, data, editing, fluency, metrics
 from .scoring import LowRankEdits
-from .sequential import run_identity, sequential as run_sequential
+from .sequential import run_identity, sequential as run_sequential, stored_edits
 from .settings import EditSettings, Execution, ValueSettings
 from .stages import load_model, read_values
 from .stats import load_stats
@@ -62,6 +62,8 @@ def independent(model: dict, edit: dict, run: Execution, records_path, value_pat
     evaluated together with per-row low-rank edits (nothing is applied to the model)."""
     loaded, tokenizer, layout = load_model(model, run)
     records = data.read_records(records_path).head(n)
+    facts = records.to_dict("records")
+    editing.check_conflicts([facts[i : i + batch_size] for i in range(0, n, batch_size)], run.allow_conflicts)
     cached = _cached_values(value_paths, records, records_path)
     C, _ = load_stats(stats_path, device=run.device)
     solver = editing.prepare(edit_config(edit, algorithm, layer, run), C)
@@ -117,15 +119,19 @@ def read_layer(path) -> int:
 
 def sequential(model: dict, edit: dict, values: dict, evaluation: dict, run: Execution, records_path, templates_path,
                stats_path, value_paths: list, algorithm: str, layer: int, batch_size: int, n: int,
-               retained_every: int, out_immediate, out_retained, out_quality) -> None:
+               retained_every: int, out_immediate, out_retained, out_quality, out_batches, out_edits) -> None:
     """Batches applied one after another; each batch recorded as it finishes, so a killed run
-    resumes. The first batch edits the unedited model, so its keys and values come from the value files."""
+    resumes. The first batch edits the unedited model, so its keys and values come from the value files.
+
+    Writes the immediate, retained and quality tables, one row of diagnostics per batch, and the
+    edit itself: every batch's factors, ΔW_total = A Bᵀ (O((d_in + d_out)·n) floats)."""
     from .keys import load_templates
     from .values import Values
 
     loaded, tokenizer, layout = load_model(model, run)
     records = data.read_records(records_path).head(n)
     facts = records.to_dict("records")
+    editing.check_conflicts([facts[i : i + batch_size] for i in range(0, n, batch_size)], run.allow_conflicts)
     templates = load_templates(templates_path)
     C, _ = load_stats(stats_path, device=run.device)
     cfg = edit_config(edit, algorithm, layer, run, values)
@@ -169,5 +175,7 @@ def sequential(model: dict, edit: dict, values: dict, evaluation: dict, run: Exe
         if kind != "quality":
             table = table.merge(formats, on="case_id")
         artifacts.write_parquet(_label(table, **labels), path)
+    artifacts.write_parquet(_label(pd.DataFrame(state.diagnostics), **labels), out_batches)
+    artifacts.write_safetensors(stored_edits(run_dir), out_edits, metadata={"identity": identity, **labels})
     log.info("diagnostics of the last batch: %s", json.dumps(state.diagnostics[-1]))
     shutil.rmtree(run_dir)  # the tables are written; nothing left to resume

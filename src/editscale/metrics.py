@@ -91,6 +91,11 @@ def aggregate(per_case_table: pd.DataFrame, *, by: list[str] | None = None, fmt:
     One row per (group, metric). Every row carries the record format and prompts per kind.
     """
     by = list(by or [])
+    undefined = per_case_table[per_case_table[list(METRICS)].isna().any(axis=1)]
+    if len(undefined):
+        raise ValueError(f"metrics are undefined (NaN) for cases {sorted(set(undefined.case_id))[:20]}: a case needs "
+                         f"at least one prompt of each kind; the loader rejects records without them, so check "
+                         f"where these per-case rows came from")
     groups = per_case_table.groupby(by, sort=True) if by else [((), per_case_table)]
     rows = []
     for key, group in groups:

@@ -51,7 +51,7 @@ def run_identity(cfg: EditConfig, facts, templates, batch_size: int, extra=None)
 
 
 def sequential(model, tokenizer, layout, cfg: EditConfig, facts, templates, solver: Prepared, batch_size: int,
-               run_dir: str | Path, *, identity: str, snapshot_every: int = 64,
+               run_dir: str | Path, *, identity: str, snapshot_every: int = 256,
                after_batch: Callable[[int, list], None] | None = None,
                first_batch: tuple[torch.Tensor, Values] | None = None) -> SequentialState:
     """Apply batches of `batch_size` facts one after another to the same (initially unedited) model.
@@ -137,3 +137,10 @@ def _batch_files(run_dir: Path) -> list[Path]:
     while (run_dir / f"batch-{len(files):05d}.safetensors").exists():
         files.append(run_dir / f"batch-{len(files):05d}.safetensors")
     return files
+
+
+def stored_edits(run_dir: str | Path) -> dict:
+    """Every stored batch's factors side by side: ΔW_total = A Bᵀ with A (d_out, N), B (d_in, N)."""
+    parts = [artifacts.read_tensors(p) for p in _batch_files(Path(run_dir))]
+    return {"A": torch.cat([p["A"] for p in parts], 1), "B": torch.cat([p["B"] for p in parts], 1),
+            "batch_sizes": torch.tensor([p["A"].shape[1] for p in parts])}

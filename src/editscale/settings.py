@@ -28,6 +28,7 @@ class Model:
     spec: str = "smollm2-135m"
     dtype: str = "float32"
     layout: dict | None = None
+    revision: str | None = None  # a hub commit, for a hub id
     device: str = execution("cpu")
 
 
@@ -77,6 +78,7 @@ class EditSettings:
     nullspace_threshold: float = 0.01
     alphaedit_l2: float = 10.0
     on_ill_conditioned: str = "raise"
+    allow_conflicts: bool = execution(False)  # a guard, not a result: same subject, other target, one batch
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ class Sequential:
     sizes: tuple = (1, 2, 4)
     n: int = 4
     retained_every: int = 2
-    snapshot_every: int = execution(64)
+    snapshot_every: int = execution(256)
 
 
 @dataclass(frozen=True)
@@ -199,10 +201,54 @@ class Execution:
     eval_max_tokens: int
     stats_batch_tokens: int
     snapshot_every: int
+    allow_conflicts: bool
 
     @staticmethod
     def of(s: Settings) -> "Execution":
         return Execution(device=s.model.device, threads=s.threads, value_batch_size=s.values.batch_size,
                          value_chunk=s.values.chunk, eval_batch_size=s.evaluation.batch_size,
                          eval_max_tokens=s.evaluation.max_tokens, stats_batch_tokens=s.stats.batch_tokens,
-                         snapshot_every=s.sequential.snapshot_every)
+                         snapshot_every=s.sequential.snapshot_every, allow_conflicts=s.edit.allow_conflicts)
+
+
+class ConfigError(ValueError):
+    """Settings that pass the schema but contradict each other; the message names every key involved."""
+
+
+def check(s: Settings, *, n_layers: int | None = None, model_exists: bool | None = None,
+          max_batch: dict | None = None) -> None:
+    """Cross-key checks, before any job starts. `n_layers` (the model's depth, when it is known
+    without loading it), `model_exists` (False when model.spec names a missing local path) and
+    `max_batch` ({algorithm: largest batch it edits}) come from the caller, which can look."""
+    problems = []
+    if not str(s.results).strip():
+        problems.append("results is empty; name the folder for outputs, e.g. results: results")
+    n = s.data.n
+    for key, value in (("sweep.n", s.sweep.n), ("sequential.n", s.sequential.n)):
+        if value > n:
+            problems.append(f"{key} = {value} is larger than data.n = {n}, the records selected; raise data.n or "
+                            f"lower {key}")
+    for key, sizes, total, total_key in (("batch.sizes", s.batch.sizes, n, "data.n"),
+                                         ("sequential.sizes", s.sequential.sizes, s.sequential.n, "sequential.n")):
+        for size in sizes:
+            if size > total or total % size:
+                problems.append(f"{key} has {size}, which does not divide {total_key} = {total} into whole batches; "
+                                f"use sizes that divide it")
+    for key, algos, sizes in (("batch", s.batch.algorithms, s.batch.sizes),
+                              ("sequential", s.sequential.algorithms, s.sequential.sizes)):
+        for algorithm in algos:
+            limit = (max_batch or {}).get(algorithm)
+            if limit is not None and max(sizes) > limit:
+                problems.append(f"{key}.algorithms has {algorithm}, which edits {limit} fact at a time, but "
+                                f"{key}.sizes goes up to {max(sizes)}; drop it there (the sweep runs it)")
+    layers = [*s.sweep.layers, *([s.layer] if s.layer != "auto" else [])]
+    if n_layers is not None:
+        beyond = sorted({layer for layer in layers if layer >= n_layers})
+        if beyond:
+            problems.append(f"layers {beyond} (sweep.layers / layer) are beyond the model's {n_layers} layers "
+                            f"(0 to {n_layers - 1})")
+    if model_exists is False:
+        problems.append(f"model.spec = {s.model.spec!r} names a local path that does not exist; fix the path, or "
+                        f"give a hub id such as meta-llama/Meta-Llama-3-8B")
+    if problems:
+        raise ConfigError("the config contradicts itself:\n  - " + "\n  - ".join(problems))

@@ -52,12 +52,14 @@ def logged(log_path: str | Path, config: dict):
 
 
 def load_model(model: dict, run: settings.Execution):
-    return models.load(model["spec"], dtype=model["dtype"], device=run.device, layout=model["layout"])
+    return models.load(model["spec"], dtype=model["dtype"], device=run.device, layout=model["layout"],
+                       revision=model["revision"])
 
 
 def prepare_model(model: dict, manifest_path: str | Path) -> None:
     """Resolve and load the model once (converting a GGUF if needed); record what was loaded."""
-    loaded, _, layout = models.load(model["spec"], dtype=model["dtype"], device="cpu", layout=model["layout"])
+    loaded, _, layout = models.load(model["spec"], dtype=model["dtype"], device="cpu", layout=model["layout"],
+                                    revision=model["revision"])
     manifest = {
         "spec": model["spec"],
         "folder": models.resolve(model["spec"]),

@@ -17,8 +17,9 @@ only the order of the float32 sums does.
 Token budget: `max_tokens` counts summed tokens and is exact; it is spent in text order, and
 the text that would pass it is cut short (causal attention keeps the kept tokens' keys).
 
-Checkpoints: every `checkpoint_every` windows the partial sums, the texts read and the tokens
-counted are written atomically. A restart skips the texts already read, so windows fall on
+Checkpoints: every `checkpoint_every` windows, or once `checkpoint_seconds` have passed since the
+last one (32 layers of Llama-3's 14336² sums are 26 GB), the partial sums, the texts read and the
+tokens counted are written atomically. A restart skips the texts already read, so windows fall on
 the same texts and the final sums are bit-identical to an uninterrupted run. A checkpoint
 made with other settings is not resumed: the run starts over and logs why.
 """
@@ -28,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -56,7 +58,8 @@ class SecondMoment:
 def second_moments(model, tokenizer, layout, layers: Iterable[int], texts: Iterable[str], *, max_length: int,
                    max_tokens: int | None = None, max_samples: int | None = None, skip_first_token: bool = False,
                    batch_tokens: int = 8192, window: int = 100, checkpoint: str | Path | None = None,
-                   checkpoint_every: int = 1, source_id: str = "", progress: bool = True) -> dict[int, SecondMoment]:
+                   checkpoint_every: int | None = None, checkpoint_seconds: float = 600, source_id: str = "",
+                   progress: bool = True) -> dict[int, SecondMoment]:
     """C for each of `layers`, from `texts` (empty ones are read but contribute nothing).
 
     `max_samples` bounds the texts read; `max_tokens` bounds the tokens summed, exactly.
@@ -83,7 +86,7 @@ def second_moments(model, tokenizer, layout, layers: Iterable[int], texts: Itera
         pass
     bar = tqdm(total=max_tokens, initial=tokens, unit="tok", desc=f"C layers {settings['layers']}",
                disable=not progress)
-    windows = 0
+    windows, saved = 0, time.monotonic()
     try:
         while (max_samples is None or samples < max_samples) and (max_tokens is None or tokens < max_tokens):
             limit = window if max_samples is None else min(window, max_samples - samples)
@@ -101,8 +104,10 @@ def second_moments(model, tokenizer, layout, layers: Iterable[int], texts: Itera
             windows += 1
             if read < limit:
                 break  # out of texts (or out of budget, which the loop condition also sees)
-            if checkpoint and windows % checkpoint_every == 0:
+            due = (checkpoint_every and windows % checkpoint_every == 0) or time.monotonic() - saved > checkpoint_seconds
+            if checkpoint and due:
                 _save(checkpoint, settings, moments, samples, tokens)
+                saved = time.monotonic()
     finally:
         bar.close()
     if checkpoint:

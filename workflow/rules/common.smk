@@ -3,11 +3,14 @@
 # settings only, in canonical form (settings.results); execution settings reach scripts through
 # the config and rerun nothing.
 from editscale import settings as S
+from editscale.algorithms import ALGORITHMS
 from editscale.experiments import read_layer
-from editscale.models import slug
+from editscale.models import inspect_local, slug
 from editscale.stages import selection_name
 
 SETTINGS = S.parse(config)
+S.check(SETTINGS, **dict(zip(("model_exists", "n_layers"), inspect_local(SETTINGS.model.spec))),
+        max_batch={name: a.max_batch for name, a in ALGORITHMS.items()})
 RESULTS = SETTINGS.results
 MODEL_PARAMS = S.results(SETTINGS.model)
 DATA_PARAMS = S.results(SETTINGS.data)

@@ -11,6 +11,8 @@ rule sequential:
         immediate=f"{SEQUENTIAL}.immediate.parquet",
         retained=f"{SEQUENTIAL}.retained.parquet",
         quality=f"{SEQUENTIAL}.quality.parquet",
+        batches=f"{SEQUENTIAL}.batches.parquet",
+        edits=f"{SEQUENTIAL}.edits.safetensors",
     params:
         model=MODEL_PARAMS,
         edit=edit_params,

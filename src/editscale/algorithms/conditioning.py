@@ -23,6 +23,7 @@ MODES = ("raise", "ridge", "pinv")
 MAX_CONDITION = 1e10
 FALLBACK_RCOND = 1e-6  # ridge size and pinv cut-off, relative to the largest singular value
 PARALLEL_COSINE = 1 - 1e-6
+NEAR_PARALLEL_COSINE = 0.99  # a warning, even when the system is well-conditioned: the edits will interfere
 FIX = ("remove duplicate subjects from the batch (load_counterfact(unique_subjects=True); config "
        "data: unique_subjects: true) or set on_ill_conditioned: ridge or pinv in the edit config")
 
@@ -96,13 +97,24 @@ def explain(what, kappa, max_condition, keys, labels) -> str:
     return f"{message}: {shown}. Fix: {FIX}"
 
 
-def degenerate_keys(K, labels) -> list[str]:
-    """Zero keys and (near-)parallel pairs, each of which alone makes a Gram matrix of keys singular."""
+def degenerate_keys(K, labels, cosine_limit: float = PARALLEL_COSINE) -> list[str]:
+    """Zero keys and pairs with |cos| > cosine_limit; at the default, each alone makes a Gram matrix
+    of keys singular."""
     names = [str(x) for x in labels] if labels is not None else [f"column {i}" for i in range(K.shape[1])]
     norms = K.norm(dim=0)
     found = [f"record {names[i]} has a zero key" for i in torch.nonzero(norms == 0).flatten().tolist()]
     unit = K / norms.clamp_min(torch.finfo(K.dtype).tiny)
     cosine = (unit.T @ unit).abs().triu(diagonal=1)
-    for i, j in torch.nonzero(cosine > PARALLEL_COSINE).tolist():
+    for i, j in torch.nonzero(cosine > cosine_limit).tolist():
         found.append(f"records {names[i]} and {names[j]} have duplicate or parallel keys (|cos| = {cosine[i, j]:.8f})")
     return found
+
+
+def warn_near_parallel(K, labels) -> None:
+    """Log the pairs of a batch whose keys are nearly parallel: whatever the conditioning, each
+    edit then moves the other's output too."""
+    found = degenerate_keys(K, labels, NEAR_PARALLEL_COSINE) if K.shape[1] > 1 else []
+    if found:
+        shown = "; ".join(found[:10]) + (f"; and {len(found) - 10} more" if len(found) > 10 else "")
+        log.warning("nearly parallel keys in one batch (|cos| > %s), so these edits interfere: %s",
+                    NEAR_PARALLEL_COSINE, shown)

@@ -34,7 +34,7 @@ from typing import Callable, Sequence
 import torch
 
 from .conditioning import (FALLBACK_RCOND, MAX_CONDITION, IllConditionedError, check_finite, check_labels,
-                           check_mode, condition, explain, log, solve as checked_solve)
+                           check_mode, condition, explain, log, solve as checked_solve, warn_near_parallel)
 
 EXACT_CONDITION_SIZE = 2048  # above this, a system with a positive ridge gets a cheap bound on κ
 
@@ -148,6 +148,7 @@ class Prepared:
             raise ValueError(f"{self.name} edits {self.max_batch} fact at a time; got a batch of {n}")
         device = self.T.device
         K64, R64 = K.to(device, torch.float64).contiguous(), R.to(device, torch.float64)
+        warn_near_parallel(K64, labels)
         TK = self.transform(K64) if TK is None else TK
         diagnostics = {"fallback": None, "condition_C": self.T.condition, "fallback_C": self.T.fallback}
         rho = float(self.ridge(n))
@@ -179,10 +180,14 @@ class Prepared:
 
 
 def prepare(algorithm, C: torch.Tensor, settings: dict, *, on_ill_conditioned: str = "raise",
-            max_condition: float = MAX_CONDITION) -> Prepared:
-    """`algorithm` (a registry entry) with its O(d_in³) work on C done, on C's device."""
+            max_condition: float = MAX_CONDITION, operator=None) -> Prepared:
+    """`algorithm` (a registry entry) with its O(d_in³) work on C done, on C's device.
+
+    `operator`: a T already built from this C by an algorithm with the same operator (ROME, MEMIT
+    and EMMET share C⁻¹), to skip the O(d_in³) work.
+    """
     check_mode(on_ill_conditioned)
     check_finite(C=C)
-    T = algorithm.operator(C, settings, mode=on_ill_conditioned, max_condition=max_condition)
+    T = operator or algorithm.operator(C, settings, mode=on_ill_conditioned, max_condition=max_condition)
     return Prepared(algorithm.name, algorithm.system, T, lambda n: algorithm.ridge(settings, n), algorithm.max_batch,
                     on_ill_conditioned, max_condition)

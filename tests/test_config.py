@@ -1,0 +1,95 @@
+"""Configuration: one set of defaults, canonical params, and every cross-key check before any job."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from editscale import algorithms, models, settings
+from editscale.settings import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
+MAX_BATCH = {name: a.max_batch for name, a in algorithms.ALGORITHMS.items()}
+
+
+def changed(**sections):
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            config[key].update(value)
+        else:
+            config[key] = value
+    return settings.parse(config)
+
+
+def test_the_default_config_passes_and_parses_to_the_defaults():
+    parsed = settings.parse(CONFIG)
+    settings.check(parsed, n_layers=30, model_exists=True, max_batch=MAX_BATCH)
+    assert settings.parse({}) == settings.Settings()  # every key has one default, here
+    assert parsed.values == settings.ValueSettings(**{k: v for k, v in CONFIG["values"].items()})
+
+
+@pytest.mark.parametrize("sections,keys", [
+    (dict(results=""), ["results"]),
+    (dict(batch={"sizes": [4, 16, 128]}), ["batch.sizes", "128", "data.n = 64"]),
+    (dict(batch={"sizes": [48]}), ["batch.sizes", "48"]),
+    (dict(sequential={"sizes": [8], "n": 6}), ["sequential.sizes", "8", "sequential.n = 6"]),
+    (dict(sequential={"n": 80, "sizes": [1]}), ["sequential.n = 80", "data.n = 64"]),
+    (dict(sweep={"n": 100}), ["sweep.n = 100", "data.n = 64"]),
+    (dict(batch={"algorithms": ["rome", "memit"]}), ["batch.algorithms has rome"]),
+    (dict(sequential={"algorithms": ["rome"], "sizes": [1, 2]}), ["sequential.algorithms has rome"]),
+])
+def test_each_cross_key_contradiction_is_named(sections, keys):
+    with pytest.raises(ConfigError) as err:
+        settings.check(changed(**sections), n_layers=30, model_exists=True, max_batch=MAX_BATCH)
+    assert all(k in str(err.value) for k in keys), str(err.value)
+
+
+def test_layers_beyond_the_model_and_missing_model_paths_are_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"layers \[30, 31\].*30 layers"):
+        settings.check(changed(sweep={"layers": [1, 30]}, layer=31), n_layers=30, max_batch=MAX_BATCH)
+    assert models.inspect_local(str(tmp_path / "nowhere")) == (False, None)
+    assert models.inspect_local("meta-llama/Meta-Llama-3-8B") == (None, None)  # a hub id: not decidable offline
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text('{"num_hidden_layers": 7}')
+    assert models.inspect_local(str(tmp_path / "m")) == (True, 7)
+    with pytest.raises(ConfigError, match="model.spec.*does not exist"):
+        settings.check(changed(model={"spec": str(tmp_path / "nowhere")}), model_exists=False, max_batch=MAX_BATCH)
+
+
+def test_unknown_keys_are_refused():
+    with pytest.raises(ValueError, match="unknown keys.*'chunks'"):
+        settings.parse({"values": {"chunks": 3}})
+
+
+def test_params_are_canonical_and_hold_no_execution_settings():
+    s = settings.parse(CONFIG)
+    reordered = settings.parse({k: (dict(reversed(v.items())) if isinstance(v, dict) else v)
+                                for k, v in reversed(CONFIG.items())})
+    for section in ("model", "data", "templates", "stats", "values", "edit", "evaluation", "plots"):
+        a, b = settings.results(getattr(s, section)), settings.results(getattr(reordered, section))
+        assert repr(a) == repr(b), section  # Snakemake compares params by repr
+    assert "device" not in settings.results(s.model) and "batch_size" not in settings.results(s.values)
+    assert "batch_size" not in settings.results(s.evaluation) and "batch_tokens" not in settings.results(s.stats)
+
+
+def test_schema_knows_every_registered_algorithm_and_setting():
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    assert schema["definitions"]["algorithms"]["items"]["enum"] == list(algorithms.ALGORITHMS)
+    for section, cls in (("values", settings.ValueSettings), ("edit", settings.EditSettings),
+                         ("stats", settings.Stats), ("evaluation", settings.Evaluation),
+                         ("sequential", settings.Sequential), ("resources", settings.Resources)):
+        assert set(schema["properties"][section]["properties"]) == set(cls.__dataclass_fields__), section
+
+
+def test_a_contradiction_stops_snakemake_before_any_job(tmp_path):
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["batch"]["sizes"] = [4, 128]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    dry = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
+                          str(tmp_path), "-n", "--cores", "1"], capture_output=True, text=True)
+    assert dry.returncode != 0 and "batch.sizes has 128" in dry.stdout + dry.stderr
+    assert not (tmp_path / "results").exists()
