@@ -19,8 +19,11 @@ import time
 
 import torch
 
-from editscale import corpus, data, editing, fluency, keys, metrics, models, paths, stats
-from editscale.scoring import LowRankEdits
+from editscale import data, editing, models, paths
+from editscale.data import corpus
+from editscale.editing import covariance, keys
+from editscale.evaluation import fluency, metrics
+from editscale.evaluation.scoring import LowRankEdits
 
 
 def timed(fn):
@@ -51,7 +54,7 @@ def main() -> None:
     print(f"scoring, one at a time:  {len(records) / t_single:7.2f} cases/s   batched is x{t_single / t_batched:.2f}")
 
     texts = corpus.iter_texts(paths.shared_data() / "corpus" / "wikipedia-articles.txt")
-    C = stats.second_moments(model, tok, layout, [args.layer], texts, max_tokens=20_000, max_length=2048,
+    C = covariance.second_moments(model, tok, layout, [args.layer], texts, max_tokens=20_000, max_length=2048,
                              progress=False)[args.layer].mean()
     facts = records.to_dict("records")
     K = keys.compute_keys(model, tok, layout, args.layer, facts, ["{}"]).T

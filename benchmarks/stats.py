@@ -15,8 +15,9 @@ import time
 
 import torch
 
-from editscale import corpus, models, paths
-from editscale.stats import second_moments
+from editscale import models, paths
+from editscale.data import corpus
+from editscale.editing.covariance import second_moments
 
 
 def main() -> None:

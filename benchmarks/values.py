@@ -16,7 +16,8 @@ import time
 
 import torch
 
-from editscale import data, keys, models, values
+from editscale import data, models
+from editscale.editing import keys, values
 
 
 def llama3_shaped(device: str):

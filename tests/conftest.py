@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from editscale import paths
 
 SHARED = paths.shared_data()
+REPO = Path(__file__).resolve().parents[1]
 CORPUS_TEXT = (
     "The mother tongue of Danielle Darrieux is French. Paris is the capital of France. "
     "Angola is located in Africa. Toyota is owned by a company in Japan. "
@@ -20,7 +25,14 @@ CORPUS_TEXT = (
 
 def build_tokenizer(add_bos: bool, vocab_size: int = 400):
     """A byte-level BPE tokenizer trained here; with `add_bos` it prefixes <bos> like Llama-3."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -97,10 +109,45 @@ def covariance_standin(model, tokenizer, layout, layer):
     Keys of ten prompts span a low-rank part; a small ridge keeps C invertible. It is
     scaled to unit mean eigenvalue, so λ and thresholds in tests read as relative values.
     """
-    from editscale.keys import compute_keys
+    from editscale.editing.keys import compute_keys
 
     many = [{"prompt": "{} is", "subject": w} for w in "Paris France Japan music river the man said rain home".split()]
     K = compute_keys(model, tokenizer, layout, layer, many, ["{}"]).double()
     C = K.T @ K / len(many)
     C = C / (C.trace() / C.shape[0])
     return (C + 1e-4 * torch.eye(C.shape[0], dtype=torch.float64)).float()
+
+
+def snakemake(workdir, *args, popen: dict | None = None, cores: int = 2):
+    """The workflow in `workdir`, as a user runs it (the workflow profile applies); Popen if `popen`."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile"), "--directory", str(workdir),
+           "--cores", str(cores), *args]
+    if popen is not None:
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen)
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def tiny_workflow(root: Path, **sections) -> Path:
+    """A working folder with the .test config (sections updated by `sections`) and its tiny model."""
+    root.mkdir(parents=True, exist_ok=True)
+    model = root / "tiny-llama"
+    if not model.exists():
+        save_tiny(model, "llama", build_tokenizer(add_bos=True))
+    config = yaml.safe_load((REPO / ".test" / "config" / "config.yaml").read_text())
+    for key, value in sections.items():
+        config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
+    (root / "config").mkdir(exist_ok=True)
+    (root / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    return root
+
+
+def workflow_config(workdir: Path) -> dict:
+    return yaml.safe_load((workdir / "config" / "config.yaml").read_text())
+
+
+def write_workflow_config(workdir: Path, config: dict, **dump) -> None:
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config, **dump))
+
+
+def copy_model(src: Path, dst: Path) -> None:
+    shutil.copytree(src / "tiny-llama", dst / "tiny-llama")

@@ -12,7 +12,8 @@ from editscale.algorithms import prepared as prepared_module
 from editscale.settings import EditSettings
 
 D_IN, D_OUT = 40, 16
-SETTINGS = dict(mom2_update_weight=15.0, emmet_lambda=0.1, nullspace_threshold=1e-2, alphaedit_l2=0.5)
+SETTINGS = dict(mom2_update_weight=15.0, emmet_lambda=0.1, nullspace_threshold=1e-2, alphaedit_l2=0.5,
+                update_norm_lambda=2.0)
 
 
 def rel(a, b):
@@ -43,12 +44,14 @@ def dense_delta(name, K, R, C, K_prev=None, **overrides):
         return dense.memit(K, R, C, s["mom2_update_weight"])
     if name == "emmet":
         return dense.emmet(K, R, C, s["emmet_lambda"], s["mom2_update_weight"])
+    if name == "encore":
+        return dense.encore(K, R, C, s["mom2_update_weight"], s["update_norm_lambda"], K_prev)
     P = dense.nullspace_projector(C.double(), s["nullspace_threshold"])
     return dense.alphaedit(K, R, P, K_prev, s["alphaedit_l2"])
 
 
 @pytest.mark.parametrize("name,n", [("rome", 1), ("memit", 1), ("memit", 6), ("memit", 60), ("emmet", 1),
-                                    ("emmet", 6), ("alphaedit", 1), ("alphaedit", 6)])
+                                    ("emmet", 6), ("alphaedit", 1), ("alphaedit", 6), ("encore", 1), ("encore", 6)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_prepared_equals_the_plain_path(name, n, dtype):
     """Equal to 1e-8 relative in float64 (float32 results: both rounded to float32). n = 60 > d_in:
@@ -59,19 +62,36 @@ def test_prepared_equals_the_plain_path(name, n, dtype):
     assert rel(out.A @ out.B.T, dense_delta(name, K, R, C)) < (1e-8 if dtype == torch.float64 else 1e-6)
 
 
-def test_alphaedit_with_earlier_batches_equals_the_plain_path():
+@pytest.mark.parametrize("name", ["alphaedit", "encore"])
+def test_earlier_batches_enter_as_the_plain_path_says(name):
     """Earlier keys absorbed batch by batch give the plain solve with K_p = all of them."""
     K, R, C = problem(5)
     earlier = [problem(m, seed=s)[0] for m, s in ((3, 1), (1, 2), (7, 3))]
-    alpha = solver("alphaedit", C)
+    prepared = solver(name, C)
     memory = KeyMemory()
     for K_b in earlier:
-        memory.absorb(K_b, alpha.transform(K_b))
-    K_prev = torch.cat(earlier, 1)
-    P = dense.nullspace_projector(C, SETTINGS["nullspace_threshold"])
-    torch.testing.assert_close(memory.gram, K_prev.T @ P @ K_prev, rtol=1e-12, atol=1e-14)
-    out = alpha.solve(K, R, memory=memory)
-    assert rel(out.A @ out.B.T, dense_delta("alphaedit", K, R, C, K_prev)) < 1e-8
+        memory.absorb(K_b, prepared.transform(K_b))
+    out = prepared.solve(K, R, memory=memory)
+    assert rel(out.A @ out.B.T, dense_delta(name, K, R, C, torch.cat(earlier, 1))) < 1e-8
+
+
+def test_encore_matches_its_closed_form_and_reduces_to_memit():
+    """ΔW = R Kᵀ (λC + αI + Σ_p K_pK_pᵀ + KKᵀ)⁻¹, written out here independently; α = 0 with no
+    earlier batches is MEMIT; the norm penalty shrinks ΔW."""
+    K, R, C = problem(4)
+    K_prev = problem(6, seed=5)[0]
+    lam, alpha = SETTINGS["mom2_update_weight"], SETTINGS["update_norm_lambda"]
+    A = lam * C + alpha * torch.eye(D_IN, dtype=torch.float64) + K_prev @ K_prev.T + K @ K.T
+    by_hand = R @ K.T @ torch.linalg.inv(A)
+    encore = solver("encore", C)
+    memory = KeyMemory()
+    memory.absorb(K_prev, encore.transform(K_prev))
+    out = encore.solve(K, R, memory=memory)
+    assert rel(out.A @ out.B.T, by_hand) < 1e-8
+    plain = solver("encore", C, update_norm_lambda=0.0).solve(K, R)
+    memit = solver("memit", C).solve(K, R)
+    assert rel(plain.A @ plain.B.T, memit.A @ memit.B.T) < 1e-10
+    assert float((out.A @ out.B.T).norm()) < float((memit.A @ memit.B.T).norm())
 
 
 def test_independent_batches_share_one_transform_and_equal_separate_solves():
@@ -87,16 +107,16 @@ def test_independent_batches_share_one_transform_and_equal_separate_solves():
 def test_no_edit_after_prepare_touches_a_d_in_sized_system(monkeypatch):
     """Everything O(d_in³) (spectra, factorisations of d_in × d_in matrices) happens in prepare only."""
     K, R, C = problem(6)
-    prepared = {name: solver(name, C) for name in ("rome", "memit", "emmet", "alphaedit")}
+    prepared = {name: solver(name, C) for name in algorithms.ALGORITHMS}
     sizes = []
     for fn in ("eigvalsh", "eigh", "cholesky", "svd", "svdvals", "solve", "inv"):
         original = getattr(torch.linalg, fn)
         monkeypatch.setattr(torch.linalg, fn, lambda A, *a, _f=original, **k: sizes.append(A.shape[-1]) or _f(A, *a, **k))
-    memory = KeyMemory()
-    memory.absorb(K[:, :3], prepared["alphaedit"].transform(K[:, :3]))
     for name, p in prepared.items():
+        remembered = KeyMemory()
+        remembered.absorb(K[:, :3], p.transform(K[:, :3]))
         p.solve(K[:, :1] if name == "rome" else K, R[:, :1] if name == "rome" else R,
-                memory=memory if name == "alphaedit" else None)
+                memory=remembered if algorithms.get(name).remembers else None)
     assert sizes and max(sizes) <= 6 + 3
 
 

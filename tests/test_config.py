@@ -1,22 +1,21 @@
 """Configuration: one set of defaults, canonical params, and every cross-key check before any job."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import snakemake
 
 from editscale import algorithms, models, settings
 from editscale.settings import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
+CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 MAX_BATCH = {name: a.max_batch for name, a in algorithms.ALGORITHMS.items()}
 
 
 def changed(**sections):
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     for key, value in sections.items():
         if isinstance(value, dict):
             config[key].update(value)
@@ -86,10 +85,10 @@ def test_schema_knows_every_registered_algorithm_and_setting():
 
 
 def test_a_contradiction_stops_snakemake_before_any_job(tmp_path):
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config["batch"]["sizes"] = [4, 128]
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    dry = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
-                          str(tmp_path), "-n", "--cores", "1"], capture_output=True, text=True)
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    dry = snakemake(tmp_path, "-n", cores=1)
     assert dry.returncode != 0 and "batch.sizes has 128" in dry.stdout + dry.stderr
     assert not (tmp_path / "results").exists()

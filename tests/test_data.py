@@ -7,8 +7,9 @@ import json
 import pandas as pd
 import pytest
 
-from editscale import artifacts, data, paths
-from editscale.data import CounterFactError
+from editscale import artifacts, paths
+from editscale.data import counterfact as data
+from editscale.data.counterfact import CounterFactError
 
 SHARED = paths.shared_data()
 # Only the tests on the real files need them; the malformed-input tests build their own.

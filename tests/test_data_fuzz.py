@@ -7,7 +7,7 @@ import json
 import pytest
 
 from editscale import data
-from editscale.data import CounterFactError
+from editscale.data.counterfact import CounterFactError
 
 FULL = {
     "case_id": 41, "pararel_idx": 0,

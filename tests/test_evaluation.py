@@ -4,10 +4,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import covariance_standin
-from editscale import editing, keys, metrics, models, values
-from editscale.scoring import LowRankEdits
+
+from editscale import editing, models
+from editscale.editing import keys, values
+from editscale.evaluation import metrics
+from editscale.evaluation.scoring import LowRankEdits
 from editscale.settings import EditSettings, ValueSettings
 
 SUBJECTS = ["Danielle Darrieux", "Angola", "Toyota", "The Eiffel Tower", "Ludwig van Beethoven", "Jimi Hendrix",

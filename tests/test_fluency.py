@@ -5,9 +5,11 @@ import math
 import pandas as pd
 import pytest
 import torch
-
 from conftest import SHARED
-from editscale import corpus, fluency, models
+
+from editscale import models
+from editscale.data import corpus
+from editscale.evaluation import fluency
 
 
 def test_ngram_entropy_by_construction():

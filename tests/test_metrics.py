@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from editscale import metrics, models
-from editscale.layout import Layout
-from editscale.scoring import LowRankEdits, length_batches, target_nll
+from editscale import models
+from editscale.evaluation import metrics
+from editscale.evaluation.scoring import LowRankEdits, length_batches, target_nll
+from editscale.models.layout import Layout
 
 
 class Bigram(nn.Module):

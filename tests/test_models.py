@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from editscale import models
-from editscale.layout import KNOWN_LAYOUTS, Layout, layout_for
+from editscale.models import loading
+from editscale.models.layout import KNOWN_LAYOUTS, Layout, layout_for
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
@@ -78,5 +79,5 @@ def test_a_gguf_is_hash_checked_before_conversion(tmp_path, monkeypatch):
     fake = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
     fake.write_bytes(b"not the model")
     with pytest.raises(RuntimeError, match=r"has sha256 .* expected b179c952"):
-        models.gguf_to_folder(fake, sha256=models._SMOLLM2_SHA256)
+        models.gguf_to_folder(fake, sha256=loading._SMOLLM2_SHA256)
     assert not list((tmp_path / "cache" / "models").glob("*"))

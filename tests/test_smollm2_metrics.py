@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
-
 from conftest import SHARED
-from editscale import data, fluency, metrics
+
+from editscale import data
+from editscale.evaluation import fluency, metrics
 
 pytestmark = [pytest.mark.smollm2, pytest.mark.slow,
               pytest.mark.skipif(SHARED is None, reason="needs the offline data folder")]

@@ -5,8 +5,10 @@ import re
 import pytest
 import torch
 
-from editscale import corpus, models, paths, stats
-from editscale.stats import load_stats, second_moments, write_stats
+from editscale import models, paths
+from editscale.data import corpus
+from editscale.editing import covariance
+from editscale.editing.covariance import load_stats, second_moments, write_stats
 
 SHARED = paths.shared_data()  # the same folder conftest uses
 
@@ -238,9 +240,9 @@ def test_batching_changes_only_the_order_of_the_sums(tiny):
 
 def test_length_batches_follow_the_reference_collation():
     sequences = [[1] * n for n in (3, 9, 5, 2, 9, 1)]
-    batches = stats._length_batches(sequences, batch_tokens=18)
+    batches = covariance._length_batches(sequences, batch_tokens=18)
     assert [[len(s) for s in b] for b in batches] == [[9, 9], [5, 3, 2], [1]]
-    assert [len(b) for b in stats._length_batches([[1] * 30, [1] * 2], batch_tokens=10)] == [1, 1]
+    assert [len(b) for b in covariance._length_batches([[1] * 30, [1] * 2], batch_tokens=10)] == [1, 1]
 
 
 def test_write_and_load_stats_round_trip(tiny, tmp_path):
@@ -258,4 +260,4 @@ def test_write_and_load_stats_round_trip(tiny, tmp_path):
     explicit = write_stats({0: moments[0]}, {0: tmp_path / "c0.safetensors"}, model_name="tiny", source_id="x",
                            dtype="bfloat16", max_length=8, skip_first_token=True)
     assert load_stats(explicit[0])[1]["dtype"] == "bfloat16" and load_stats(explicit[0])[1]["skip_first_token"]
-    assert stats.SecondMoment(0, "m", torch.eye(2) * 4, 2).mean().equal(torch.eye(2) * 2)
+    assert covariance.SecondMoment(0, "m", torch.eye(2) * 4, 2).mean().equal(torch.eye(2) * 2)

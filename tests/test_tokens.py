@@ -1,6 +1,6 @@
 import pytest
 
-from editscale.tokens import continuation_span, fill, subject_last_token
+from editscale.models.tokens import continuation_span, fill, subject_last_token
 
 
 @pytest.fixture(params=["bos", "plain"])

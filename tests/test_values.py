@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from editscale import keys, models, values
+from editscale import models
+from editscale.editing import keys, values
+from editscale.models.tokens import fill
 from editscale.settings import ValueSettings
-from editscale.tokens import fill
 
 FACTS = [
     {"case_id": 1, "prompt": "The mother tongue of {} is", "subject": "Danielle Darrieux", "target_new": "English"},
@@ -181,7 +182,25 @@ def test_values_are_computed_at_the_layer_output(tiny):
     model, tok, layout = tiny
     out = values.compute_values(model, tok, layout, 1, FACTS[:1], TEMPLATES, CONFIG)
     text, _ = fill(FACTS[0]["prompt"], FACTS[0]["subject"])
-    from editscale.tokens import subject_last_token
+    from editscale.models.tokens import subject_last_token
     ids, index = subject_last_token(tok, FACTS[0]["prompt"], FACTS[0]["subject"])
     hidden = model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[2]
     torch.testing.assert_close(out.v_star[0] - out.residual[0], hidden[0, index], rtol=1e-5, atol=1e-5)
+
+
+def test_most_probable_checks_every_target_token_on_the_prefixed_prompts_only(tiny):
+    """MPES's test, as the reference's log_probs[1:]: all target tokens top-1 on every prefixed prompt;
+    the bare prompt (template 0) is not checked."""
+    _, tok, _ = tiny
+    plan = values._Plan(tok, FACTS[:2], TEMPLATES, CONFIG.kl_prompt)
+    n_tok = len(plan.tok_seq)
+    rows, _ = plan.scored()
+    logits = torch.zeros(len(rows), len(tok))
+    logits[torch.arange(n_tok), plan.tok_id] = 1.0  # every target token on top
+    assert plan.most_probable(logits).tolist() == [True, True]
+    bare = plan.tok_seq == 0  # fact 0's bare prompt is its first sequence
+    logits[torch.nonzero(bare).squeeze(1), plan.tok_id[bare]] = -1.0
+    assert plan.most_probable(logits).tolist() == [True, True]  # not checked
+    prefixed = torch.nonzero((plan.seq_fact[plan.tok_seq] == 1) & plan.tok_checked).squeeze(1)[-1]
+    logits[prefixed, plan.tok_id[prefixed]] = -1.0
+    assert plan.most_probable(logits).tolist() == [True, False]

@@ -66,6 +66,8 @@ class ValueSettings:
     weight_decay: float = 1e-3
     clamp_factor: float = 4.0
     kl_prompt: str = "{} is a"
+    early_stop: str = "loss"  # or "most_probable": MPES (ENCORE), as well as the loss threshold
+    most_probable_hold: int = 2  # MPES stops at the hold-th evaluation with every target token top-1 (not reset)
     batch_size: int = execution(8)
     chunk: int = execution(8)
 
@@ -77,6 +79,7 @@ class EditSettings:
     emmet_lambda: float = 0.1
     nullspace_threshold: float = 0.01
     alphaedit_l2: float = 10.0
+    update_norm_lambda: float = 0.13  # ENCORE's α; its Llama-3 value 20 at λ = 15000, kept in ratio to λ = 100
     on_ill_conditioned: str = "raise"
     allow_conflicts: bool = execution(False)  # a guard, not a result: same subject, other target, one batch
 
@@ -99,7 +102,7 @@ class Sequential:
     algorithms: tuple = ("memit", "emmet", "alphaedit")
     sizes: tuple = (1, 2, 4)
     n: int = 4
-    retained_every: int = 2
+    retained_every_edits: int = 2  # retained evaluation every this many edits (a multiple of every B ≤ it), and at the end
     snapshot_every: int = execution(256)
 
 
@@ -110,6 +113,15 @@ class Evaluation:
     drift_tokens: int = 2000
     batch_size: int = execution(128)
     max_tokens: int = execution(2048)
+
+
+@dataclass(frozen=True)
+class Findings:
+    """The statistics behind the verdicts (workflow/findings.py)."""
+    n_boot: int = 2000
+    seed: int = 0
+    margin: float = 5.0  # Score points a claim of near-equality tolerates
+    early_fraction: float = 0.25  # layers in this first fraction of the model count as early
 
 
 @dataclass(frozen=True)
@@ -129,6 +141,8 @@ class Resources:
     light_mem_mb: int = 2000
     light_runtime: int = 10
     gpus: Any = "auto"  # auto: 1 when model.device is cuda, else 0
+    partition: str | None = None  # SLURM partition of jobs without a GPU (None: the cluster's default)
+    gpu_partition: str | None = None  # SLURM partition of jobs with one
 
 
 @dataclass(frozen=True)
@@ -146,6 +160,7 @@ class Settings:
     batch: Batch = field(default_factory=Batch)
     sequential: Sequential = field(default_factory=Sequential)
     evaluation: Evaluation = field(default_factory=Evaluation)
+    findings: Findings = field(default_factory=Findings)
     plots: Plots = field(default_factory=Plots)
     resources: Resources = field(default_factory=Resources)
 
@@ -241,6 +256,15 @@ def check(s: Settings, *, n_layers: int | None = None, model_exists: bool | None
             if limit is not None and max(sizes) > limit:
                 problems.append(f"{key}.algorithms has {algorithm}, which edits {limit} fact at a time, but "
                                 f"{key}.sizes goes up to {max(sizes)}; drop it there (the sweep runs it)")
+    every = s.sequential.retained_every_edits
+    for size in s.sequential.sizes:
+        if (every % size if size <= every else size % every) or every > s.sequential.n:
+            problems.append(f"sequential.retained_every_edits = {every} and sequential.sizes has {size}: every size "
+                            f"must divide it or be a multiple of it (and it at most sequential.n = "
+                            f"{s.sequential.n}), so all runs are scored after the same numbers of edits")
+    if s.layer == "auto" and not s.sweep.algorithms:
+        problems.append("layer: auto takes the sweep's best layer, but sweep.algorithms is empty; name a layer or "
+                        "an algorithm to sweep")
     layers = [*s.sweep.layers, *([s.layer] if s.layer != "auto" else [])]
     if n_layers is not None:
         beyond = sorted({layer for layer in layers if layer >= n_layers})

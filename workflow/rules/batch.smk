@@ -22,7 +22,7 @@ rule batch:
     resources:
         **model_resources(),
     script:
-        "../../scripts/independent_edits.py"
+        "../scripts/independent_edits.py"
 
 
 rule baseline:
@@ -47,4 +47,4 @@ rule baseline:
     resources:
         **model_resources(),
     script:
-        "../../scripts/baseline.py"
+        "../scripts/baseline.py"

@@ -4,9 +4,10 @@
 # the config and rerun nothing.
 from editscale import settings as S
 from editscale.algorithms import ALGORITHMS
-from editscale.experiments import read_layer
+from editscale.workflow.experiments import read_layer
+from editscale.workflow.figures import FIGURES
 from editscale.models import inspect_local, slug
-from editscale.stages import selection_name
+from editscale.workflow.stages import selection_name
 
 SETTINGS = S.parse(config)
 S.check(SETTINGS, **dict(zip(("model_exists", "n_layers"), inspect_local(SETTINGS.model.spec))),
@@ -37,16 +38,19 @@ BATCH = f"{RUN_DIR}/batch/{{algorithm}}-layer{{layer}}-b{{size}}"
 SEQUENTIAL = f"{RUN_DIR}/sequential/{{algorithm}}-layer{{layer}}-b{{size}}"
 BASELINE = f"{RUN_DIR}/baseline"
 SUMMARY = f"{RUN_DIR}/summary/{{kind}}.parquet"
-FIGURES = ["sweep", "batch", "sequential", "immediate_vs_retained"]
+SUMMARY_KINDS = ["sweep", "batch", "immediate", "retained", "baseline", "quality", "health"]
+FINDINGS = f"{RUN_DIR}/summary/findings.parquet"
 PLOT = f"{RUN_DIR}/plots/{{name}}.png"
-ENV = "../../envs/editscale.yaml"  # relative to the rule files
+ENV = "../envs/editscale.yaml"  # relative to the rule files
 THREADS = SETTINGS.threads  # torch threads per model job; jobs run side by side up to --cores
 N_SWEEP = SETTINGS.sweep.n
 N_SEQ = SETTINGS.sequential.n
 
-# Value files cover the records the sweep edits, then the rest: no record is optimised twice, and
-# how a job chunks its range is execution only. A consumer reads the files that hold its records.
-VALUE_CUTS = sorted({N_SWEEP, SETTINGS.data.n})
+# Value files cover record ranges cut where the sweep's records end and every VALUE_BLOCK records, so
+# no record is optimised twice and long ranges run as parallel jobs. The cuts are fixed, not a
+# setting: how a job chunks its range is execution only. A consumer reads the files holding its records.
+VALUE_BLOCK = 64
+VALUE_CUTS = sorted({N_SWEEP, SETTINGS.data.n, *range(VALUE_BLOCK, SETTINGS.data.n, VALUE_BLOCK)})
 
 
 def value_files(layer, n):
@@ -63,13 +67,21 @@ def edit_params(wildcards):
     return {name: edit[name] for name in (*get(wildcards.algorithm).settings, "on_ill_conditioned")}
 
 
-def model_resources(runtime=None):
+def partition(name):
+    return {"slurm_partition": name} if name else {}  # none: the cluster's default partition
+
+
+def model_resources(runtime=None, gpus=None):
+    """mem_mb, runtime, gpu and partition of a job that loads the model (config `resources:`)."""
     res = SETTINGS.resources
-    gpus = res.gpus if res.gpus != "auto" else int(str(SETTINGS.model.device).startswith("cuda"))
-    return dict(mem_mb=res.model_mem_mb, runtime=runtime or res.model_runtime, gpu=gpus)
+    if gpus is None:
+        gpus = res.gpus if res.gpus != "auto" else int(str(SETTINGS.model.device).startswith("cuda"))
+    return dict(mem_mb=res.model_mem_mb, runtime=runtime or res.model_runtime, gpu=gpus,
+                **partition(res.gpu_partition if gpus else res.partition))
 
 
-LIGHT = dict(mem_mb=SETTINGS.resources.light_mem_mb, runtime=SETTINGS.resources.light_runtime)
+LIGHT = dict(mem_mb=SETTINGS.resources.light_mem_mb, runtime=SETTINGS.resources.light_runtime,
+             **partition(SETTINGS.resources.partition))
 
 
 def chosen_layer():

@@ -13,4 +13,4 @@ rule data:
     resources:
         **LIGHT,
     script:
-        "../../scripts/select_records.py"
+        "../scripts/select_records.py"

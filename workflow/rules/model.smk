@@ -11,6 +11,6 @@ rule model:
     benchmark:
         f"{MODEL_DIR}/benchmarks/model.tsv"
     resources:
-        **{**model_resources(), "gpu": 0},  # conversion runs on the CPU
+        **model_resources(gpus=0),  # conversion runs on the CPU
     script:
-        "../../scripts/prepare_model.py"
+        "../scripts/prepare_model.py"

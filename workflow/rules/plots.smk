@@ -1,15 +1,12 @@
 rule plots:
-    """The paper's figures from the summary tables alone: seconds, and never the model."""
+    """The figures from the summary tables alone: seconds, and never the model."""
     input:
-        **{kind: SUMMARY.format(kind=kind) for kind in ("sweep", "batch", "immediate", "retained")},
-        quality=SUMMARY.format(kind="quality"),
+        **{kind: SUMMARY.format(kind=kind) for kind in SUMMARY_KINDS},
     output:
-        sweep=report(PLOT.format(name="sweep"), caption="../report/sweep.rst", category="Figures"),
-        batch=report(PLOT.format(name="batch"), caption="../report/batch.rst", category="Figures"),
-        sequential=report(PLOT.format(name="sequential"), caption="../report/sequential.rst", category="Figures"),
-        immediate_vs_retained=report(PLOT.format(name="immediate_vs_retained"),
-                                     caption="../report/immediate_vs_retained.rst", category="Figures"),
-        pdfs=[PLOT.format(name=name).replace(".png", ".pdf") for name in FIGURES],
+        **{name: report(PLOT.format(name=name), caption=f"../report/{name}.rst", category="2. Figures")
+           for name in FIGURES},
+        other_formats=[PLOT.format(name=name).replace(".png", f".{fmt}") for name in FIGURES
+                       for fmt in SETTINGS.plots.formats if fmt != "png"],
     params:
         style=S.results(SETTINGS.plots),
     conda:
@@ -21,4 +18,4 @@ rule plots:
     resources:
         **LIGHT,
     script:
-        "../../scripts/plot.py"
+        "../scripts/plot.py"

@@ -19,7 +19,7 @@ rule sequential:
         values=S.results(SETTINGS.values),
         evaluation=S.results(SETTINGS.evaluation),
         n=N_SEQ,
-        retained_every=SETTINGS.sequential.retained_every,
+        retained_every_edits=SETTINGS.sequential.retained_every_edits,
     conda:
         ENV
     log:
@@ -30,4 +30,4 @@ rule sequential:
     resources:
         **model_resources(SETTINGS.resources.sequential_runtime),
     script:
-        "../../scripts/sequential.py"
+        "../scripts/sequential.py"

@@ -19,4 +19,4 @@ rule stats:
     resources:
         **model_resources(),
     script:
-        "../../scripts/compute_stats.py"
+        "../scripts/compute_stats.py"

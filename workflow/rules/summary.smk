@@ -8,15 +8,17 @@ SUMMARY_INPUTS = {
 
 
 rule summary:
-    """Mean, std and bootstrap CI per metric (Parquet, with CSV and Markdown copies)."""
+    """Mean, std and bootstrap CI per metric (Parquet, with CSV and Markdown copies); sequential
+    runs start from the unedited model at 0 edits."""
     input:
-        lambda w: SUMMARY_INPUTS[w.kind](w),
+        cases=lambda w: SUMMARY_INPUTS[w.kind](w),
+        baseline=f"{BASELINE}.cases.parquet",
     output:
         table=SUMMARY,
         csv=SUMMARY.replace(".parquet", ".csv"),
         md=SUMMARY.replace(".parquet", ".md"),
     wildcard_constraints:
-        kind="|".join(SUMMARY_INPUTS),
+        kind="|".join(SUMMARY_INPUTS),  # quality and health are collected, not summarised
     conda:
         ENV
     log:
@@ -26,24 +28,58 @@ rule summary:
     resources:
         **LIGHT,
     script:
-        "../../scripts/summarise.py"
+        "../scripts/summarise.py"
 
 
-rule quality:
-    """Fluency and drift perplexity of the unedited model and at every retained checkpoint."""
+COLLECTED = {
+    "quality": lambda w: [f"{BASELINE}.quality.parquet", *sequential_outputs("quality")(w)],
+    "health": sequential_outputs("batches"),
+}
+
+
+rule collect:
+    """Tables stacked as they are: fluency and drift of the unedited model and at every retained
+    checkpoint (quality), and every sequential batch's weight health and diagnostics (health)."""
     input:
-        lambda w: [f"{BASELINE}.quality.parquet", *sequential_outputs("quality")(w)],
+        lambda w: COLLECTED[w.kind](w),
     output:
-        table=SUMMARY.format(kind="quality"),
-        csv=SUMMARY.format(kind="quality").replace(".parquet", ".csv"),
-        md=SUMMARY.format(kind="quality").replace(".parquet", ".md"),
+        table=SUMMARY,
+        csv=SUMMARY.replace(".parquet", ".csv"),
+        md=SUMMARY.replace(".parquet", ".md"),
+    wildcard_constraints:
+        kind="|".join(COLLECTED),
     conda:
         ENV
     log:
-        f"{RUN_DIR}/logs/summary/quality.log",
+        f"{RUN_DIR}/logs/summary/{{kind}}.log",
     benchmark:
-        f"{RUN_DIR}/benchmarks/summary/quality.tsv"
+        f"{RUN_DIR}/benchmarks/summary/{{kind}}.tsv"
     resources:
         **LIGHT,
     script:
-        "../../scripts/collect_quality.py"
+        "../scripts/collect.py"
+
+
+rule findings:
+    """The paper's claims as statistics with paired bootstrap CIs and a verdict each."""
+    input:
+        sweep=sweep_cases,
+        batch=batch_cases,
+        retained=sequential_outputs("retained"),
+        model=MODEL_MANIFEST,
+    output:
+        table=FINDINGS,
+        csv=report(FINDINGS.replace(".parquet", ".csv"), caption="../report/findings.rst", category="1. Findings"),
+        md=FINDINGS.replace(".parquet", ".md"),
+    params:
+        findings=S.results(SETTINGS.findings),
+    conda:
+        ENV
+    log:
+        f"{RUN_DIR}/logs/findings.log",
+    benchmark:
+        f"{RUN_DIR}/benchmarks/findings.tsv"
+    resources:
+        **LIGHT,
+    script:
+        "../scripts/findings.py"

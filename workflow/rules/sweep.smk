@@ -22,7 +22,7 @@ rule sweep:
     resources:
         **model_resources(),
     script:
-        "../../scripts/independent_edits.py"
+        "../scripts/independent_edits.py"
 
 
 checkpoint best_layer:
@@ -40,4 +40,4 @@ checkpoint best_layer:
     resources:
         **LIGHT,
     script:
-        "../../scripts/best_layer.py"
+        "../scripts/best_layer.py"

@@ -17,4 +17,4 @@ rule templates:
     resources:
         **model_resources(),
     script:
-        "../../scripts/make_templates.py"
+        "../scripts/make_templates.py"

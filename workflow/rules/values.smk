@@ -23,4 +23,4 @@ rule values:
     resources:
         **model_resources(),
     script:
-        "../../scripts/compute_values.py"
+        "../scripts/compute_values.py"

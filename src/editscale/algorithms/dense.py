@@ -18,10 +18,16 @@ from typing import Sequence
 
 import torch
 
-from .conditioning import (MAX_CONDITION, IllConditionedError, check_finite, check_labels, check_mode,
-                           solve as _solve)
+from .conditioning import (
+    MAX_CONDITION,
+    IllConditionedError,
+    check_finite,
+    check_labels,
+    check_mode,
+)
+from .conditioning import solve as _solve
 
-__all__ = ["rome", "memit", "emmet", "nullspace_projector", "alphaedit", "IllConditionedError"]
+__all__ = ["rome", "memit", "emmet", "nullspace_projector", "alphaedit", "encore", "IllConditionedError"]
 
 
 def rome(k, r, C, *, labels: Sequence | None = None, on_ill_conditioned: str = "raise",
@@ -84,6 +90,19 @@ def alphaedit(K, R, P, K_prev=None, l2: float = 1.0, *, labels: Sequence | None 
     K_all = K64 if K_prev is None else torch.cat([K64, K_prev.to(K.device, torch.float64)], dim=1)
     A = P64 @ (K_all @ K_all.T) + l2 * torch.eye(K.shape[0], dtype=torch.float64, device=K.device)
     B = _solve(A, P64 @ K64, "AlphaEdit: P(KKᵀ + K_pK_pᵀ) + αI", keys=K64, symmetric=False, **opts)
+    return _finished(R64, B, torch.result_type(K, R), factored)
+
+
+def encore(K, R, C, mom2_update_weight: float, update_norm_lambda: float, K_prev=None, *,
+           labels: Sequence | None = None, on_ill_conditioned: str = "raise", max_condition: float = MAX_CONDITION,
+           diagnostics: dict | None = None, factored: bool = False):
+    """ΔW = R Kᵀ (λC + αI + K_pK_pᵀ + KKᵀ)⁻¹, λ = mom2_update_weight, α = update_norm_lambda (ENCORE)."""
+    opts = _options(labels, on_ill_conditioned, max_condition, diagnostics, K=K, R=R, C=C, K_prev=K_prev)
+    K64, R64, C64 = (t.to(K.device, torch.float64) for t in (K, R, C))
+    K_all = K64 if K_prev is None else torch.cat([K64, K_prev.to(K.device, torch.float64)], dim=1)
+    eye = torch.eye(K.shape[0], dtype=torch.float64, device=K.device)
+    A = mom2_update_weight * C64 + update_norm_lambda * eye + K_all @ K_all.T
+    B = _solve(A, K64, "ENCORE: λC + αI + K_pK_pᵀ + KKᵀ", keys=K64, **opts)
     return _finished(R64, B, torch.result_type(K, R), factored)
 
 

@@ -33,8 +33,19 @@ from typing import Callable, Sequence
 
 import torch
 
-from .conditioning import (FALLBACK_RCOND, MAX_CONDITION, IllConditionedError, check_finite, check_labels,
-                           check_mode, condition, explain, log, solve as checked_solve, warn_near_parallel)
+from .conditioning import (
+    FALLBACK_RCOND,
+    MAX_CONDITION,
+    IllConditionedError,
+    check_finite,
+    check_labels,
+    check_mode,
+    condition,
+    explain,
+    log,
+    warn_near_parallel,
+)
+from .conditioning import solve as checked_solve
 
 EXACT_CONDITION_SIZE = 2048  # above this, a system with a positive ridge gets a cheap bound on κ
 

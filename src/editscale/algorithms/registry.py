@@ -33,6 +33,12 @@ def _projector(C, settings, *, mode, max_condition):
     return NullSpaceProjector(C, settings["nullspace_threshold"])
 
 
+def _regularised_inverse(C, settings, *, mode, max_condition):
+    """ENCORE's (C + α/λ·I)⁻¹: λC + αI, the norm constraint folded into the preserved keys."""
+    return InverseOfC(C, settings["update_norm_lambda"] / settings["mom2_update_weight"], mode=mode,
+                      max_condition=max_condition)
+
+
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
     Algorithm("rome", (), _inverse, lambda s, n: 0.0, "ROME: kᵀC⁻¹k", max_batch=1,
               source="Meng et al. 2022 (ROME), eq. 2"),
@@ -43,6 +49,14 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
               source="Gupta et al. 2024 (EMMET); unified-model-editing emmet_main.py"),
     Algorithm("alphaedit", ("nullspace_threshold", "alphaedit_l2"), _projector, lambda s, n: s["alphaedit_l2"],
               "AlphaEdit: UᵀPU + αI", remembers=True, source="Fang et al. 2025 (AlphaEdit), eq. 11; AlphaEdit_main.py"),
+    # ΔW = R Kᵀ (λC + αI + Σ_p K_pK_pᵀ + KKᵀ)⁻¹: MEMIT with a Frobenius norm penalty α‖ΔW‖² on each batch's
+    # update and the keys of every earlier batch preserved with weight 1, as coded in
+    # scalable-model-editing/knowledge-editing-regularization encore/encore_main.py (α = update_norm_lambda:
+    # 20 for Llama-3-8B, 10 for Llama-2-7B and GPT2-XL in its hparams/ENCORE files). With α = 0 and no
+    # earlier batches it is MEMIT.
+    Algorithm("encore", ("mom2_update_weight", "update_norm_lambda"), _regularised_inverse,
+              lambda s, n: s["mom2_update_weight"], "ENCORE: Uᵀ(C + α/λ·I)⁻¹U + λI", remembers=True,
+              source="Gupta et al. 2025 (ENCORE, arXiv 2502.01636); knowledge-editing-regularization encore_main.py"),
 )}
 
 

@@ -1,0 +1,242 @@
+"""CounterFact records: both on-disk formats, validated, merged and selected reproducibly.
+
+`load_counterfact(sources)` returns one row per case with typed columns. Sources are
+files, folders of `*.json`, the official URL (downloaded once, sha256-checked), or a
+list of these. The full ROME format and EasyEdit's reduced format are both read; the
+`format` column says which one a row came from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import reprlib
+import shutil
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from editscale import artifacts, paths
+
+OFFICIAL_URL = "https://rome.baulab.info/data/dsets/counterfact.json"
+OFFICIAL_SHA256 = "d017056125178a13728594e66a801357a8db9ed7973a7425554bb4271de9fc6f"
+DOWNLOAD_TIMEOUT = 120  # seconds without a byte before a download is given up
+COLUMNS = ["case_id", "subject", "prompt", "target_new", "target_true", "relation_id",
+           "paraphrase_prompts", "neighborhood_prompts", "generation_prompts", "format"]
+LIST_COLUMNS = ["paraphrase_prompts", "neighborhood_prompts", "generation_prompts"]
+STRING_COLUMNS = ["subject", "prompt", "target_new", "target_true", "relation_id", "format"]
+# What makes two records the same edit. The prompt lists are compared too, but only
+# between two full records: EasyEdit keeps 1 of each list by design.
+_IDENTITY = ["subject", "prompt", "target_new", "target_true"]
+_FULL_ONLY = ["relation_id", *LIST_COLUMNS]
+
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+class CounterFactError(ValueError):
+    """Unusable CounterFact input; the message names the file, the case and the field, and how to fix it."""
+
+
+def default_sources() -> Path | str:
+    """The offline full-format files when `shared/data` holds them, else the official URL."""
+    shared = paths.shared_data()
+    full = shared / "counterfact" / "full" if shared is not None else None
+    return full if full is not None and full.is_dir() else OFFICIAL_URL
+
+
+def load_counterfact(sources, n: int | None = None, seed: int = 0, unique_subjects: bool = True) -> pd.DataFrame:
+    """Validated CounterFact cases from `sources`, sorted by case_id; `n` of them chosen with `seed`.
+
+    With `unique_subjects` (the default) only the lowest case_id of each subject is kept,
+    before any choice of `n`: two edits of one subject share a key and make EMMET's
+    system singular.
+    """
+    files = _files(sources)
+    rows: dict[int, tuple[dict, Path]] = {}
+    for file in files:
+        for index, record in enumerate(_read_json(file)):
+            _merge(rows, _normalise(record, file, index), file)
+    if not rows:
+        raise CounterFactError(f"no CounterFact records in {_names(files)}; point the sources at non-empty JSON files")
+    frame = pd.DataFrame([row for row, _ in rows.values()], columns=COLUMNS).sort_values("case_id", ignore_index=True)
+    if unique_subjects:
+        frame = frame.drop_duplicates("subject", keep="first", ignore_index=True)
+    if n is not None:
+        if isinstance(n, bool) or not 1 <= n <= len(frame):
+            raise CounterFactError(f"n={n} records asked for, but {_names(files)} have {len(frame)} available "
+                                   f"(unique_subjects={unique_subjects}); choose n between 1 and {len(frame)}")
+        # Positions in case_id order, so the same seed and the same pool give the same cases.
+        chosen = np.sort(np.random.default_rng(seed).permutation(len(frame))[:n])
+        frame = frame.iloc[chosen].reset_index(drop=True)
+    return _typed(frame)
+
+
+def write_records(frame: pd.DataFrame, path) -> None:
+    artifacts.write_parquet(frame[COLUMNS], path)
+
+
+def read_records(path) -> pd.DataFrame:
+    """Records written by `write_records`, equal to what was written."""
+    return _typed(pd.read_parquet(path))  # pyarrow gives the lists back as numpy arrays
+
+
+def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.astype({"case_id": "int64", **{column: "string" for column in STRING_COLUMNS}})
+    for column in LIST_COLUMNS:  # plain lists of str, whether they came as lists or numpy arrays
+        frame[column] = frame[column].map(lambda items: [str(item) for item in items])
+    return frame[COLUMNS]
+
+
+def _names(files: list[Path]) -> str:
+    return ", ".join(str(file) for file in files) or "the given sources (none)"
+
+
+def _files(sources) -> list[Path]:
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    files = []
+    for source in sources:
+        if str(source).startswith(("http://", "https://")):
+            files.append(_download(str(source)))
+            continue
+        path = Path(source)
+        if path.is_dir():
+            found = sorted(path.glob("*.json"))
+            unread = sorted(p.name for p in path.iterdir() if p.suffix in (".jsonl", ".gz", ".parquet", ".csv"))
+            if unread:
+                raise CounterFactError(f"CounterFact folder {path} holds {', '.join(unread)}, which would not be read "
+                                       f"(only *.json lists of records are); convert or move them, or name the "
+                                       f"*.json files instead of the folder")
+            if not found:
+                raise CounterFactError(f"CounterFact folder {path} holds no *.json files; point at the files instead")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise CounterFactError(f"CounterFact source {path} does not exist; check the path in the config")
+    return files
+
+
+def _download(url: str) -> Path:
+    if url != OFFICIAL_URL:
+        raise CounterFactError(f"unknown CounterFact URL {url}; the official one is {OFFICIAL_URL}")
+    target = paths.cache_dir("counterfact") / "counterfact.json"
+    if target.is_file() and artifacts.sha256(target) == OFFICIAL_SHA256:
+        return target
+    # The download only replaces the cache once its hash is right; a bad one leaves the cache untouched.
+    with artifacts.atomic_path(target) as tmp:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response, open(tmp, "wb") as out:
+            shutil.copyfileobj(response, out, 1 << 20)
+        digest = artifacts.sha256(tmp)
+        if digest != OFFICIAL_SHA256:
+            raise CounterFactError(f"download of {url} has sha256 {digest}, expected {OFFICIAL_SHA256}; the file "
+                                   f"changed or the download was cut short: retry, or use the offline files")
+    return target
+
+
+def _read_json(file: Path) -> list[dict]:
+    try:
+        records = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CounterFactError(f"{file} is not JSON ({exc}); a CounterFact file is a JSON list of records") from exc
+    if not isinstance(records, list) or not all(isinstance(record, dict) for record in records):
+        found = "a list with non-object items" if isinstance(records, list) else f"a JSON {type(records).__name__}"
+        raise CounterFactError(f"{file} must hold a JSON list of record objects, found {found}")
+    return records
+
+
+def _normalise(record: dict, file: Path, index: int) -> dict:
+    """One validated row from a record in either format; errors name the field as the file spells it."""
+    case = record.get("case_id", f"? (record {index})")
+    full = "requested_rewrite" in record
+
+    def fail(field: str, problem: str, fix: str) -> CounterFactError:
+        return CounterFactError(f"{file}: case_id {case}: field '{field}' {problem}; {fix}")
+
+    def get(dotted: str, kind):
+        value, names = record, dotted.split(".")
+        for depth, name in enumerate(names):
+            if not isinstance(value, dict):
+                raise fail(".".join(names[:depth]), "must be an object", "see the full ROME format")
+            if name not in value:
+                raise fail(".".join(names[:depth + 1]), "is missing",
+                           f"add it (the record is read as {'full' if full else 'EasyEdit'} format)")
+            value = value[name]
+        if kind is list:
+            if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+                raise fail(dotted, "must be a list of strings", "give the prompts as a JSON list of strings")
+        elif not isinstance(value, kind) or isinstance(value, bool):
+            raise fail(dotted, f"must be {kind.__name__}, got {type(value).__name__}", "fix its type")
+        return value
+
+    if not INT64_MIN <= get("case_id", int) <= INT64_MAX:
+        raise fail("case_id", "does not fit in a 64-bit integer", "renumber the case")
+    if full:
+        subject_field, new_field, true_field = ("requested_rewrite.subject", "requested_rewrite.target_new.str",
+                                                "requested_rewrite.target_true.str")
+        subject, prompt = get(subject_field, str), get("requested_rewrite.prompt", str)
+        relation = get("requested_rewrite.relation_id", str)
+        lists = [get(name, list) for name in LIST_COLUMNS]
+        list_fields = LIST_COLUMNS[:2]
+        prompt_field = "requested_rewrite.prompt"
+        if "{}" not in prompt:
+            raise fail(prompt_field, f"has no '{{}}' where the subject {subject!r} goes",
+                       "write it as a template such as '{} is located in'")
+    else:
+        subject_field, new_field, true_field = "subject", "target_new", "ground_truth"
+        subject, filled = get(subject_field, str), get("prompt", str)
+        relation = None
+        # locality_ground_truth is not read: the locality prompt is one of CounterFact's
+        # neighbourhood prompts, whose answer is by construction this case's target_true.
+        lists = [[get("rephrase_prompt", str)], [get("locality_prompt", str)], []]
+        list_fields = ["rephrase_prompt", "locality_prompt"]
+        prompt_field = "prompt"
+        if subject and subject not in filled:
+            raise fail("prompt", f"does not contain the subject {subject!r}", "the prompt must name its subject")
+        if "{" in filled or "}" in filled:
+            raise fail("prompt", f"contains a brace ({filled!r})", "a filled prompt has no placeholders; remove it")
+        prompt = filled.replace(subject, "{}", 1)
+    if prompt.count("{}") != 1 or prompt.replace("{}", "", 1).count("{") or prompt.replace("{}", "", 1).count("}"):
+        raise fail(prompt_field, f"must hold exactly one '{{}}' and no other braces, got {prompt!r}",
+                   "keep one '{}' for the subject; anything else in braces would be scored as literal text")
+    for name, items in zip(list_fields, lists):
+        if not items:
+            raise fail(name, "is an empty list", "give at least one prompt (its score would be undefined)")
+        for i, item in enumerate(items):
+            if not item.strip():
+                raise fail(name if len(items) == 1 and not full else f"{name}[{i}]", "is an empty prompt",
+                           "give the prompt text or drop it from the list")
+    new, true = get(new_field, str), get(true_field, str)
+    for name, value in ((subject_field, subject), (new_field, new), (true_field, true)):
+        if not value.strip():
+            raise fail(name, "is empty", "give the text")
+    for name, value in ((new_field, new), (true_field, true)):
+        if "\n" in value or "\r" in value or value != value.strip():
+            raise fail(name, f"is not a single trimmed line ({value!r})", "a target is the text right after the "
+                       "prompt; remove line breaks and surrounding spaces")
+    if new.strip() == true.strip():
+        raise fail(new_field, f"equals {true_field} ({new!r})", "an edit must change the answer")
+    return dict(case_id=record["case_id"], subject=subject, prompt=prompt, target_new=new, target_true=true,
+                relation_id=relation, paraphrase_prompts=lists[0], neighborhood_prompts=lists[1],
+                generation_prompts=lists[2], format="full" if full else "easyedit")
+
+
+def _merge(rows: dict, row: dict, file: Path) -> None:
+    """Records of one case merge when they agree (a full row wins over its EasyEdit twin); else an error."""
+    case = row["case_id"]
+    if case not in rows:
+        rows[case] = (row, file)
+        return
+    kept, kept_file = rows[case]
+    both_full = kept["format"] == row["format"] == "full"
+    for name in _IDENTITY + (_FULL_ONLY if both_full else []):
+        if kept[name] != row[name]:
+            where = f"twice in {file}" if kept_file == file else f"in both {kept_file} and {file}"
+            raise CounterFactError(f"case_id {case} is {where} with different field '{name}': "
+                                   f"{reprlib.repr(kept[name])} vs {reprlib.repr(row[name])}; "
+                                   f"drop one of the two records")
+    if kept["format"] == "easyedit" and row["format"] == "full":
+        rows[case] = (row, file)

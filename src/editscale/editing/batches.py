@@ -1,0 +1,136 @@
+"""Applying edits: settings, one batch, and independent batches against the unedited model.
+
+Keys and values come from `keys` and `values`, ΔW from the pure `algorithms`. The model
+is touched only through `apply_delta`, which goes through the layout, so GPT-2's
+transposed weights need no special case here. Sequential batches are in `sequential`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from editscale import algorithms
+from editscale.algorithms import KeyMemory, Prepared
+from editscale.editing.keys import compute_keys
+from editscale.editing.values import Values, compute_values
+from editscale.settings import EditSettings, ValueSettings
+
+log = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class EditConfig:
+    """One edit job: the algorithm, the layer, and the settings its keys, values and ΔW depend on."""
+    algorithm: str
+    layer: int
+    edit: EditSettings = field(default_factory=EditSettings)
+    values: ValueSettings = field(default_factory=ValueSettings)
+    key_batch_size: int = 16  # execution only
+    value_batch_size: int = 16  # execution only
+
+    def __post_init__(self):
+        algorithms.get(self.algorithm)
+
+    def settings(self) -> dict:
+        """The edit settings this algorithm reads (nothing else changes its ΔW)."""
+        return {name: getattr(self.edit, name) for name in algorithms.get(self.algorithm).settings}
+
+
+def prepare(cfg: EditConfig, C: torch.Tensor) -> Prepared:
+    """cfg's algorithm with its work on C done once, on C's device (put C on the model's device)."""
+    return algorithms.prepare(algorithms.get(cfg.algorithm), C, cfg.settings(),
+                              on_ill_conditioned=cfg.edit.on_ill_conditioned)
+
+
+def check_conflicts(batches, allow: bool = False) -> None:
+    """Refuse (or, with `allow`, warn about) batches that edit one subject towards different targets:
+    the solvers would average the two, so neither edit is what was asked for."""
+    found = []
+    for facts in batches:
+        by_subject: dict = {}
+        for fact in facts:
+            by_subject.setdefault(fact["subject"], []).append(fact)
+        for subject, group in by_subject.items():
+            if len({f["target_new"] for f in group}) > 1:
+                found.append(f"{subject!r} (cases {', '.join(str(f['case_id']) for f in group)}: "
+                             f"{' vs '.join(repr(f['target_new']) for f in group)})")
+    if not found:
+        return
+    shown = "; ".join(found[:10]) + (f"; and {len(found) - 10} more" if len(found) > 10 else "")
+    if not allow:
+        raise ValueError(f"conflicting edits in one batch, same subject and different targets: {shown}. Fix: "
+                         f"data: unique_subjects: true, or edit: allow_conflicts: true to edit them anyway")
+    log.warning("conflicting edits in one batch (allowed by edit.allow_conflicts): %s", shown)
+
+
+def apply_delta(model, layout, layer: int, delta: torch.Tensor, sign: float = 1.0) -> None:
+    """W ← W + sign·ΔW, in W's dtype; refuses non-finite ΔW so nothing bad reaches the model."""
+    if not torch.isfinite(delta).all():
+        raise ValueError(f"refusing to write a non-finite ΔW into layer {layer}")
+    weight = layout.weight(model, layer)
+    with torch.no_grad():
+        weight.add_(delta.to(weight.device, weight.dtype), alpha=sign)
+
+
+def revert_delta(model, layout, layer: int, delta: torch.Tensor) -> None:
+    apply_delta(model, layout, layer, delta, sign=-1.0)
+
+
+@dataclass
+class BatchEdit:
+    A: torch.Tensor  # (d_out, n)
+    B: torch.Tensor  # (d_in, n): ΔW = A Bᵀ
+    keys: torch.Tensor  # (d_in, n)
+    TK: torch.Tensor  # the solver's T K, for KeyMemory.absorb
+    diagnostics: dict
+
+    @property
+    def delta(self) -> torch.Tensor:
+        return self.A @ self.B.T
+
+
+def independent_batches(solver: Prepared, K: torch.Tensor, R: torch.Tensor, batch_size: int,
+                        labels=None) -> list[BatchEdit]:
+    """Split N facts (columns of K, R, computed on the unedited model) into batches of `batch_size`,
+    each solved against the unedited model. T K is computed for all N at once (one multi-column
+    solve), so N single edits cost one O(d_in²·N) pass, not N of them."""
+    TK_all = solver.transform(K)
+    out = []
+    for start in range(0, K.shape[1], batch_size):
+        cols = slice(start, start + batch_size)
+        names = None if labels is None else list(labels[cols])
+        solved = solver.solve(K[:, cols], R[:, cols], labels=names, TK=TK_all[:, cols])
+        out.append(BatchEdit(solved.A, solved.B, K[:, cols], solved.TK, solved.diagnostics))
+    return out
+
+
+def edit_batch(model, tokenizer, layout, cfg: EditConfig, facts, templates, solver: Prepared, *,
+               memory: KeyMemory | None = None, known: tuple[torch.Tensor, Values] | None = None) -> BatchEdit:
+    """Keys, values and ΔW for one batch of facts, on the model as it is now (ΔW not applied).
+
+    `memory` holds earlier batches' keys for algorithms that keep them; `known` is (keys (n, d_in),
+    Values) already computed for these facts on this very model, e.g. the cached unedited-model
+    values for a sequential run's first batch.
+    """
+    if known is None:
+        K = compute_keys(model, tokenizer, layout, cfg.layer, facts, templates, batch_size=cfg.key_batch_size)
+        V = compute_values(model, tokenizer, layout, cfg.layer, facts, templates, cfg.values,
+                           batch_size=cfg.value_batch_size)
+    else:
+        K, V = known
+        if len(K) != len(facts) or len(V.residual) != len(facts):
+            raise ValueError(f"{len(K)} known keys and {len(V.residual)} values for a batch of {len(facts)} facts")
+    labels = [f.get("case_id", i) for i, f in enumerate(facts)]
+    solved = solver.solve(K.T, V.residual.T, memory=memory, labels=labels)
+    edit = BatchEdit(solved.A, solved.B, K.T, solved.TK, solved.diagnostics)
+    edit.diagnostics.update(
+        n=len(facts),
+        residual_norm=float(V.residual.norm(dim=1).mean()),
+        value_loss=float(V.loss.mean()),
+        value_steps=float(V.steps.float().mean()),
+        converged=float(V.converged.float().mean()),
+        delta_norm=float(edit.delta.norm()),
+    )
+    return edit

@@ -1,0 +1,1 @@
+"""Evaluation: batched NLL scoring (`scoring`), CounterFact metrics (`metrics`), fluency and drift (`fluency`)."""

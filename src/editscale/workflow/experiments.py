@@ -1,0 +1,186 @@
+"""The paper's experiments as workflow stages: independent edits (layer sweep, batch editing)
+and sequential-batch editing with immediate and retained evaluation.
+
+Each takes its rule's params (result settings, plain dicts) and the execution settings `run`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from editscale import artifacts, data, editing
+from editscale.editing.covariance import load_stats
+from editscale.editing.sequential import run_identity, stored_edits
+from editscale.editing.sequential import sequential as run_sequential
+from editscale.evaluation import fluency, metrics
+from editscale.evaluation.scoring import LowRankEdits
+from editscale.settings import EditSettings, Execution, ValueSettings
+from editscale.workflow.stages import load_model, read_values
+
+log = logging.getLogger(__name__)
+
+
+def edit_config(edit: dict, algorithm: str, layer: int, run: Execution, values: dict | None = None):
+    """The EditConfig of one job from its params (`edit` may hold only the algorithm's own settings)."""
+    return editing.EditConfig(algorithm=algorithm, layer=layer, edit=EditSettings(**edit),
+                              values=ValueSettings(**(values or {})), value_batch_size=run.value_batch_size)
+
+
+def _cached_values(value_paths: list, records: pd.DataFrame, records_path) -> dict:
+    """The value files' tensors for exactly `records`, in their order."""
+    cached = read_values(value_paths)
+    n = len(records)
+    if len(cached["case_id"]) < n or not (cached["case_id"][:n].numpy() == records.case_id.to_numpy()).all():
+        raise ValueError(f"value files {value_paths} do not match the records in {records_path}; rerun the values rule")
+    return {key: tensor[:n] for key, tensor in cached.items()}
+
+
+def _score(model, tokenizer, layout, records, run: Execution, **edits) -> pd.DataFrame:
+    return metrics.score(model, tokenizer, records, layout=layout, batch_size=run.eval_batch_size,
+                         max_tokens=run.eval_max_tokens, **edits)
+
+
+def _log_headline(what: str, cases: pd.DataFrame) -> None:
+    es, ps, ns = (cases[m].mean() for m in ("ES", "PS", "NS"))
+    log.info("%s: %d cases, ES %.1f PS %.1f NS %.1f Score %.1f", what, len(cases), es, ps, ns,
+             metrics.harmonic_mean([es, ps, ns]))
+
+
+def _label(table: pd.DataFrame, **columns) -> pd.DataFrame:
+    for name, value in columns.items():
+        table.insert(0, name, value)
+    return table
+
+
+def independent(model: dict, edit: dict, run: Execution, records_path, value_paths, stats_path, algorithm: str,
+                layer: int, batch_size: int, n: int, out_nll, out_cases) -> None:
+    """N edits in batches of `batch_size`, each batch solved against the unedited model, all
+    evaluated together with per-row low-rank edits (nothing is applied to the model)."""
+    loaded, tokenizer, layout = load_model(model, run)
+    records = data.read_records(records_path).head(n)
+    facts = records.to_dict("records")
+    editing.check_conflicts([facts[i : i + batch_size] for i in range(0, n, batch_size)], run.allow_conflicts)
+    cached = _cached_values(value_paths, records, records_path)
+    C, _ = load_stats(stats_path, device=run.device)
+    solver = editing.prepare(edit_config(edit, algorithm, layer, run), C)
+    solved = editing.independent_batches(solver, cached["keys"].T, cached["residual"].T, batch_size,
+                                         labels=list(records.case_id))
+    edits = LowRankEdits([e.A for e in solved], [e.B for e in solved])
+    case_edit = {case: i // batch_size for i, case in enumerate(records.case_id)}
+    nll = _score(loaded, tokenizer, layout, records, run, edits=edits, case_edit=case_edit, layer=layer, progress=True)
+    # The value files are in record order (checked by _cached_values), so the losses join as a column.
+    case_info = records[["case_id", "format"]].assign(value_loss=cached["loss"].numpy())
+    cases = metrics.per_case(nll).merge(case_info, on="case_id")
+    _log_headline(f"{algorithm} layer {layer}, batches of {batch_size}", cases)
+    for table in (nll, cases):
+        _label(table, algorithm=algorithm, layer=layer, batch_size=batch_size)
+    artifacts.write_parquet(nll, out_nll)
+    artifacts.write_parquet(cases, out_cases)
+
+
+def baseline(model: dict, evaluation: dict, run: Execution, records_path, out_nll, out_cases, out_quality) -> None:
+    """The unedited model's metrics, fluency and drift: what every result is read against."""
+    loaded, tokenizer, layout = load_model(model, run)
+    records = data.read_records(records_path)
+    nll = _score(loaded, tokenizer, layout, records, run)
+    cases = metrics.per_case(nll).merge(records[["case_id", "format"]], on="case_id")
+    _log_headline("unedited model", cases)
+    artifacts.write_parquet(nll, out_nll)
+    artifacts.write_parquet(cases, out_cases)
+    artifacts.write_parquet(pd.DataFrame([{"n_edits": 0, **_quality(loaded, tokenizer, records, evaluation)}]),
+                            out_quality)
+
+
+def _quality(model, tokenizer, records, evaluation: dict) -> dict:
+    entropy = fluency.generation_entropy(model, tokenizer, records, n_cases=evaluation["fluency_cases"],
+                                         max_new_tokens=evaluation["fluency_tokens"])
+    return {"drift_perplexity": fluency.drift_perplexity(model, tokenizer, max_tokens=evaluation["drift_tokens"]),
+            "fluency": float(entropy.entropy.mean()) if len(entropy) else float("nan")}
+
+
+def best_layer(case_paths: list, out_path) -> None:
+    """The layer whose edits score best (harmonic mean of ES, PS, NS), over all sweep algorithms."""
+    cases = pd.concat([pd.read_parquet(p) for p in case_paths])
+    summary = metrics.aggregate(cases, by=["layer"])
+    scores = summary[summary.metric == "Score"].set_index("layer")["mean"]
+    layer = int(scores.idxmax())
+    artifacts.write_text(yaml.safe_dump({"layer": layer, "score": float(scores.max()),
+                                         "scores": {int(k): float(v) for k, v in scores.items()}}), out_path)
+
+
+def read_layer(path) -> int:
+    with open(path) as f:
+        return int(yaml.safe_load(f)["layer"])
+
+
+def sequential(model: dict, edit: dict, values: dict, evaluation: dict, run: Execution, records_path, templates_path,
+               stats_path, value_paths: list, algorithm: str, layer: int, batch_size: int, n: int,
+               retained_every_edits: int, out_immediate, out_retained, out_quality, out_batches, out_edits) -> None:
+    """Batches applied one after another; each batch recorded as it finishes, so a killed run
+    resumes. The first batch edits the unedited model, so its keys and values come from the value files.
+
+    Writes the immediate, retained and quality tables, one row of diagnostics per batch, and the
+    edit itself: every batch's factors, ΔW_total = A Bᵀ (O((d_in + d_out)·n) floats)."""
+    from editscale.editing.keys import load_templates
+    from editscale.editing.values import Values
+
+    loaded, tokenizer, layout = load_model(model, run)
+    records = data.read_records(records_path).head(n)
+    facts = records.to_dict("records")
+    editing.check_conflicts([facts[i : i + batch_size] for i in range(0, n, batch_size)], run.allow_conflicts)
+    templates = load_templates(templates_path)
+    C, _ = load_stats(stats_path, device=run.device)
+    cfg = edit_config(edit, algorithm, layer, run, values)
+    n_batches = -(-n // batch_size)
+    # Retained evaluation after the same numbers of edits in every run (multiples of max(B, k)), and at the end.
+    retained_at = sorted({b for b in range(n_batches) if ((b + 1) * batch_size) % retained_every_edits == 0}
+                         | {n_batches - 1})
+    # Everything the results depend on: a run folder is only ever resumed by the very same run.
+    identity = run_identity(cfg, facts, templates, batch_size, extra={
+        "model": model, "C": artifacts.sha256(stats_path), "evaluation": evaluation, "retained_at": retained_at})
+    out = Path(out_immediate)
+    run_dir = out.parent / f".{out.name.split('.')[0]}.{identity}.parts"
+    for stale in out.parent.glob(f".{out.name.split('.')[0]}.*.parts"):
+        if stale != run_dir:
+            log.info("removing %s, the unfinished run of other settings", stale)
+            shutil.rmtree(stale)
+
+    def after_batch(b: int, batch_facts: list) -> None:
+        done = min((b + 1) * batch_size, n)
+        ids = [f["case_id"] for f in batch_facts]
+        nll = _score(loaded, tokenizer, layout, records[records.case_id.isin(ids)], run)
+        cases = _label(metrics.per_case(nll), batch=b, n_edits=done)
+        artifacts.write_parquet(cases, run_dir / f"immediate-{b:05d}.parquet")
+        if b in retained_at:
+            nll = _score(loaded, tokenizer, layout, records.head(done), run)
+            retained = metrics.per_case(nll)
+            _log_headline(f"retained after {done} edits", retained)
+            artifacts.write_parquet(_label(retained, batch=b, n_edits=done), run_dir / f"retained-{b:05d}.parquet")
+            quality = {"batch": b, "n_edits": done, **_quality(loaded, tokenizer, records, evaluation)}
+            artifacts.write_parquet(pd.DataFrame([quality]), run_dir / f"quality-{b:05d}.parquet")
+        log.info("batch %d/%d done (%d edits)", b + 1, n_batches, done)
+
+    cached = _cached_values(value_paths, records.head(batch_size), records_path)
+    first_batch = (cached["keys"], Values(*(cached[f] for f in Values.__dataclass_fields__)))
+    state = run_sequential(loaded, tokenizer, layout, cfg, facts, templates, editing.prepare(cfg, C), batch_size,
+                           run_dir, identity=identity, snapshot_every=run.snapshot_every, after_batch=after_batch,
+                           first_batch=first_batch)
+    labels = dict(algorithm=algorithm, layer=layer, batch_size=batch_size)
+    formats = records[["case_id", "format"]]
+    for kind, path in (("immediate", out_immediate), ("retained", out_retained), ("quality", out_quality)):
+        parts = [pd.read_parquet(p) for p in sorted(run_dir.glob(f"{kind}-*.parquet"))]
+        table = pd.concat(parts, ignore_index=True)
+        if kind != "quality":
+            table = table.merge(formats, on="case_id")
+        artifacts.write_parquet(_label(table, **labels), path)
+    batches = pd.DataFrame([state.unedited, *state.diagnostics])  # from W₀ (batch −1, 0 edits) on
+    artifacts.write_parquet(_label(batches, **labels), out_batches)
+    artifacts.write_safetensors(stored_edits(run_dir), out_edits, metadata={"identity": identity, **labels})
+    log.info("diagnostics of the last batch: %s", json.dumps(state.diagnostics[-1]))
+    shutil.rmtree(run_dir)  # the tables are written; nothing left to resume

@@ -1,0 +1,217 @@
+"""The figures, from the summary tables alone (never the model), each metric with its 95% CI.
+
+ES, PS, NS and Score share a fixed 0–100 axis, so a difference of half a point looks like one;
+the unedited model is a dashed line in every panel (and the first point of every sequential
+line, at 0 edits).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from editscale import artifacts
+
+FIGURES = ["sweep", "batch", "sequential", "immediate_vs_retained", "weight_health"]
+HEADLINE = ["Score", "ES", "PS", "NS"]
+NAMES = {"Score": "Score", "ES": "efficacy (ES)", "PS": "paraphrase (PS)", "NS": "neighbourhood (NS)",
+         "drift_perplexity": "drift perplexity", "fluency": "generation entropy",
+         "delta_relative": "‖ΔW‖ / ‖W₀‖ (Frobenius)", "delta_spectral": "spectral norm of ΔW",
+         "weight_condition": "condition number of W"}
+HEALTH = ["delta_relative", "delta_spectral", "weight_condition"]
+
+
+def _style(style: dict):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import seaborn as sns
+
+    sns.set_theme(style=style.get("style", "whitegrid"), context=style.get("context", "paper"),
+                  palette=style.get("palette", "colorblind"))
+    return sns
+
+
+def _grid(rows: int, cols: int, width: float = 2.7, height: float = 2.4):
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False, constrained_layout=True)
+    return fig, axes
+
+
+def _band(ax, frame: pd.DataFrame, x: str, label, color) -> None:
+    frame = frame.sort_values(x)
+    ax.plot(frame[x], frame["mean"], marker="o", ms=3, lw=1.4, color=color, label=str(label))
+    if {"ci_low", "ci_high"} <= set(frame) and frame.ci_low.notna().any():
+        ax.fill_between(frame[x], frame.ci_low, frame.ci_high, color=color, alpha=0.18, lw=0)
+
+
+def _unedited(ax, value: float | None) -> None:
+    if value is not None and np.isfinite(value):
+        ax.axhline(value, ls="--", lw=1, color="0.45", label="unedited", zorder=0)
+
+
+def _metric_axis(ax, metric: str) -> None:
+    ax.set_title(NAMES.get(metric, metric))
+    if metric in HEADLINE:
+        ax.set_ylim(0, 100)
+
+
+def _save(fig, out_png, formats, title: str) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title)
+    handles, labels = {}, []
+    for ax in fig.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    fig.legend(list(handles.values()), list(handles), loc="outside right upper", frameon=False)
+    out = Path(out_png)
+    for fmt in formats:
+        with artifacts.atomic_path(out.with_suffix(f".{fmt}")) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=150)
+    plt.close(fig)
+
+
+def _baseline_of(baseline: pd.DataFrame, metric: str) -> float | None:
+    rows = baseline[baseline.metric == metric]["mean"]
+    return float(rows.iloc[0]) if len(rows) else None
+
+
+def _note(table: pd.DataFrame) -> str:
+    return f"({table['format'].iloc[0]}-format records)" if "format" in table and len(table) else ""
+
+
+def sweep(summary: pd.DataFrame, baseline: pd.DataFrame, colors, out, formats) -> None:
+    fig, axes = _grid(1, len(HEADLINE))
+    for ax, metric in zip(axes[0], HEADLINE):
+        for color, (algorithm, part) in zip(colors, summary[summary.metric == metric].groupby("algorithm")):
+            _band(ax, part, "layer", algorithm, color)
+        _unedited(ax, _baseline_of(baseline, metric))
+        _metric_axis(ax, metric)
+        ax.set_xlabel("layer")
+    _save(fig, out, formats, f"Layer sweep: single edits at each layer, mean and 95% CI {_note(summary)}")
+
+
+def batch(summary: pd.DataFrame, baseline: pd.DataFrame, colors, out, formats) -> None:
+    fig, axes = _grid(1, len(HEADLINE))
+    sizes = sorted(summary.batch_size.unique())
+    for ax, metric in zip(axes[0], HEADLINE):
+        for color, (algorithm, part) in zip(colors, summary[summary.metric == metric].groupby("algorithm")):
+            _band(ax, part, "batch_size", algorithm, color)
+        _unedited(ax, _baseline_of(baseline, metric))
+        _metric_axis(ax, metric)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(b) for b in sizes])
+        ax.minorticks_off()
+        ax.set_xlabel("batch size B")
+    _save(fig, out, formats, f"Batch editing from the unedited model, mean and 95% CI {_note(summary)}")
+
+
+def sequential(retained: pd.DataFrame, quality: pd.DataFrame, baseline: pd.DataFrame, colors, out, formats) -> None:
+    """Retained metrics of every edit so far against edits, one line per B, from the unedited model at 0."""
+    algorithms = sorted(retained.algorithm.unique())
+    columns = [*HEADLINE, "drift_perplexity"]
+    fig, axes = _grid(len(algorithms), len(columns))
+    sizes = sorted(retained.batch_size.unique())
+    unedited_quality = quality[quality.n_edits == 0]
+    runs = quality[quality.n_edits > 0]
+    for row, algorithm in zip(axes, algorithms):
+        mine = retained[retained.algorithm == algorithm]
+        for ax, metric in zip(row, columns):
+            for color, size in zip(colors, sizes):
+                if metric in HEADLINE:
+                    part = mine[(mine.metric == metric) & (mine.batch_size == size)]
+                else:
+                    part = runs[(runs.algorithm == algorithm) & (runs.batch_size == size)]
+                    part = pd.concat([unedited_quality, part]).assign(mean=lambda q: q[metric])[["n_edits", "mean"]]
+                _band(ax, part, "n_edits", f"B = {size}", color)
+            if metric in HEADLINE:
+                _unedited(ax, _baseline_of(baseline, metric))
+            elif len(unedited_quality):
+                _unedited(ax, float(unedited_quality[metric].iloc[0]))
+            _metric_axis(ax, metric)
+            ax.set_xlabel("edits")
+        row[0].set_ylabel(algorithm)
+    _save(fig, out, formats, f"Sequential-batch editing: every edit so far, mean and 95% CI {_note(retained)}")
+
+
+def immediate_vs_retained(immediate: pd.DataFrame, retained: pd.DataFrame, colors, out, formats) -> None:
+    algorithms = sorted(immediate.algorithm.unique())
+    final = retained[retained.n_edits == retained.groupby(["algorithm", "batch_size"]).n_edits.transform("max")]
+    fig, axes = _grid(len(algorithms), len(HEADLINE))
+    sizes = sorted(immediate.batch_size.unique())
+    positions = {b: i for i, b in enumerate(sizes)}
+    for row, algorithm in zip(axes, algorithms):
+        for ax, metric in zip(row, HEADLINE):
+            for shift, color, (label, table) in zip((-0.1, 0.1), colors, (
+                    ("immediate (each batch after its edit)", immediate),
+                    ("retained (all edits, at the end)", final))):
+                part = table[(table.algorithm == algorithm) & (table.metric == metric)].sort_values("batch_size")
+                x = np.array([positions[b] for b in part.batch_size]) + shift
+                ax.errorbar(x, part["mean"], yerr=[part["mean"] - part.ci_low, part.ci_high - part["mean"]], fmt="o",
+                            ms=4, capsize=2, color=color, label=label)
+            _metric_axis(ax, metric)
+            ax.set_xticks(range(len(sizes)), [str(b) for b in sizes])
+            ax.set_xlabel("batch size B")
+        row[0].set_ylabel(algorithm)
+    _save(fig, out, formats, f"Sequential runs: each batch right after its edit vs every edit at the end "
+                             f"{_note(immediate)}")
+
+
+def weight_health(health: pd.DataFrame, retained: pd.DataFrame, colors, out, formats) -> None:
+    """Retained NS beside how far W has moved, against edits: one row per B, a line per algorithm."""
+    sizes = sorted(health.batch_size.unique())
+    algorithms = sorted(health.algorithm.unique())
+    fig, axes = _grid(len(sizes), 1 + len(HEALTH))
+    for row, size in zip(axes, sizes):
+        for color, algorithm in zip(colors, algorithms):
+            ns = retained[(retained.metric == "NS") & (retained.algorithm == algorithm) & (retained.batch_size == size)]
+            _band(row[0], ns, "n_edits", algorithm, color)
+            runs = health[(health.algorithm == algorithm) & (health.batch_size == size)]
+            for ax, metric in zip(row[1:], HEALTH):
+                _band(ax, runs.assign(mean=runs[metric])[["n_edits", "mean"]], "n_edits", algorithm, color)
+        _metric_axis(row[0], "NS")
+        for ax, metric in zip(row[1:], HEALTH):
+            _metric_axis(ax, metric)
+        row[len(HEALTH)].set_yscale("log")
+        for ax in row:
+            ax.set_xlabel("edits")
+        row[0].set_ylabel(f"B = {size}")
+    _save(fig, out, formats, f"Weight health of sequential runs beside retained NS {_note(retained)}")
+
+
+def _nothing(name: str, out, formats) -> None:
+    fig, axes = _grid(1, 1)
+    axes[0][0].axis("off")
+    axes[0][0].text(0.5, 0.5, f"no {name} in this config", ha="center", va="center")
+    _save(fig, out, formats, "")
+
+
+def plot_all(summary: dict, style: dict, outputs: dict) -> None:
+    """Every figure; `summary` maps a kind (sweep, batch, immediate, retained, baseline, quality, health) to its
+    summary Parquet and `outputs` a figure name to its PNG path (other formats go beside it)."""
+    sns = _style(style)
+    formats = style.get("formats", ["png", "pdf"])
+    tables = {kind: pd.read_parquet(path) for kind, path in summary.items()}
+    colors = sns.color_palette(n_colors=10)
+    drawn = {
+        "sweep": (len(tables["sweep"]), lambda: sweep(tables["sweep"], tables["baseline"], colors, outputs["sweep"],
+                                                      formats)),
+        "batch": (len(tables["batch"]), lambda: batch(tables["batch"], tables["baseline"], colors, outputs["batch"],
+                                                      formats)),
+        "sequential": (len(tables["retained"]), lambda: sequential(
+            tables["retained"], tables["quality"], tables["baseline"], sns.color_palette("viridis", 8),
+            outputs["sequential"], formats)),
+        "immediate_vs_retained": (len(tables["immediate"]), lambda: immediate_vs_retained(
+            tables["immediate"], tables["retained"], colors, outputs["immediate_vs_retained"], formats)),
+        "weight_health": (len(tables["health"]), lambda: weight_health(
+            tables["health"], tables["retained"], colors, outputs["weight_health"], formats)),
+    }
+    for name, (rows, draw) in drawn.items():
+        if rows:
+            draw()
+        else:
+            _nothing(name.replace("_", " ") + " experiment", outputs[name], formats)

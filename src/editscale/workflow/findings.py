@@ -1,0 +1,240 @@
+"""The paper's claims as statistics with seeded bootstrap 95% CIs and a verdict each, from the
+per-case tables alone (docs/design.md §3).
+
+Conditions that edit the same records (layers, batch sizes, algorithms) are compared *paired*: one
+resampling of the cases is shared by every condition, so a difference's CI reflects only how the
+conditions differ on the same facts. A claim of a difference is *reproduced* when its CI excludes
+zero in the paper's direction, *contradicted* when it excludes zero the other way, and
+*inconclusive at this n* otherwise. A claim of near-equality ("ROME ≈ MEMIT") is reproduced when
+the CI of the largest gap lies inside ±margin Score points, contradicted when it lies wholly
+outside, and inconclusive otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+REPRODUCED, CONTRADICTED, INCONCLUSIVE = "reproduced", "contradicted", "inconclusive at this n"
+METRICS = ["ES", "PS", "NS"]
+COLUMNS = ["claim", "statistic", "value", "ci_low", "ci_high", "verdict", "paper", "n_cases", "detail"]
+
+
+@dataclass(frozen=True)
+class Options:
+    n_boot: int = 2000
+    seed: int = 0
+    margin: float = 5.0  # Score points: what "≈" tolerates
+    early_fraction: float = 0.25  # a layer in the first quarter of the model is "early"
+
+
+class Paired:
+    """Per-case ES, PS, NS of several conditions on the same cases, and one shared resampling."""
+
+    def __init__(self, cases: pd.DataFrame, condition: str, options: Options):
+        wide = cases.groupby([condition, "case_id"])[METRICS].mean()  # several algorithms per case: averaged
+        self.conditions = sorted(wide.index.get_level_values(0).unique())
+        shared = set.intersection(*(set(wide.loc[c].index) for c in self.conditions))
+        self.case_ids = sorted(shared)
+        self.values = {c: wide.loc[c].loc[self.case_ids].to_numpy(dtype=float) for c in self.conditions}
+        rng = np.random.default_rng(options.seed)
+        self.picks = rng.integers(0, len(self.case_ids), size=(options.n_boot, len(self.case_ids)))
+
+    @property
+    def n(self) -> int:
+        return len(self.case_ids)
+
+    def mean(self, condition, metric: str) -> tuple[float, np.ndarray]:
+        """The mean of a metric (ES, PS, NS or Score) over the cases, and its bootstrap replicates."""
+        values = self.values[condition]
+        if metric == "Score":
+            return _score(values.mean(0)), _score(values[self.picks].mean(1))
+        column = METRICS.index(metric)
+        return values[:, column].mean(), values[self.picks, column].mean(1)
+
+
+def _score(means: np.ndarray) -> np.ndarray:
+    """Harmonic mean of ES, PS, NS along the last axis (0 where any is 0)."""
+    means = np.asarray(means, dtype=float)
+    with np.errstate(divide="ignore"):
+        inverse = np.where(means > 0, 1.0 / np.where(means > 0, means, 1.0), np.inf)
+    return np.where(np.isinf(inverse).any(-1), 0.0, 3.0 / inverse.sum(-1))
+
+
+def _ci(replicates: np.ndarray) -> tuple[float, float]:
+    low, high = np.percentile(replicates, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def _direction(low: float, high: float, expected_sign: int) -> str:
+    if low > 0 or high < 0:
+        return REPRODUCED if (low > 0) == (expected_sign > 0) else CONTRADICTED
+    return INCONCLUSIVE
+
+
+def _equivalence(low: float, high: float, margin: float) -> str:
+    if -margin < low and high < margin:
+        return REPRODUCED
+    if low > margin or high < -margin:
+        return CONTRADICTED
+    return INCONCLUSIVE
+
+
+def _row(claim, statistic, value, ci, verdict, paper, n, detail=""):
+    return dict(claim=claim, statistic=statistic, value=float(value), ci_low=ci[0], ci_high=ci[1], verdict=verdict,
+                paper=paper, n_cases=int(n), detail=detail)
+
+
+def best_layer(sweep: pd.DataFrame, n_layers: int, options: Options) -> list[dict]:
+    """(a) An early layer edits best (Llama-3: layer 1), and ROME ≈ MEMIT at every layer."""
+    rows = []
+    layers = Paired(sweep, "layer", options)
+    scores = {layer: layers.mean(layer, "Score") for layer in layers.conditions}
+    best = max(scores, key=lambda layer: scores[layer][0])
+    early = [layer for layer in layers.conditions if layer < options.early_fraction * n_layers]
+    late = [layer for layer in layers.conditions if layer not in early]
+    per_layer = "; ".join(f"layer {layer}: {scores[layer][0]:.1f} [{_ci(scores[layer][1])[0]:.1f}, "
+                          f"{_ci(scores[layer][1])[1]:.1f}]" for layer in layers.conditions)
+    if early and late:
+        # The best early layer against the best late one, paired over the same cases.
+        top_early = max(early, key=lambda layer: scores[layer][0])
+        top_late = max(late, key=lambda layer: scores[layer][0])
+        diff = scores[top_early][0] - scores[top_late][0]
+        ci = _ci(scores[top_early][1] - scores[top_late][1])
+        verdict = _direction(*ci, +1)
+        statistic = f"Score(best early layer {top_early}) − Score(best later layer {top_late})"
+    else:
+        diff, ci, verdict = scores[best][0], _ci(scores[best][1]), INCONCLUSIVE
+        statistic = f"Score of the best layer {best} (no {'later' if early else 'early'} layer swept to compare)"
+    rows.append(_row("a. the best layer is an early one", statistic, diff, ci, verdict,
+                     "layer 1 of Llama-3-8B's 32", layers.n, f"best layer {best} of {n_layers}; {per_layer}"))
+    if {"rome", "memit"} <= set(sweep.algorithm):
+        gaps = []
+        for layer in layers.conditions:
+            pair = Paired(sweep[sweep.layer == layer], "algorithm", options)
+            rome, memit = pair.mean("rome", "Score"), pair.mean("memit", "Score")
+            gaps.append((abs(rome[0] - memit[0]), layer, rome[0] - memit[0], rome[1] - memit[1], pair.n))
+        _, layer, gap, replicates, n = max(gaps, key=lambda g: g[0])
+        ci = _ci(replicates)
+        rows.append(_row("a. ROME ≈ MEMIT across layers", f"largest Score(ROME) − Score(MEMIT), at layer {layer}", gap,
+                         ci, _equivalence(*ci, options.margin), "similar at every layer", n,
+                         f"margin ±{options.margin:g} Score points"))
+    return rows
+
+
+def batch_size_effect(batch: pd.DataFrame, options: Options) -> list[dict]:
+    """(b) NS falls as the batch size grows: slope per doubling and largest minus smallest B."""
+    rows = []
+    for algorithm in sorted(batch.algorithm.unique()):
+        sizes = Paired(batch[batch.algorithm == algorithm], "batch_size", options)
+        if len(sizes.conditions) < 2:
+            continue
+        x = np.log2(np.array(sizes.conditions, dtype=float))
+        ns = [sizes.mean(b, "NS") for b in sizes.conditions]
+        y, y_boot = np.array([m for m, _ in ns]), np.stack([r for _, r in ns], 1)  # (n_boot, n_sizes)
+        xc = x - x.mean()
+        slope, slope_boot = float(xc @ (y - y.mean()) / (xc @ xc)), (y_boot - y_boot.mean(1, keepdims=True)) @ xc / (xc @ xc)
+        ci = _ci(slope_boot)
+        span = f"B = {sizes.conditions[0]} to {sizes.conditions[-1]}"
+        rows.append(_row(f"b. NS falls as B grows ({algorithm})", "slope of NS per doubling of B", slope, ci,
+                         _direction(*ci, -1), "NS falls as B grows", sizes.n, span))
+        diff = y[-1] - y[0]
+        ci = _ci(y_boot[:, -1] - y_boot[:, 0])
+        rows.append(_row(f"b. NS falls as B grows ({algorithm})", f"NS(B = {sizes.conditions[-1]}) − NS(B = "
+                         f"{sizes.conditions[0]})", diff, ci, _direction(*ci, -1), "NS falls as B grows", sizes.n))
+    return rows
+
+
+def sequential_vs_batch(retained: pd.DataFrame, options: Options) -> list[dict]:
+    """(c) At equal total edits, sequential batches keep NS better than one batch of all of them,
+    and the best sequential batch size (the paper: 1024 of 4096) is an intermediate one."""
+    rows = []
+    for algorithm in sorted(retained.algorithm.unique()):
+        runs = retained[retained.algorithm == algorithm]
+        final = runs[runs.n_edits == runs.groupby("batch_size").n_edits.transform("max")]
+        n = int(final.n_edits.max())
+        final = final[final.n_edits == n]
+        sizes = Paired(final, "batch_size", options)
+        if len(sizes.conditions) < 2:
+            continue
+        smallest, largest = sizes.conditions[0], sizes.conditions[-1]
+        if largest == n:  # one batch of every edit is part of the sequential grid
+            ns_small, ns_one = sizes.mean(smallest, "NS"), sizes.mean(largest, "NS")
+            ci = _ci(ns_small[1] - ns_one[1])
+            rows.append(_row(f"c. sequential keeps NS better than one batch ({algorithm})",
+                             f"NS(B = {smallest} × {n // smallest}) − NS(one batch of {n})", ns_small[0] - ns_one[0],
+                             ci, _direction(*ci, +1), "smaller sequential batches keep NS better", sizes.n))
+        scores = {b: sizes.mean(b, "Score") for b in sizes.conditions}
+        best = max(scores, key=lambda b: scores[b][0])
+        others = [b for b in (smallest, largest) if b != best]
+        margins = {b: _ci(scores[best][1] - scores[b][1]) for b in others}
+        if best in (smallest, largest):
+            beaten = [b for b in sizes.conditions if b != best]
+            verdict = CONTRADICTED if all(_ci(scores[best][1] - scores[b][1])[0] > 0 for b in beaten) else INCONCLUSIVE
+        else:
+            verdict = REPRODUCED if all(ci[0] > 0 for ci in margins.values()) else INCONCLUSIVE
+        worst_margin = min(margins, key=lambda b: scores[best][0] - scores[b][0]) if margins else best
+        value = scores[best][0] - scores[worst_margin][0] if margins else scores[best][0]
+        rows.append(_row(f"c. the best sequential batch size is intermediate ({algorithm})",
+                         f"Score(best B = {best}) − Score(B = {worst_margin})" if margins else f"Score(B = {best})",
+                         value, margins.get(worst_margin, _ci(scores[best][1])), verdict, "B = 1024 of 4096 edits",
+                         sizes.n, f"{n} edits; " + "; ".join(f"B = {b}: Score {s[0]:.1f}" for b, s in scores.items())))
+    return rows
+
+
+def memit_vs_emmet(batch: pd.DataFrame, options: Options) -> list[dict]:
+    """(d) MEMIT ≈ EMMET: the largest paired Score difference over the batch sizes."""
+    if not {"memit", "emmet"} <= set(batch.algorithm):
+        return []
+    gaps = []
+    for size in sorted(batch.batch_size.unique()):
+        pair = Paired(batch[batch.batch_size == size], "algorithm", options)
+        memit, emmet = pair.mean("memit", "Score"), pair.mean("emmet", "Score")
+        gaps.append((abs(memit[0] - emmet[0]), size, memit[0] - emmet[0], memit[1] - emmet[1], pair.n))
+    _, size, gap, replicates, n = max(gaps, key=lambda g: g[0])
+    ci = _ci(replicates)
+    return [_row("d. MEMIT ≈ EMMET", f"largest Score(MEMIT) − Score(EMMET), at B = {size}", gap, ci,
+                 _equivalence(*ci, options.margin), "similar at every batch size", n,
+                 f"margin ±{options.margin:g} Score points")]
+
+
+def retention(retained: pd.DataFrame, options: Options) -> list[dict]:
+    """Beyond the paper: which algorithm retains its edits best at the largest sequential n (ES of
+    every edit so far, smallest B), paired against the runner-up."""
+    final = retained[retained.n_edits == retained.n_edits.max()]
+    final = final[final.batch_size == final.batch_size.min()]
+    if final.algorithm.nunique() < 2:
+        return []
+    algos = Paired(final, "algorithm", options)
+    es = {a: algos.mean(a, "ES") for a in algos.conditions}
+    ranked = sorted(es, key=lambda a: es[a][0], reverse=True)
+    ci = _ci(es[ranked[0]][1] - es[ranked[1]][1])
+    verdict = f"{ranked[0]} retains most" if ci[0] > 0 else INCONCLUSIVE
+    detail = "; ".join(f"{a}: ES {es[a][0]:.1f} [{_ci(es[a][1])[0]:.1f}, {_ci(es[a][1])[1]:.1f}]" for a in ranked)
+    return [_row(f"e. retention after {int(final.n_edits.max())} sequential edits (B = {int(final.batch_size.min())})",
+                 f"ES({ranked[0]}) − ES({ranked[1]})", es[ranked[0]][0] - es[ranked[1]][0], ci, verdict,
+                 "(not in the paper)", algos.n, detail)]
+
+
+def findings(sweep: pd.DataFrame, batch: pd.DataFrame, retained: pd.DataFrame, n_layers: int,
+             options: Options = Options()) -> pd.DataFrame:
+    rows = [*(best_layer(sweep, n_layers, options) if len(sweep) else []),
+            *(batch_size_effect(batch, options) if len(batch) else []),
+            *(sequential_vs_batch(retained, options) if len(retained) else []),
+            *(memit_vs_emmet(batch, options) if len(batch) else []),
+            *(retention(retained, options) if len(retained) else [])]
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def markdown(table: pd.DataFrame) -> str:
+    lines = ["| claim | statistic | value [95% CI] | verdict | paper | cases |", "|---|---|---|---|---|---|"]
+    for row in table.itertuples(index=False):
+        lines.append(f"| {row.claim} | {row.statistic} | {row.value:.2f} [{row.ci_low:.2f}, {row.ci_high:.2f}] | "
+                     f"**{row.verdict}** | {row.paper} | {row.n_cases} |")
+    details = [f"- {row.claim}: {row.detail}" for row in table.itertuples(index=False) if row.detail]
+    return "\n".join(lines + ([""] + details if details else [])) + "\n"

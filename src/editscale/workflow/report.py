@@ -1,0 +1,86 @@
+"""Summary tables and findings, from per-case Parquet alone (never the model). Figures: `figures`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from editscale import artifacts
+from editscale.evaluation import metrics
+from editscale.workflow import findings
+
+log = logging.getLogger(__name__)
+
+GROUPS = {
+    "sweep": ["algorithm", "layer"],
+    "batch": ["algorithm", "layer", "batch_size"],
+    "immediate": ["algorithm", "layer", "batch_size"],
+    "retained": ["algorithm", "layer", "batch_size", "n_edits"],
+    "baseline": [],
+}
+
+
+def summarise(kind: str, case_paths: list, out_parquet, baseline_path=None, seed: int = 0) -> None:
+    """Aggregate per-case tables of one experiment; also write CSV and Markdown copies beside.
+
+    For sequential runs (`retained`), the unedited model on each run's records is the run's first
+    point, at 0 edits (from the baseline's per-case table)."""
+    if not case_paths:  # the experiment is not in this config
+        write_table(pd.DataFrame(columns=[*GROUPS[kind], *metrics.AGGREGATE_COLUMNS]), out_parquet)
+        return
+    cases = pd.concat([pd.read_parquet(p) for p in case_paths], ignore_index=True)
+    if kind == "retained" and baseline_path is not None:
+        cases = pd.concat([_unedited_start(cases, pd.read_parquet(baseline_path)), cases], ignore_index=True)
+    table = metrics.aggregate(cases, by=GROUPS[kind], seed=seed)
+    write_table(table, out_parquet)
+
+
+def _unedited_start(retained: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame:
+    runs = retained.groupby(["algorithm", "layer", "batch_size"])
+    parts = []
+    for (algorithm, layer, size), run in runs:
+        final = run[run.n_edits == run.n_edits.max()]
+        start = baseline[baseline.case_id.isin(final.case_id)]
+        parts.append(start.assign(algorithm=algorithm, layer=layer, batch_size=size, batch=-1, n_edits=0))
+    return pd.concat(parts, ignore_index=True)[retained.columns.intersection(parts[0].columns)]
+
+
+def collect(paths_: list, out_parquet) -> None:
+    """Tables of the same kind (quality, weight health) stacked as they are."""
+    tables = [pd.read_parquet(p) for p in paths_]
+    write_table(pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(), out_parquet)
+
+
+def write_findings(case_paths: dict, manifest_path, options: dict, out_parquet) -> None:
+    """The findings table (findings.{parquet,csv,md}) from the sweep, batch and retained per-case tables."""
+    tables = {kind: pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True) if paths else
+              pd.DataFrame(columns=["case_id", "algorithm", "layer", "batch_size", "n_edits", "ES", "PS", "NS"])
+              for kind, paths in case_paths.items()}
+    with open(manifest_path) as f:
+        n_layers = int(yaml.safe_load(f)["n_layers"])
+    table = findings.findings(tables["sweep"], tables["batch"], tables["retained"], n_layers,
+                              findings.Options(**options))
+    for row in table.itertuples(index=False):
+        log.info("%s: %s = %.2f [%.2f, %.2f] -> %s", row.claim, row.statistic, row.value, row.ci_low, row.ci_high,
+                 row.verdict)
+    write_table(table, out_parquet, findings.markdown(table))
+
+
+def write_table(table: pd.DataFrame, out_parquet, text: str | None = None) -> None:
+    """The table as Parquet, with CSV and Markdown (`text`, or a plain rendering) beside it."""
+    out = Path(out_parquet)
+    artifacts.write_parquet(table, out)
+    artifacts.write_text(table.to_csv(index=False), out.with_suffix(".csv"))
+    artifacts.write_text(text or markdown(table), out.with_suffix(".md"))
+
+
+def markdown(table: pd.DataFrame) -> str:
+    def cell(v):
+        return f"{v:.2f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,138 @@
+"""Faults as a user meets them, on the tiny workflow: kills at random moments, and a setting changed
+under a half-finished run. Either way the final results must be exactly a clean run's."""
+
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import (
+    SHARED,
+    copy_model,
+    snakemake,
+    tiny_workflow,
+    workflow_config,
+    write_workflow_config,
+)
+
+from editscale import artifacts
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(SHARED is None, reason="needs the offline data folder")]
+KILLS, SEED = 3, 7
+
+
+def results(workdir: Path) -> dict:
+    """Every table and tensor the run wrote (not logs, benchmarks, figures or the model manifest)."""
+    root = workdir / "results"
+    found = {}
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root).as_posix()
+        if "/logs/" in relative or "/benchmarks/" in relative or path.suffix not in (".parquet", ".safetensors"):
+            continue
+        if path.suffix == ".safetensors":
+            found[relative] = artifacts.read_tensors(path)
+        else:
+            found[relative] = path.read_bytes()
+    return found
+
+
+def assert_identical(got: dict, want: dict) -> None:
+    assert sorted(got) == sorted(want)
+    for name, value in want.items():
+        if isinstance(value, dict):
+            assert value.keys() == got[name].keys() and all(torch.equal(value[k], got[name][k]) for k in value), name
+        else:
+            assert got[name] == value, name  # Parquet bytes: the same rows, types and values
+
+
+def kill_at(workdir: Path, seconds: float) -> bool:
+    """Run the workflow and SIGKILL it (and every job) after `seconds`; whether it was still running."""
+    process = snakemake(workdir, popen=dict(start_new_session=True))
+    try:
+        process.wait(timeout=seconds)
+        return False
+    except Exception:
+        os.killpg(process.pid, signal.SIGKILL)  # a crash: no clean-up of any kind
+        process.wait()
+        return True
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    workdir = tiny_workflow(tmp_path_factory.mktemp("clean"))
+    start = time.monotonic()
+    run = snakemake(workdir)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return workdir, time.monotonic() - start, results(workdir)
+
+
+def test_kills_at_random_moments_then_resume_to_the_clean_results(clean, tmp_path):
+    """Killed three times at seeded random moments; each time the README's steps (unlock, run
+    again) continue; the final tables and edits are bit-identical to an uninterrupted run's."""
+    source, wall, want = clean
+    workdir = tmp_path / "killed"
+    workdir.mkdir()
+    copy_model(source, workdir)
+    tiny_workflow(workdir)
+    rng = random.Random(SEED)
+    killed = 0
+    for _ in range(KILLS):
+        killed += kill_at(workdir, rng.uniform(0.05, 0.6) * wall)
+        assert snakemake(workdir, "--unlock").returncode == 0
+    assert killed, "no kill landed while the workflow was running"
+    final = snakemake(workdir)
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert_identical(results(workdir), want)
+    assert not list((workdir / "results").rglob("*.parts"))  # no half-done run left behind
+
+
+def test_a_changed_setting_never_resumes_a_stale_run(clean, tmp_path):
+    """A sequential run killed half-way, then stats.max_tokens changed (so C changes): the rerun must
+    start over, not continue from the old C, and equal a clean run with the new setting."""
+    source, _, _ = clean
+    target_name = "emmet-layer1-b1"
+
+    def target(workdir):
+        from editscale.workflow.stages import selection_name
+
+        from editscale import settings
+
+        data = settings.results(settings.parse(workflow_config(workdir)).data)
+        return f"results/tiny-llama/{selection_name(data)}/sequential/{target_name}.immediate.parquet"
+
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    copy_model(source, stale)
+    tiny_workflow(stale)
+    folder = stale / Path(target(stale)).parent
+    process = snakemake(stale, target(stale), popen=dict(start_new_session=True))
+    deadline = time.time() + 300
+    while not list(folder.glob(f".{target_name}.*.parts/batch-*.safetensors")) and process.poll() is None \
+            and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert list(folder.glob(f".{target_name}.*.parts/batch-*.safetensors")), "the run was not caught mid-way"
+    config = workflow_config(stale)
+    config["stats"]["max_tokens"] = 1500
+    write_workflow_config(stale, config)
+    assert snakemake(stale, "--unlock").returncode == 0
+    rerun = snakemake(stale, target(stale))
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    copy_model(source, fresh)
+    tiny_workflow(fresh, stats={"max_tokens": 1500})
+    run = snakemake(fresh, target(fresh))
+    assert run.returncode == 0, run.stderr[-3000:]
+    prefix = str(Path(target(fresh)).with_suffix("").with_suffix(""))
+    for suffix in (".immediate.parquet", ".retained.parquet", ".quality.parquet", ".batches.parquet"):
+        assert (stale / (prefix + suffix)).read_bytes() == (fresh / (prefix + suffix)).read_bytes(), suffix
+    got, want = (artifacts.read_tensors(w / (prefix + ".edits.safetensors")) for w in (stale, fresh))
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    log = (stale / Path(target(stale)).parent.parent / "logs" / "sequential" / f"{target_name}.log").read_text()
+    assert "resuming" not in log and "removing" in log

@@ -1,0 +1,139 @@
+"""The findings statistics on per-case tables built so that each verdict must come out each way."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from editscale.workflow import findings
+from editscale.workflow.findings import CONTRADICTED, INCONCLUSIVE, REPRODUCED, Options
+
+N = 200
+OPTIONS = Options(n_boot=500, seed=0, margin=5.0)
+
+
+def cases(n=N, seed=0, es=90.0, ps=80.0, ns=70.0, spread=40.0, **labels):
+    """Per-case rows with ES, PS, NS around the given means (clipped to [0, 100])."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({"case_id": np.arange(n)})
+    for metric, mean in (("ES", es), ("PS", ps), ("NS", ns)):
+        frame[metric] = np.clip(mean + spread * rng.standard_normal(n), 0, 100)
+    for key, value in labels.items():
+        frame[key] = value
+    return frame
+
+
+def shared_noise(n=N, seed=1, spread=20.0):
+    """Case effects common to every condition: what pairing cancels."""
+    return spread * np.random.default_rng(seed).standard_normal(n)
+
+
+def with_effect(base: pd.DataFrame, shift: float, metric: str, noise: float, seed: int, **labels):
+    frame = base.copy()
+    frame[metric] = frame[metric] + shift + noise * np.random.default_rng(seed).standard_normal(len(frame))
+    for key, value in labels.items():
+        frame[key] = value
+    return frame
+
+
+def sweep(shifts: dict, algorithms=("rome", "memit"), algo_shift=0.0, noise=2.0):
+    base = cases(spread=15)
+    parts = []
+    for layer, shift in shifts.items():
+        for i, algorithm in enumerate(algorithms):
+            frame = base.copy()
+            for j, metric in enumerate(("ES", "PS", "NS")):
+                frame[metric] = frame[metric] + shift + (algo_shift if algorithm == "rome" else 0) \
+                    + noise * np.random.default_rng(100 * layer + 10 * i + j).standard_normal(N)
+            parts.append(frame.assign(layer=layer, algorithm=algorithm))
+    return pd.concat(parts, ignore_index=True)
+
+
+@pytest.mark.parametrize("shifts,verdict", [
+    ({1: 10, 2: 5, 20: 0, 28: -5}, REPRODUCED),  # an early layer clearly best
+    ({1: -10, 2: -8, 20: 6, 28: 0}, CONTRADICTED),  # a late layer clearly best
+    ({1: 0.05, 2: 0, 20: 0, 28: 0}, INCONCLUSIVE),  # no real difference
+])
+def test_best_layer_verdicts(shifts, verdict):
+    rows = findings.best_layer(sweep(shifts), 30, OPTIONS)
+    assert rows[0]["verdict"] == verdict, rows[0]
+    assert "layer 1:" in rows[0]["detail"] and rows[0]["n_cases"] == N
+
+
+@pytest.mark.parametrize("algo_shift,noise,verdict", [(0.0, 1.0, REPRODUCED), (15.0, 1.0, CONTRADICTED),
+                                                      (5.0, 25.0, INCONCLUSIVE)])
+def test_rome_memit_equivalence_verdicts(algo_shift, noise, verdict):
+    rows = findings.best_layer(sweep({1: 0, 20: 0}, algo_shift=algo_shift, noise=noise), 30, OPTIONS)
+    assert rows[1]["claim"] == "a. ROME ≈ MEMIT across layers" and rows[1]["verdict"] == verdict, rows[1]
+
+
+def batch(ns_by_size: dict, noise=2.0, algorithms=("memit", "emmet"), emmet_shift=0.0):
+    base = cases(spread=15)
+    parts = []
+    for algorithm in algorithms:
+        for size, shift in ns_by_size.items():
+            frame = with_effect(base, shift, "NS", noise, seed=size, batch_size=size, algorithm=algorithm)
+            if algorithm == "emmet":
+                frame[["ES", "PS", "NS"]] += emmet_shift
+            parts.append(frame)
+    return pd.concat(parts, ignore_index=True)
+
+
+@pytest.mark.parametrize("ns_by_size,noise,verdict", [
+    ({16: 0, 64: -3, 256: -6, 1024: -9}, 2.0, REPRODUCED),
+    ({16: 0, 64: 3, 256: 6, 1024: 9}, 2.0, CONTRADICTED),
+    ({16: 0, 64: 0.1, 256: -0.1, 1024: 0}, 30.0, INCONCLUSIVE),
+])
+def test_ns_falls_with_batch_size_verdicts(ns_by_size, noise, verdict):
+    rows = findings.batch_size_effect(batch(ns_by_size, noise), OPTIONS)
+    assert {r["verdict"] for r in rows} == {verdict}, rows
+    assert len(rows) == 4  # slope and difference, for each algorithm
+
+
+@pytest.mark.parametrize("emmet_shift,verdict", [(0.0, REPRODUCED), (-20.0, CONTRADICTED)])
+def test_memit_emmet_equivalence_verdicts(emmet_shift, verdict):
+    rows = findings.memit_vs_emmet(batch({16: 0, 64: 0}, noise=1.0, emmet_shift=emmet_shift), OPTIONS)
+    assert rows[0]["verdict"] == verdict, rows
+
+
+def retained(es_ps: dict, ns: dict | None = None, n=64, algorithms=("memit",), noise=2.0):
+    """Final retained rows per batch size with ES and PS shifted by es_ps[B] and NS by ns[B]."""
+    base = cases(n=N, spread=15)
+    parts = []
+    for algorithm in algorithms:
+        for size, shift in es_ps.items():
+            frame = base.copy()
+            for j, metric in enumerate(("ES", "PS", "NS")):
+                change = (ns or es_ps)[size] if metric == "NS" else shift
+                frame[metric] = frame[metric] + change + noise * np.random.default_rng(size + j).standard_normal(N)
+            parts.append(frame.assign(algorithm=algorithm, batch_size=size, n_edits=n))
+            parts.append(frame.assign(algorithm=algorithm, batch_size=size, n_edits=n // 2, ES=0.0))  # earlier checkpoint
+    return pd.concat(parts, ignore_index=True)
+
+
+@pytest.mark.parametrize("es_ps,ns,noise,verdicts", [
+    ({4: 0, 16: 8, 64: -8}, {4: 6, 16: 8, 64: -8}, 2.0, [REPRODUCED, REPRODUCED]),
+    ({4: 10, 16: 0, 64: -10}, {4: -5, 16: 0, 64: 0}, 2.0, [CONTRADICTED, CONTRADICTED]),
+    ({4: 0, 16: 0.1, 64: 0}, {4: 0, 16: 0, 64: 0}, 40.0, [INCONCLUSIVE, INCONCLUSIVE]),
+])
+def test_sequential_verdicts(es_ps, ns, noise, verdicts):
+    rows = findings.sequential_vs_batch(retained(es_ps, ns, noise=noise), OPTIONS)
+    assert [r["verdict"] for r in rows] == verdicts, rows
+    assert "one batch of 64" in rows[0]["statistic"]
+
+
+def test_retention_names_the_algorithm_that_keeps_most_or_says_it_cannot_tell():
+    clear = retained({1: 0}, algorithms=("memit", "alphaedit"))
+    clear.loc[clear.algorithm == "alphaedit", "ES"] += 20
+    (row,) = findings.retention(clear, OPTIONS)
+    assert row["verdict"] == "alphaedit retains most" and row["value"] > 0
+    (row,) = findings.retention(retained({1: 0}, algorithms=("memit", "emmet"), noise=30.0), OPTIONS)
+    assert row["verdict"] == INCONCLUSIVE
+
+
+def test_the_table_is_seeded_and_renders():
+    tables = [findings.findings(sweep({1: 5, 20: 0}), batch({16: 0, 64: -4}), retained({4: 0, 64: -5}), 30,
+                                Options(n_boot=300, seed=s)) for s in (3, 3, 4)]
+    pd.testing.assert_frame_equal(tables[0], tables[1])
+    assert not np.allclose(tables[0].ci_low, tables[2].ci_low)
+    text = findings.markdown(tables[0])
+    assert text.count("\n| ") == len(tables[0]) and "**reproduced**" in text  # a line per claim after the header
