@@ -96,9 +96,8 @@ def test_a_changed_setting_never_resumes_a_stale_run(clean, tmp_path):
     target_name = "emmet-layer1-b1"
 
     def target(workdir):
-        from editscale.workflow.stages import selection_name
-
         from editscale import settings
+        from editscale.workflow.stages import selection_name
 
         data = settings.results(settings.parse(workflow_config(workdir)).data)
         return f"results/tiny-llama/{selection_name(data)}/sequential/{target_name}.immediate.parquet"

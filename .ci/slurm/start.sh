@@ -7,10 +7,11 @@
 # so that sbatch/squeue/scontrol (and Snakemake's SLURM executor) find the config without
 # SLURM_CONF being exported.
 # Environment overrides: EDITSCALE_SLURM_CPUS (default: nproc), EDITSCALE_SLURM_MEM_MB
-# (default: 90% of MemTotal), EDITSCALE_SLURM_WAIT_S (default 60: how long to wait for the node).
+# (default: 90% of MemTotal; may exceed the real memory: nothing enforces it), EDITSCALE_SLURM_WAIT_S
+# (default 60: how long to wait for the node to become idle).
 set -euo pipefail
 
-STATE=${1:-/tmp/editscale-slurm}
+STATE=$(realpath -m "${1:-/tmp/editscale-slurm}")
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 WAIT_S=${EDITSCALE_SLURM_WAIT_S:-60}
 t0=$(date +%s)
@@ -122,6 +123,8 @@ JobCompType=jobcomp/filetxt
 JobCompLoc=$STATE/log/jobcomp.log
 MinJobAge=86400
 SchedulerType=sched/backfill
+# Run the scheduler every second (defaults: 60 s / 30 s): a job starts ~1 s after a slot frees.
+SchedulerParameters=sched_interval=1,bf_interval=1
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=$DEF_MEM

@@ -4,16 +4,16 @@
 # Set EDITSCALE_SLURM_KEEP=1 to keep the state dir (logs) after stopping.
 set -euo pipefail
 
-STATE=${1:-/tmp/editscale-slurm}
+STATE=$(realpath -m "${1:-/tmp/editscale-slurm}")
 say() { echo "slurm/stop.sh: $*"; }
 
 # Cancel this instance's jobs first, so that slurmd/slurmstepd end their processes themselves.
 if [ -f "$STATE/etc/slurm.conf" ] && command -v squeue >/dev/null 2>&1; then
   export SLURM_CONF="$STATE/etc/slurm.conf"
-  jobs=$(timeout 10 squeue -h -o %A -t PENDING,RUNNING,SUSPENDED,CONFIGURING,COMPLETING 2>/dev/null || true)
-  if [ -n "$jobs" ]; then
-    say "cancelling jobs: $(echo $jobs)"
-    timeout 10 scancel $jobs 2>/dev/null || true
+  mapfile -t jobs < <(timeout 10 squeue -h -o %A -t PENDING,RUNNING,SUSPENDED,CONFIGURING,COMPLETING 2>/dev/null || true)
+  if [ "${#jobs[@]}" -gt 0 ]; then
+    say "cancelling jobs: ${jobs[*]}"
+    timeout 10 scancel "${jobs[@]}" 2>/dev/null || true
     for _ in $(seq 100); do
       [ -z "$(timeout 5 squeue -h -o %A -t RUNNING,COMPLETING,CONFIGURING 2>/dev/null || true)" ] && break
       sleep 0.1
@@ -52,8 +52,9 @@ else
   say "no $STATE/pids; nothing to stop"
 fi
 
-# Backstop: job processes left behind (their environment names this instance's SLURM_CONF and a
-# SLURM_JOB_ID); killed one by one by PID, never this script or its callers.
+# Backstop: job processes and slurmstepd left behind (their environment names this instance's
+# SLURM_CONF, plus SLURM_JOB_ID or the name slurmstepd); killed one by one by PID, never this
+# script or its callers.
 protect=" $$ "
 p=$$
 while [ "$p" -gt 1 ] 2>/dev/null; do
@@ -65,7 +66,7 @@ for d in /proc/[0-9]*; do
   env_file="$d/environ"
   [ -r "$env_file" ] || continue
   if grep -qz "^SLURM_CONF=$STATE/etc/slurm.conf\$" "$env_file" 2>/dev/null \
-     && grep -qz '^SLURM_JOB_ID=' "$env_file" 2>/dev/null; then
+     && { grep -qz '^SLURM_JOB_ID=' "$env_file" 2>/dev/null || [ "$(cat "$d/comm" 2>/dev/null)" = slurmstepd ]; }; then
     say "killing leftover job process $p ($(tr '\0' ' ' <"$d/cmdline" 2>/dev/null | cut -c1-80))"
     kill -KILL "$p" 2>/dev/null || true
   fi

@@ -28,7 +28,13 @@ from tqdm.auto import tqdm
 
 from editscale.editing.keys import in_context
 from editscale.models.hooks import UpperStack, block_output
-from editscale.models.tokens import continuation_span, fill, pad_aligned, pad_batch, subject_last_token
+from editscale.models.tokens import (
+    continuation_span,
+    fill,
+    pad_aligned,
+    pad_batch,
+    subject_last_token,
+)
 from editscale.settings import ValueSettings
 
 

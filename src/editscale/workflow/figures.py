@@ -63,7 +63,7 @@ def _save(fig, out_png, formats, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig.suptitle(title)
-    handles, labels = {}, []
+    handles = {}
     for ax in fig.axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
