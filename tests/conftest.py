@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from editscale import paths
+from editscale.artifacts import read_tensors
 
 SHARED = paths.shared_data()
 REPO = Path(__file__).resolve().parents[1]
@@ -151,3 +152,27 @@ def write_workflow_config(workdir: Path, config: dict, **dump) -> None:
 
 def copy_model(src: Path, dst: Path) -> None:
     shutil.copytree(src / "tiny-llama", dst / "tiny-llama")
+
+
+def results(workdir: Path) -> dict:
+    """Every table and tensor the run wrote (not logs, benchmarks, figures or the model manifest)."""
+    root = workdir / "results"
+    found = {}
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root).as_posix()
+        if "/logs/" in relative or "/benchmarks/" in relative or path.suffix not in (".parquet", ".safetensors"):
+            continue
+        if path.suffix == ".safetensors":
+            found[relative] = read_tensors(path)
+        else:
+            found[relative] = path.read_bytes()
+    return found
+
+
+def assert_identical(got: dict, want: dict) -> None:
+    assert sorted(got) == sorted(want)
+    for name, value in want.items():
+        if isinstance(value, dict):
+            assert value.keys() == got[name].keys() and all(torch.equal(value[k], got[name][k]) for k in value), name
+        else:
+            assert got[name] == value, name  # Parquet bytes: the same rows, types and values

@@ -92,3 +92,10 @@ def test_a_contradiction_stops_snakemake_before_any_job(tmp_path):
     dry = snakemake(tmp_path, "-n", cores=1)
     assert dry.returncode != 0 and "batch.sizes has 128" in dry.stdout + dry.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_the_config_readme_is_generated_from_the_schema_and_defaults():
+    """config/README.md is `python -m editscale.workflow.configdoc`'s output: regenerate it, don't edit it."""
+    from editscale.workflow import configdoc
+
+    assert (REPO / "config" / "README.md").read_text() == configdoc.render()

@@ -11,7 +11,9 @@ import pytest
 import torch
 from conftest import (
     SHARED,
+    assert_identical,
     copy_model,
+    results,
     snakemake,
     tiny_workflow,
     workflow_config,
@@ -22,30 +24,6 @@ from editscale import artifacts
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(SHARED is None, reason="needs the offline data folder")]
 KILLS, SEED = 3, 7
-
-
-def results(workdir: Path) -> dict:
-    """Every table and tensor the run wrote (not logs, benchmarks, figures or the model manifest)."""
-    root = workdir / "results"
-    found = {}
-    for path in sorted(root.rglob("*")):
-        relative = path.relative_to(root).as_posix()
-        if "/logs/" in relative or "/benchmarks/" in relative or path.suffix not in (".parquet", ".safetensors"):
-            continue
-        if path.suffix == ".safetensors":
-            found[relative] = artifacts.read_tensors(path)
-        else:
-            found[relative] = path.read_bytes()
-    return found
-
-
-def assert_identical(got: dict, want: dict) -> None:
-    assert sorted(got) == sorted(want)
-    for name, value in want.items():
-        if isinstance(value, dict):
-            assert value.keys() == got[name].keys() and all(torch.equal(value[k], got[name][k]) for k in value), name
-        else:
-            assert got[name] == value, name  # Parquet bytes: the same rows, types and values
 
 
 def kill_at(workdir: Path, seconds: float) -> bool:

@@ -8,19 +8,19 @@ rule batch:
     output:
         nll=f"{BATCH}.nll.parquet",
         cases=f"{BATCH}.cases.parquet",
-    params:
-        model=MODEL_PARAMS,
-        edit=edit_params,
-        n=SETTINGS.data.n,
-    conda:
-        ENV
     log:
         f"{RUN_DIR}/logs/batch/{{algorithm}}-layer{{layer}}-b{{size}}.log",
     benchmark:
         f"{RUN_DIR}/benchmarks/batch/{{algorithm}}-layer{{layer}}-b{{size}}.tsv"
+    conda:
+        ENV
     threads: THREADS
     resources:
         **model_resources(),
+    params:
+        model=MODEL_PARAMS,
+        edit=edit_params,
+        n=SETTINGS.data.n,
     script:
         "../scripts/independent_edits.py"
 
@@ -34,17 +34,17 @@ rule baseline:
         nll=f"{BASELINE}.nll.parquet",
         cases=f"{BASELINE}.cases.parquet",
         quality=f"{BASELINE}.quality.parquet",
-    params:
-        model=MODEL_PARAMS,
-        evaluation=S.results(SETTINGS.evaluation),
-    conda:
-        ENV
     log:
         f"{RUN_DIR}/logs/baseline.log",
     benchmark:
         f"{RUN_DIR}/benchmarks/baseline.tsv"
+    conda:
+        ENV
     threads: THREADS
     resources:
         **model_resources(),
+    params:
+        model=MODEL_PARAMS,
+        evaluation=S.results(SETTINGS.evaluation),
     script:
         "../scripts/baseline.py"

@@ -10,8 +10,11 @@ from editscale.models import inspect_local, slug
 from editscale.workflow.stages import selection_name
 
 SETTINGS = S.parse(config)
-S.check(SETTINGS, **dict(zip(("model_exists", "n_layers"), inspect_local(SETTINGS.model.spec))),
-        max_batch={name: a.max_batch for name, a in ALGORITHMS.items()})
+S.check(
+    SETTINGS,
+    **dict(zip(("model_exists", "n_layers"), inspect_local(SETTINGS.model.spec))),
+    max_batch={name: a.max_batch for name, a in ALGORITHMS.items()},
+)
 RESULTS = SETTINGS.results
 MODEL_PARAMS = S.results(SETTINGS.model)
 DATA_PARAMS = S.results(SETTINGS.data)
@@ -30,7 +33,10 @@ STATS_ID = "{}-{}tok-len{}{}".format(  # every setting that changes C
 )
 STATS = f"{MODEL_DIR}/stats/{STATS_ID}/layer{{layer}}.safetensors"
 # One statistics pass fills every layer a run can edit: the sweep's, and a fixed `layer` if given.
-STATS_LAYERS = sorted(set(SETTINGS.sweep.layers) | ({int(SETTINGS.layer)} if SETTINGS.layer != "auto" else set()))
+STATS_LAYERS = sorted(
+    set(SETTINGS.sweep.layers)
+    | ({int(SETTINGS.layer)} if SETTINGS.layer != "auto" else set())
+)
 VALUES = f"{RUN_DIR}/values/layer{{layer}}/records{{start}}-{{end}}.safetensors"
 SWEEP = f"{RUN_DIR}/sweep/{{algorithm}}-layer{{layer}}"
 BEST_LAYER = f"{RUN_DIR}/sweep/best_layer.yaml"
@@ -38,11 +44,21 @@ BATCH = f"{RUN_DIR}/batch/{{algorithm}}-layer{{layer}}-b{{size}}"
 SEQUENTIAL = f"{RUN_DIR}/sequential/{{algorithm}}-layer{{layer}}-b{{size}}"
 BASELINE = f"{RUN_DIR}/baseline"
 SUMMARY = f"{RUN_DIR}/summary/{{kind}}.parquet"
-SUMMARY_KINDS = ["sweep", "batch", "immediate", "retained", "baseline", "quality", "health"]
+SUMMARY_KINDS = [
+    "sweep",
+    "batch",
+    "immediate",
+    "retained",
+    "baseline",
+    "quality",
+    "health",
+]
 FINDINGS = f"{RUN_DIR}/summary/findings.parquet"
 PLOT = f"{RUN_DIR}/plots/{{name}}.png"
 ENV = "../envs/editscale.yaml"  # relative to the rule files
-THREADS = SETTINGS.threads  # torch threads per model job; jobs run side by side up to --cores
+THREADS = (
+    SETTINGS.threads
+)  # torch threads per model job; jobs run side by side up to --cores
 N_SWEEP = SETTINGS.sweep.n
 N_SEQ = SETTINGS.sequential.n
 
@@ -50,13 +66,19 @@ N_SEQ = SETTINGS.sequential.n
 # no record is optimised twice and long ranges run as parallel jobs. The cuts are fixed, not a
 # setting: how a job chunks its range is execution only. A consumer reads the files holding its records.
 VALUE_BLOCK = 64
-VALUE_CUTS = sorted({N_SWEEP, SETTINGS.data.n, *range(VALUE_BLOCK, SETTINGS.data.n, VALUE_BLOCK)})
+VALUE_CUTS = sorted(
+    {N_SWEEP, SETTINGS.data.n, *range(VALUE_BLOCK, SETTINGS.data.n, VALUE_BLOCK)}
+)
 
 
 def value_files(layer, n):
     """The value files holding records [0, n) at `layer` (the last may hold more)."""
     starts = [0, *VALUE_CUTS[:-1]]
-    return [VALUES.format(layer=layer, start=s, end=e) for s, e in zip(starts, VALUE_CUTS) if s < n]
+    return [
+        VALUES.format(layer=layer, start=s, end=e)
+        for s, e in zip(starts, VALUE_CUTS)
+        if s < n
+    ]
 
 
 def edit_params(wildcards):
@@ -64,24 +86,40 @@ def edit_params(wildcards):
     from editscale.algorithms import get
 
     edit = S.results(SETTINGS.edit)
-    return {name: edit[name] for name in (*get(wildcards.algorithm).settings, "on_ill_conditioned")}
+    return {
+        name: edit[name]
+        for name in (*get(wildcards.algorithm).settings, "on_ill_conditioned")
+    }
 
 
 def partition(name):
-    return {"slurm_partition": name} if name else {}  # none: the cluster's default partition
+    return (
+        {"slurm_partition": name} if name else {}
+    )  # none: the cluster's default partition
 
 
 def model_resources(runtime=None, gpus=None):
     """mem_mb, runtime, gpu and partition of a job that loads the model (config `resources:`)."""
     res = SETTINGS.resources
     if gpus is None:
-        gpus = res.gpus if res.gpus != "auto" else int(str(SETTINGS.model.device).startswith("cuda"))
-    return dict(mem_mb=res.model_mem_mb, runtime=runtime or res.model_runtime, gpu=gpus,
-                **partition(res.gpu_partition if gpus else res.partition))
+        gpus = (
+            res.gpus
+            if res.gpus != "auto"
+            else int(str(SETTINGS.model.device).startswith("cuda"))
+        )
+    return dict(
+        mem_mb=res.model_mem_mb,
+        runtime=runtime or res.model_runtime,
+        gpu=gpus,
+        **partition(res.gpu_partition if gpus else res.partition),
+    )
 
 
-LIGHT = dict(mem_mb=SETTINGS.resources.light_mem_mb, runtime=SETTINGS.resources.light_runtime,
-             **partition(SETTINGS.resources.partition))
+LIGHT = dict(
+    mem_mb=SETTINGS.resources.light_mem_mb,
+    runtime=SETTINGS.resources.light_runtime,
+    **partition(SETTINGS.resources.partition),
+)
 
 
 def chosen_layer():
@@ -92,20 +130,29 @@ def chosen_layer():
 
 
 def sweep_cases(wildcards=None):
-    return [f"{SWEEP.format(algorithm=a, layer=l)}.cases.parquet"
-            for a in SETTINGS.sweep.algorithms for l in SETTINGS.sweep.layers]
+    return [
+        f"{SWEEP.format(algorithm=a, layer=l)}.cases.parquet"
+        for a in SETTINGS.sweep.algorithms
+        for l in SETTINGS.sweep.layers
+    ]
 
 
 def batch_cases(wildcards=None):
     layer = chosen_layer()
-    return [f"{BATCH.format(algorithm=a, layer=layer, size=b)}.cases.parquet"
-            for a in SETTINGS.batch.algorithms for b in SETTINGS.batch.sizes]
+    return [
+        f"{BATCH.format(algorithm=a, layer=layer, size=b)}.cases.parquet"
+        for a in SETTINGS.batch.algorithms
+        for b in SETTINGS.batch.sizes
+    ]
 
 
 def sequential_outputs(kind):
     def outputs(wildcards=None):
         layer = chosen_layer()
-        return [f"{SEQUENTIAL.format(algorithm=a, layer=layer, size=b)}.{kind}.parquet"
-                for a in SETTINGS.sequential.algorithms for b in SETTINGS.sequential.sizes]
+        return [
+            f"{SEQUENTIAL.format(algorithm=a, layer=layer, size=b)}.{kind}.parquet"
+            for a in SETTINGS.sequential.algorithms
+            for b in SETTINGS.sequential.sizes
+        ]
 
     return outputs

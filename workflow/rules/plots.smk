@@ -3,19 +3,29 @@ rule plots:
     input:
         **{kind: SUMMARY.format(kind=kind) for kind in SUMMARY_KINDS},
     output:
-        **{name: report(PLOT.format(name=name), caption=f"../report/{name}.rst", category="2. Figures")
-           for name in FIGURES},
-        other_formats=[PLOT.format(name=name).replace(".png", f".{fmt}") for name in FIGURES
-                       for fmt in SETTINGS.plots.formats if fmt != "png"],
-    params:
-        style=S.results(SETTINGS.plots),
-    conda:
-        ENV
+        **{
+            name: report(
+                PLOT.format(name=name),
+                caption=f"../report/{name}.rst",
+                category="2. Figures",
+            )
+            for name in FIGURES
+        },
+        other_formats=[
+            PLOT.format(name=name).replace(".png", f".{fmt}")
+            for name in FIGURES
+            for fmt in SETTINGS.plots.formats
+            if fmt != "png"
+        ],
     log:
         f"{RUN_DIR}/logs/plots.log",
     benchmark:
         f"{RUN_DIR}/benchmarks/plots.tsv"
+    conda:
+        ENV
     resources:
         **LIGHT,
+    params:
+        style=S.results(SETTINGS.plots),
     script:
         "../scripts/plot.py"

@@ -1,6 +1,7 @@
 rule sequential:
     """Batches of B applied one after another to the same model, each recorded as it finishes:
-    a killed run continues where it stopped. The first batch reuses the cached values."""
+    a killed run continues where it stopped. The first batch reuses the cached values.
+    """
     input:
         model=MODEL_MANIFEST,
         records=RECORDS,
@@ -13,6 +14,15 @@ rule sequential:
         quality=f"{SEQUENTIAL}.quality.parquet",
         batches=f"{SEQUENTIAL}.batches.parquet",
         edits=f"{SEQUENTIAL}.edits.safetensors",
+    log:
+        f"{RUN_DIR}/logs/sequential/{{algorithm}}-layer{{layer}}-b{{size}}.log",
+    benchmark:
+        f"{RUN_DIR}/benchmarks/sequential/{{algorithm}}-layer{{layer}}-b{{size}}.tsv"
+    conda:
+        ENV
+    threads: THREADS
+    resources:
+        **model_resources(SETTINGS.resources.sequential_runtime),
     params:
         model=MODEL_PARAMS,
         edit=edit_params,
@@ -20,14 +30,5 @@ rule sequential:
         evaluation=S.results(SETTINGS.evaluation),
         n=N_SEQ,
         retained_every_edits=SETTINGS.sequential.retained_every_edits,
-    conda:
-        ENV
-    log:
-        f"{RUN_DIR}/logs/sequential/{{algorithm}}-layer{{layer}}-b{{size}}.log",
-    benchmark:
-        f"{RUN_DIR}/benchmarks/sequential/{{algorithm}}-layer{{layer}}-b{{size}}.tsv"
-    threads: THREADS
-    resources:
-        **model_resources(SETTINGS.resources.sequential_runtime),
     script:
         "../scripts/sequential.py"

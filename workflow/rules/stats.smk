@@ -5,18 +5,18 @@ rule stats:
         MODEL_MANIFEST,
     output:
         expand(STATS, layer=STATS_LAYERS),
-    params:
-        model=MODEL_PARAMS,
-        stats=S.results(SETTINGS.stats),
-        layers=STATS_LAYERS,
-    conda:
-        ENV
     log:
         f"{MODEL_DIR}/logs/stats/{STATS_ID}.log",
     benchmark:
         f"{MODEL_DIR}/benchmarks/stats/{STATS_ID}.tsv"
+    conda:
+        ENV
     threads: THREADS
     resources:
         **model_resources(),
+    params:
+        model=MODEL_PARAMS,
+        stats=S.results(SETTINGS.stats),
+        layers=STATS_LAYERS,
     script:
         "../scripts/compute_stats.py"

@@ -17,14 +17,14 @@ rule summary:
         table=SUMMARY,
         csv=SUMMARY.replace(".parquet", ".csv"),
         md=SUMMARY.replace(".parquet", ".md"),
-    wildcard_constraints:
-        kind="|".join(SUMMARY_INPUTS),  # quality and health are collected, not summarised
-    conda:
-        ENV
     log:
         f"{RUN_DIR}/logs/summary/{{kind}}.log",
     benchmark:
         f"{RUN_DIR}/benchmarks/summary/{{kind}}.tsv"
+    wildcard_constraints:
+        kind="|".join(SUMMARY_INPUTS),  # quality and health are collected, not summarised
+    conda:
+        ENV
     resources:
         **LIGHT,
     script:
@@ -32,28 +32,32 @@ rule summary:
 
 
 COLLECTED = {
-    "quality": lambda w: [f"{BASELINE}.quality.parquet", *sequential_outputs("quality")(w)],
+    "quality": lambda w: [
+        f"{BASELINE}.quality.parquet",
+        *sequential_outputs("quality")(w),
+    ],
     "health": sequential_outputs("batches"),
 }
 
 
 rule collect:
     """Tables stacked as they are: fluency and drift of the unedited model and at every retained
-    checkpoint (quality), and every sequential batch's weight health and diagnostics (health)."""
+    checkpoint (quality), and every sequential batch's weight health and diagnostics (health).
+    """
     input:
         lambda w: COLLECTED[w.kind](w),
     output:
         table=SUMMARY,
         csv=SUMMARY.replace(".parquet", ".csv"),
         md=SUMMARY.replace(".parquet", ".md"),
-    wildcard_constraints:
-        kind="|".join(COLLECTED),
-    conda:
-        ENV
     log:
         f"{RUN_DIR}/logs/summary/{{kind}}.log",
     benchmark:
         f"{RUN_DIR}/benchmarks/summary/{{kind}}.tsv"
+    wildcard_constraints:
+        kind="|".join(COLLECTED),
+    conda:
+        ENV
     resources:
         **LIGHT,
     script:
@@ -69,17 +73,21 @@ rule findings:
         model=MODEL_MANIFEST,
     output:
         table=FINDINGS,
-        csv=report(FINDINGS.replace(".parquet", ".csv"), caption="../report/findings.rst", category="1. Findings"),
+        csv=report(
+            FINDINGS.replace(".parquet", ".csv"),
+            caption="../report/findings.rst",
+            category="1. Findings",
+        ),
         md=FINDINGS.replace(".parquet", ".md"),
-    params:
-        findings=S.results(SETTINGS.findings),
-    conda:
-        ENV
     log:
         f"{RUN_DIR}/logs/findings.log",
     benchmark:
         f"{RUN_DIR}/benchmarks/findings.tsv"
+    conda:
+        ENV
     resources:
         **LIGHT,
+    params:
+        findings=S.results(SETTINGS.findings),
     script:
         "../scripts/findings.py"

@@ -8,19 +8,19 @@ rule sweep:
     output:
         nll=f"{SWEEP}.nll.parquet",
         cases=f"{SWEEP}.cases.parquet",
-    params:
-        model=MODEL_PARAMS,
-        edit=edit_params,
-        n=N_SWEEP,
-    conda:
-        ENV
     log:
         f"{RUN_DIR}/logs/sweep/{{algorithm}}-layer{{layer}}.log",
     benchmark:
         f"{RUN_DIR}/benchmarks/sweep/{{algorithm}}-layer{{layer}}.tsv"
+    conda:
+        ENV
     threads: THREADS
     resources:
         **model_resources(),
+    params:
+        model=MODEL_PARAMS,
+        edit=edit_params,
+        n=N_SWEEP,
     script:
         "../scripts/independent_edits.py"
 
@@ -31,12 +31,12 @@ checkpoint best_layer:
         sweep_cases,
     output:
         BEST_LAYER,
-    conda:
-        ENV
     log:
         f"{RUN_DIR}/logs/best_layer.log",
     benchmark:
         f"{RUN_DIR}/benchmarks/best_layer.tsv"
+    conda:
+        ENV
     resources:
         **LIGHT,
     script:

@@ -4,17 +4,17 @@ rule templates:
         MODEL_MANIFEST,
     output:
         TEMPLATES,
-    params:
-        model=MODEL_PARAMS,
-        templates=S.results(SETTINGS.templates),
-    conda:
-        ENV
     log:
         f"{MODEL_DIR}/logs/templates.log",
     benchmark:
         f"{MODEL_DIR}/benchmarks/templates.tsv"
+    conda:
+        ENV
     threads: THREADS
     resources:
         **model_resources(),
+    params:
+        model=MODEL_PARAMS,
+        templates=S.results(SETTINGS.templates),
     script:
         "../scripts/make_templates.py"

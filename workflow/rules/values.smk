@@ -7,20 +7,20 @@ rule values:
         templates=TEMPLATES,
     output:
         VALUES,
-    params:
-        model=MODEL_PARAMS,
-        values=S.results(SETTINGS.values),
+    log:
+        f"{RUN_DIR}/logs/values/layer{{layer}}-records{{start}}-{{end}}.log",
+    benchmark:
+        f"{RUN_DIR}/benchmarks/values/layer{{layer}}-records{{start}}-{{end}}.tsv"
     wildcard_constraints:
         start=r"\d+",
         end=r"\d+",
     conda:
         ENV
-    log:
-        f"{RUN_DIR}/logs/values/layer{{layer}}-records{{start}}-{{end}}.log",
-    benchmark:
-        f"{RUN_DIR}/benchmarks/values/layer{{layer}}-records{{start}}-{{end}}.tsv"
     threads: THREADS
     resources:
         **model_resources(),
+    params:
+        model=MODEL_PARAMS,
+        values=S.results(SETTINGS.values),
     script:
         "../scripts/compute_values.py"

@@ -48,15 +48,17 @@ def _band(ax, frame: pd.DataFrame, x: str, label, color) -> None:
         ax.fill_between(frame[x], frame.ci_low, frame.ci_high, color=color, alpha=0.18, lw=0)
 
 
-def _unedited(ax, value: float | None) -> None:
+def _unedited(ax, value: float | None, label: str = "unedited") -> None:
     if value is not None and np.isfinite(value):
-        ax.axhline(value, ls="--", lw=1, color="0.45", label="unedited", zorder=0)
+        ax.axhline(value, ls="--", lw=1, color="0.45", label=label, zorder=0)
 
 
 def _metric_axis(ax, metric: str) -> None:
     ax.set_title(NAMES.get(metric, metric))
     if metric in HEADLINE:
         ax.set_ylim(0, 100)
+    elif ax.get_yscale() == "linear":
+        ax.ticklabel_format(axis="y", useOffset=False)
 
 
 def _save(fig, out_png, formats, title: str) -> None:
@@ -89,7 +91,7 @@ def sweep(summary: pd.DataFrame, baseline: pd.DataFrame, colors, out, formats) -
     for ax, metric in zip(axes[0], HEADLINE):
         for color, (algorithm, part) in zip(colors, summary[summary.metric == metric].groupby("algorithm")):
             _band(ax, part, "layer", algorithm, color)
-        _unedited(ax, _baseline_of(baseline, metric))
+        _unedited(ax, _baseline_of(baseline, metric), "unedited (all records)")
         _metric_axis(ax, metric)
         ax.set_xlabel("layer")
     _save(fig, out, formats, f"Layer sweep: single edits at each layer, mean and 95% CI {_note(summary)}")
@@ -128,8 +130,9 @@ def sequential(retained: pd.DataFrame, quality: pd.DataFrame, baseline: pd.DataF
                     part = runs[(runs.algorithm == algorithm) & (runs.batch_size == size)]
                     part = pd.concat([unedited_quality, part]).assign(mean=lambda q: q[metric])[["n_edits", "mean"]]
                 _band(ax, part, "n_edits", f"B = {size}", color)
-            if metric in HEADLINE:
-                _unedited(ax, _baseline_of(baseline, metric))
+            if metric in HEADLINE:  # the runs' own start: the unedited model on the same records
+                start = mine[(mine.metric == metric) & (mine.n_edits == 0)]["mean"]
+                _unedited(ax, float(start.iloc[0]) if len(start) else _baseline_of(baseline, metric))
             elif len(unedited_quality):
                 _unedited(ax, float(unedited_quality[metric].iloc[0]))
             _metric_axis(ax, metric)
@@ -203,7 +206,8 @@ def plot_all(summary: dict, style: dict, outputs: dict) -> None:
         "batch": (len(tables["batch"]), lambda: batch(tables["batch"], tables["baseline"], colors, outputs["batch"],
                                                       formats)),
         "sequential": (len(tables["retained"]), lambda: sequential(
-            tables["retained"], tables["quality"], tables["baseline"], sns.color_palette("viridis", 8),
+            tables["retained"], tables["quality"], tables["baseline"],
+            sns.color_palette("viridis", max(2, tables["retained"].batch_size.nunique())),
             outputs["sequential"], formats)),
         "immediate_vs_retained": (len(tables["immediate"]), lambda: immediate_vs_retained(
             tables["immediate"], tables["retained"], colors, outputs["immediate_vs_retained"], formats)),
