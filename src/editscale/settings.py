@@ -99,7 +99,7 @@ class Batch:
 
 @dataclass(frozen=True)
 class Sequential:
-    algorithms: tuple = ("memit", "emmet", "alphaedit")
+    algorithms: tuple = ("memit", "emmet", "alphaedit", "encore")
     sizes: tuple = (1, 2, 4)
     n: int = 4
     retained_every_edits: int = 2  # retained evaluation every this many edits (a multiple of every B ≤ it), and at the end
