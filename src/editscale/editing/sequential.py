@@ -21,13 +21,13 @@ import hashlib
 import json
 import logging
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from editscale import algorithms, artifacts
+from editscale import algorithms, artifacts, settings
 from editscale.algorithms import KeyMemory, Prepared
 from editscale.editing.batches import EditConfig, apply_delta, edit_batch
 from editscale.editing.health import weight_health
@@ -46,9 +46,12 @@ class SequentialState:
 
 
 def run_identity(cfg: EditConfig, facts, templates, batch_size: int, extra=None) -> str:
-    """A digest of everything a sequential run's results depend on: `extra` is what the caller adds
-    (the statistics' content hash, evaluation settings, ...)."""
-    described = json.dumps([asdict(cfg), [dict(f) for f in facts], list(templates), batch_size, extra],
+    """A digest of everything a sequential run's results depend on, and nothing that only changes
+    how it runs (batch sizes of the forwards); `extra` is what the caller adds (the statistics'
+    content hash, evaluation settings, ...)."""
+    edit = {"algorithm": cfg.algorithm, "layer": cfg.layer, "on_ill_conditioned": cfg.edit.on_ill_conditioned,
+            **cfg.settings(), "values": settings.results(cfg.values)}
+    described = json.dumps([edit, [dict(f) for f in facts], list(templates), batch_size, extra],
                            sort_keys=True, default=str)
     return hashlib.sha256(described.encode()).hexdigest()[:16]
 
