@@ -135,7 +135,8 @@ def _resume(run_dir: Path, identity: str, model, layout, cfg: EditConfig, solver
              len(done) - start)
     for b, path in enumerate(done):
         tensors = artifacts.read_tensors(path, device=solver.T.device)
-        _add(state, model, layout, cfg.layer, tensors["A"] @ tensors["B"].T, to_weight=b >= start)  # < start: in the snapshot
+        # Batches before the snapshot are in its weight already; they still count in the total.
+        _add(state, model, layout, cfg.layer, tensors["A"] @ tensors["B"].T, to_weight=b >= start)
         if remembers:
             state.memory.absorb(tensors["keys"], solver.transform(tensors["keys"]))
         state.diagnostics.append(json.loads(artifacts.read_metadata(path)["diagnostics"]))

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -196,9 +197,7 @@ def compute_values(model: dict, value_settings: dict, run: settings.Execution, r
     joined = read_values(parts)
     artifacts.write_safetensors(joined, out_path, metadata={"layer": layer, "model": model["spec"], "start": start,
                                                            "end": end})
-    for part in parts_dir.glob("*.safetensors"):
-        part.unlink()
-    parts_dir.rmdir()
+    shutil.rmtree(parts_dir)  # with any temporary file a killed write left behind
 
 
 def read_values(paths_: list) -> dict:
