@@ -1,7 +1,7 @@
 """Workflow stages: what each Snakemake rule runs, from its params (result settings, as plain
 dicts), the execution settings (`settings.Execution`) and its files, to artifacts.
 
-Scripts under `scripts/` only pass Snakemake's params, inputs and outputs here.
+Scripts under `workflow/scripts/` only pass Snakemake's params, inputs and outputs here.
 """
 
 from __future__ import annotations
