@@ -21,6 +21,17 @@ if [ -f "$STATE/etc/slurm.conf" ] && command -v squeue >/dev/null 2>&1; then
   fi
 fi
 
+# wait_gone N: wait up to N tenths of a second for every PID in pids to exit.
+wait_gone() {
+  local _ p alive
+  for _ in $(seq "$1"); do
+    alive=0
+    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && return 0
+    sleep 0.1
+  done
+}
+
 if [ -f "$STATE/pids" ]; then
   names=(); pids=()
   while read -r name pid; do
@@ -29,24 +40,14 @@ if [ -f "$STATE/pids" ]; then
   done <"$STATE/pids"
   # SIGTERM to all (slurmd, slurmctld, munged), wait up to 10 s, then SIGKILL what is left.
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill -TERM "${pids[i]}" 2>/dev/null || true; done
-  for _ in $(seq 100); do
-    alive=0
-    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-    [ "$alive" = 0 ] && break
-    sleep 0.1
-  done
+  wait_gone 100
   for i in "${!pids[@]}"; do
     if kill -0 "${pids[i]}" 2>/dev/null; then
       say "${names[i]} (${pids[i]}) still alive after 10 s, sending SIGKILL"
       kill -KILL "${pids[i]}" 2>/dev/null || true
     fi
   done
-  for _ in $(seq 20); do
-    alive=0
-    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-    [ "$alive" = 0 ] && break
-    sleep 0.1
-  done
+  wait_gone 20
   say "stopped ${names[*]} (${pids[*]})"
 else
   say "no $STATE/pids; nothing to stop"
