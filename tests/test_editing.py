@@ -75,7 +75,7 @@ def test_edit_moves_the_key_toward_the_value(tiny, algorithm):
     cfg = config(algorithm, EditSettings(emmet_lambda=0.0, mom2_update_weight=1e-6, nullspace_threshold=1e-2,
                                          alphaedit_l2=1e-9))
     edit = editing.edit_batch(model, tok, layout, cfg, facts, TEMPLATES, editing.prepare(cfg, C))
-    R = compute_values(model, tok, layout, 1, facts, TEMPLATES, FAST).residual.T
+    R = compute_values(model, tok, layout, 1, facts, TEMPLATES, FAST, batch_size=8).residual.T
     change = edit.delta @ edit.keys
     torch.testing.assert_close(change, R, rtol=1e-3, atol=1e-3 * float(R.abs().max()))
     assert edit.diagnostics["n"] == len(facts) and edit.diagnostics["condition"] > 0
@@ -219,7 +219,7 @@ def test_sequential_with_cached_first_batch_matches_computing_it(tiny, tmp_path,
 def test_cached_first_batch_of_the_wrong_size_is_refused(tiny, tmp_path):
     model, tok, layout, C = tiny
     K = compute_keys(model, tok, layout, 1, FACTS[:1], TEMPLATES)
-    V = compute_values(model, tok, layout, 1, FACTS[:1], TEMPLATES, FAST)
+    V = compute_values(model, tok, layout, 1, FACTS[:1], TEMPLATES, FAST, batch_size=1)
     with pytest.raises(ValueError, match="batch of 2"):
         run(tiny, config("memit"), FACTS[:4], 2, tmp_path / "c", first_batch=(K, V))
 

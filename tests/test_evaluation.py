@@ -32,7 +32,7 @@ def setup(request, tiny_llama_dir, tiny_gpt2_dir):
     model, tok, layout = models.load(str(folder))
     facts = RECORDS.to_dict("records")
     K = keys.compute_keys(model, tok, layout, 1, facts, TEMPLATES)
-    R = values.compute_values(model, tok, layout, 1, facts, TEMPLATES, FAST).residual
+    R = values.compute_values(model, tok, layout, 1, facts, TEMPLATES, FAST, batch_size=8).residual
     return model, tok, layout, covariance_standin(model, tok, layout, 1), K.T, R.T
 
 

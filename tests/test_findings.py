@@ -4,11 +4,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from editscale.settings import Findings
 from editscale.workflow import findings
-from editscale.workflow.findings import CONTRADICTED, INCONCLUSIVE, REPRODUCED, Options
+from editscale.workflow.findings import CONTRADICTED, INCONCLUSIVE, REPRODUCED
 
 N = 200
-OPTIONS = Options(n_boot=500, seed=0, margin=5.0)
+OPTIONS = Findings(n_boot=500, seed=0, margin=5.0)
 
 
 def cases(n=N, seed=0, es=90.0, ps=80.0, ns=70.0, spread=40.0, **labels):
@@ -111,14 +112,39 @@ def retained(es_ps: dict, ns: dict | None = None, n=64, algorithms=("memit",), n
 
 
 @pytest.mark.parametrize("es_ps,ns,noise,verdicts", [
-    ({4: 0, 16: 8, 64: -8}, {4: 6, 16: 8, 64: -8}, 2.0, [REPRODUCED, REPRODUCED]),
-    ({4: 10, 16: 0, 64: -10}, {4: -5, 16: 0, 64: 0}, 2.0, [CONTRADICTED, CONTRADICTED]),
-    ({4: 0, 16: 0.1, 64: 0}, {4: 0, 16: 0, 64: 0}, 40.0, [INCONCLUSIVE, INCONCLUSIVE]),
+    # NS(B = 4) and NS(B = 16) − NS(one batch of 64), then the best B by Score (16: intermediate).
+    ({4: 0, 16: 8, 64: -8}, {4: 6, 16: 8, 64: -8}, 2.0, [REPRODUCED, REPRODUCED, REPRODUCED]),
+    ({4: 10, 16: 0, 64: -10}, {4: -5, 16: -5, 64: 0}, 2.0, [CONTRADICTED, CONTRADICTED, CONTRADICTED]),
+    ({4: 0, 16: 0.1, 64: 0}, {4: 0, 16: 0, 64: 0}, 40.0, [INCONCLUSIVE, INCONCLUSIVE, INCONCLUSIVE]),
+    # One sequential B helps, the other does not: each B is judged on its own.
+    ({4: 0, 16: 0, 64: 0}, {4: 6, 16: -6, 64: 0}, 2.0, [REPRODUCED, CONTRADICTED, CONTRADICTED]),  # B = 4 best: the smallest
 ])
-def test_sequential_verdicts(es_ps, ns, noise, verdicts):
+def test_sequential_verdicts_for_every_batch_size(es_ps, ns, noise, verdicts):
     rows = findings.sequential_vs_batch(retained(es_ps, ns, noise=noise), OPTIONS)
     assert [r["verdict"] for r in rows] == verdicts, rows
-    assert "one batch of 64" in rows[0]["statistic"]
+    assert [r["statistic"] for r in rows[:2]] == ["NS(B = 4 × 16) − NS(one batch of 64)",
+                                                  "NS(B = 16 × 4) − NS(one batch of 64)"]
+    assert "P(best)" in rows[2]["detail"] and "best B = " in rows[2]["detail"]
+
+
+def test_p_best_is_a_distribution_that_finds_a_clear_winner_and_shares_ties():
+    rng = np.random.default_rng(0)
+    clear = findings.p_best({"a": rng.normal(10, 1, 1000), "b": rng.normal(0, 1, 1000), "c": rng.normal(0, 1, 1000)})
+    assert clear["a"] > 0.99 and abs(sum(clear.values()) - 1) < 1e-12
+    close = findings.p_best({"a": rng.normal(0, 1, 4000), "b": rng.normal(0, 1, 4000)})
+    assert 0.45 < close["a"] < 0.55
+    tied = findings.p_best({"a": np.ones(10), "b": np.ones(10)})
+    assert tied == {"a": 0.5, "b": 0.5}
+
+
+def test_layer_scores_give_each_layers_ci_and_chance_of_being_best():
+    table = findings.layer_scores(sweep({1: 10, 2: 9.95, 20: 0, 28: -5}), OPTIONS)
+    assert list(table.layer) == [1, 2, 20, 28] and abs(table.p_best.sum() - 1) < 1e-9
+    assert (table.ci_low < table.Score).all() and (table.Score < table.ci_high).all()
+    assert table.p_best[table.layer >= 20].sum() < 0.01  # the late layers are never best
+    assert 0 < table.p_best[table.layer == 2].item() < table.p_best[table.layer == 1].item()
+    rows = findings.best_layer(sweep({1: 10, 2: 9.95, 20: 0, 28: -5}), 30, OPTIONS)
+    assert "P(the best is early" in rows[0]["detail"] and "P(best)" in rows[0]["detail"]
 
 
 def test_retention_names_the_algorithm_that_keeps_most_or_says_it_cannot_tell():
@@ -132,8 +158,10 @@ def test_retention_names_the_algorithm_that_keeps_most_or_says_it_cannot_tell():
 
 def test_the_table_is_seeded_and_renders():
     tables = [findings.findings(sweep({1: 5, 20: 0}), batch({16: 0, 64: -4}), retained({4: 0, 64: -5}), 30,
-                                Options(n_boot=300, seed=s)) for s in (3, 3, 4)]
+                                Findings(n_boot=300, seed=s)) for s in (3, 3, 4)]
     pd.testing.assert_frame_equal(tables[0], tables[1])
     assert not np.allclose(tables[0].ci_low, tables[2].ci_low)
     text = findings.markdown(tables[0])
-    assert text.count("\n| ") == len(tables[0]) and "**reproduced**" in text  # a line per claim after the header
+    assert text.count("\n| ") == len(tables[0]) and f"**reproduced at n = {N}**" in text  # a line per claim
+    with_layers = findings.markdown(tables[0], findings.layer_scores(sweep({1: 5, 20: 0}), OPTIONS))
+    assert "| 1 |" in with_layers and "P(best)" in with_layers

@@ -12,6 +12,7 @@ from editscale import models
 from editscale.evaluation import metrics
 from editscale.evaluation.scoring import LowRankEdits, length_batches, target_nll
 from editscale.models.layout import Layout
+from editscale.models.tokens import continuation_span
 
 
 class Bigram(nn.Module):
@@ -175,3 +176,35 @@ def test_per_row_edits_equal_applying_each_edit(tiny):
         np.testing.assert_allclose(mine.nll.to_numpy(), alone.nll.to_numpy(), atol=1e-4)
     unedited = metrics.score(model, tok, RECORDS, layout=layout)
     assert not np.allclose(unedited.nll, together.nll, atol=1e-3)
+
+
+def test_shared_rows_score_a_prefix_inside_the_row_that_extends_it():
+    """A pair whose input is a prefix of another's, under the same edit, is scored in that row;
+    a pair under another edit never shares; every pair lands in exactly one row."""
+    from editscale.evaluation.scoring import shared_rows
+
+    inputs = [(5, 3), (5, 3, 2), (5, 3, 9), (5,), (7, 1), (5, 3)]
+    edits = [0, 0, 0, 0, 0, 1]
+    rows = shared_rows(inputs, edits)
+    assert sorted(i for pairs in rows.values() for i in pairs) == list(range(len(inputs)))
+    for (ids, edit), pairs in rows.items():
+        assert all(edits[i] == edit and ids[: len(inputs[i])] == tuple(inputs[i]) for i in pairs)
+    assert len(rows) == 4  # (5, 3, 9) with (5,), (5, 3, 2) with (5, 3), (7, 1), and (5, 3) under edit 1
+
+
+def test_shared_rows_halve_the_forward_rows_and_change_no_number(tiny):
+    """The tiny records' targets are one token each here or not: either way every pair's NLL is
+    the one it gets alone, and pairs sharing a prompt take one row when a target is one token."""
+    from editscale.evaluation.scoring import shared_rows
+
+    model, tok, layout = tiny
+    records = RECORDS.assign(target_true=["the", "Africa"])  # " the" is one token here, " Africa" five
+    table = metrics.prompt_table(records)
+    spans = [continuation_span(tok, p, c) for p, c in zip(table.prompt, table.continuation)]
+    rows = shared_rows([s.ids[: s.end - 1] for s in spans], [-1] * len(spans))
+    # Prompts where the new or the true target is one token: their two pairs need one row.
+    by_prompt = table.assign(one=[s.end - s.start == 1 for s in spans]).groupby(["case_id", "prompt"]).one.any()
+    assert by_prompt.sum() > 0 and len(rows) <= len(spans) - by_prompt.sum()
+    batched = metrics.score(model, tok, records, layout=layout, batch_size=64)
+    single = [float(target_nll(model, tok, layout, [p], batch_size=1)[0]) for p in zip(table.prompt, table.continuation)]
+    np.testing.assert_allclose(batched.nll.to_numpy(), single, rtol=1e-5, atol=1e-5)

@@ -5,7 +5,7 @@ import torch
 
 from editscale import models
 from editscale.editing import keys, values
-from editscale.models.tokens import fill
+from editscale.models.tokens import fill, length_buckets
 from editscale.settings import ValueSettings
 
 FACTS = [
@@ -143,15 +143,60 @@ def test_fast_step_equals_plain_full_forward(tiny):
 
 
 def test_fast_path_equals_plain_full_forward(tiny):
-    """Whole optimisations agree too. Not at the last layer: there δ at the subject cannot reach
-    the target positions at all, the gradient is float noise, and Adam turns noise into steps."""
+    """Whole optimisations agree too, grouped by width ("fast") or in one padded group
+    ("aligned"). Not at the last layer: there δ at the subject cannot reach the target positions
+    at all, the gradient is float noise, and Adam turns noise into steps."""
     model, tok, layout = tiny
     for layer in (0, 1):
-        fast = values.compute_values(model, tok, layout, layer, FACTS, TEMPLATES, CONFIG, batch_size=4, fast=True)
-        plain = values.compute_values(model, tok, layout, layer, FACTS, TEMPLATES, CONFIG, batch_size=4, fast=False)
-        torch.testing.assert_close(fast.loss, plain.loss, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(fast.v_star, plain.v_star, rtol=1e-4, atol=1e-5)
-        assert torch.equal(fast.steps, plain.steps) and torch.equal(fast.converged, plain.converged)
+        plain = values.compute_values(model, tok, layout, layer, FACTS, TEMPLATES, CONFIG, batch_size=4, path="plain")
+        for path in ("fast", "aligned"):
+            fast = values.compute_values(model, tok, layout, layer, FACTS, TEMPLATES, CONFIG, batch_size=4, path=path)
+            torch.testing.assert_close(fast.loss, plain.loss, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(fast.v_star, plain.v_star, rtol=1e-4, atol=1e-5)
+            assert torch.equal(fast.steps, plain.steps) and torch.equal(fast.converged, plain.converged)
+
+
+def test_width_groups_give_the_one_padded_groups_step(tiny):
+    """Rows replayed in several groups give the logits and gradient of one padded group, also
+    after facts drop out (`select`), and the plan really is split (every fact's KL row is short)."""
+    model, tok, layout = tiny
+    plan = values._Plan(tok, FACTS, TEMPLATES, CONFIG.kl_prompt)
+    grouped = values._Fast(model, layout, 1, plan, tok.pad_token_id, "cpu", overhead=0)
+    one = values._Fast(model, layout, 1, plan, tok.pad_token_id, "cpu", overhead=None)
+    assert len(grouped.stacks) > 1 and len(one.stacks) == 1
+    delta = 0.01 * torch.randn(len(FACTS), model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    for keep in (None, torch.tensor([True, False, True, True])):
+        if keep is not None:
+            plan, seq_rows = plan.subset(keep)
+            grouped.select(seq_rows)
+            one.select(seq_rows)
+            delta = delta[keep]
+        rows, cols = plan.scored()
+        outputs = []
+        for runner in (grouped, one):
+            d = delta.clone().requires_grad_(True)
+            logits = runner.logits(plan, d, rows, cols)
+            (grad,) = torch.autograd.grad(logits.square().sum(), d)
+            outputs.append((logits, grad))
+        torch.testing.assert_close(outputs[0][0], outputs[1][0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(outputs[0][1], outputs[1][1], rtol=1e-4, atol=1e-7)
+        bare = torch.arange(plan.n_facts) * plan.per_fact
+        torch.testing.assert_close(grouped.at_lookup(plan, bare), one.at_lookup(plan, bare))
+
+
+def test_length_buckets_cover_every_row_once_and_trade_padding_for_passes():
+    widths = [3, 9, 9, 4, 3, 8, 3, 9]
+    for overhead in (0, 4, 16, 10**9):
+        groups = length_buckets(widths, overhead)
+        assert sorted(r for g in groups for r in g) == list(range(len(widths)))
+        cost = sum(len(g) * max(widths[r] for r in g) + overhead for g in groups)
+        one_group = len(widths) * max(widths) + overhead
+        assert cost <= one_group
+    assert len(length_buckets(widths, 10**9)) == 1
+    assert len(length_buckets(widths, 0)) == len(set(widths))  # no cost per pass: no padding at all
+    # At 4 a pass: {3,3,3,4} + {8,9,9,9} costs 20 + 40 = 60; splitting off the 4 (61) or the 8 (63) costs more.
+    groups = length_buckets(widths, 4)
+    assert {tuple(sorted(widths[r] for r in g)) for g in groups} == {(3, 3, 3, 4), (8, 9, 9, 9)}
 
 
 def test_early_stopping_freezes_converged_facts(tiny):
@@ -180,7 +225,7 @@ def test_clamp_bounds_delta(tiny):
 def test_values_are_computed_at_the_layer_output(tiny):
     """v* − r is the block-L output at the subject's last token of the bare prompt."""
     model, tok, layout = tiny
-    out = values.compute_values(model, tok, layout, 1, FACTS[:1], TEMPLATES, CONFIG)
+    out = values.compute_values(model, tok, layout, 1, FACTS[:1], TEMPLATES, CONFIG, batch_size=1)
     text, _ = fill(FACTS[0]["prompt"], FACTS[0]["subject"])
     from editscale.models.tokens import subject_last_token
     ids, index = subject_last_token(tok, FACTS[0]["prompt"], FACTS[0]["subject"])

@@ -68,8 +68,8 @@ class ValueSettings:
     kl_prompt: str = "{} is a"
     early_stop: str = "loss"  # or "most_probable": MPES (ENCORE), as well as the loss threshold
     most_probable_hold: int = 2  # MPES stops at the hold-th evaluation with every target token top-1 (not reset)
-    batch_size: int = execution(8)
-    chunk: int = execution(8)
+    batch_size: int = execution(32)
+    chunk: int = execution(32)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from editscale.models.tokens import (
     continuation_span,
     fill,
     pad_aligned,
+    length_buckets,
     pad_batch,
     subject_last_token,
 )
@@ -52,11 +53,17 @@ class Values:
 
 
 def compute_values(model, tokenizer, layout, layer: int, facts, templates, config: ValueSettings = ValueSettings(),
-                   *, batch_size: int = 16, fast: bool = True, progress: bool = False) -> Values:
-    """v* and r for `facts` (mappings with prompt, subject, target_new), `batch_size` facts per forward."""
+                   *, batch_size: int, path: str = "fast", progress: bool = False) -> Values:
+    """v* and r for `facts` (mappings with prompt, subject, target_new), `batch_size` facts per forward.
+
+    `path` is how each step runs: "fast" (the default), or for tests and benchmarks the two it
+    must equal: "aligned" (the fast path with all rows in one padded group) and "plain" (a full
+    forward per step)."""
+    if path not in RUNNERS:
+        raise ValueError(f"unknown values path {path!r}; one of {sorted(RUNNERS)}")
     chunks = range(0, len(facts), batch_size)
     parts = [
-        _optimise(model, tokenizer, layout, layer, facts[i : i + batch_size], templates, config, fast)
+        _optimise(model, tokenizer, layout, layer, facts[i : i + batch_size], templates, config, path)
         for i in tqdm(chunks, desc=f"values L{layer}", unit="batch", disable=not progress)
     ]
     return Values.cat(parts)
@@ -155,11 +162,11 @@ def kl_current_initial(current: torch.Tensor, initial: torch.Tensor) -> torch.Te
     return (current.exp() * (current - initial)).sum(-1)
 
 
-def _optimise(model, tokenizer, layout, layer, facts, templates, config: ValueSettings, fast: bool) -> Values:
+def _optimise(model, tokenizer, layout, layer, facts, templates, config: ValueSettings, path: str) -> Values:
     assert templates[0] == "{}", "the first context template must be the bare prompt"
     device = next(model.parameters()).device
     plan = _Plan(tokenizer, facts, templates, config.kl_prompt)
-    runner = (_Fast if fast else _Plain)(model, layout, layer, plan, tokenizer.pad_token_id, device)
+    runner = RUNNERS[path](model, layout, layer, plan, tokenizer.pad_token_id, device)
     h = runner.at_lookup(plan, torch.arange(len(facts)) * plan.per_fact).float()
     h_norm = h.norm(dim=1)
 
@@ -216,30 +223,69 @@ def _adam_step(param, m, v, grad, idx, t, lr, betas=(0.9, 0.999), eps=1e-8):
     param[idx] -= (lr / (1 - b1**t)) * m[idx] / denom
 
 
+# A pass through the upper blocks costs about as much as replaying this many more positions
+# (per-op dispatch on a CPU); `length_buckets` trades padding against passes with it.
+BUCKET_OVERHEAD = 48
+
+
 class _Fast:
     """Blocks up to L and positions before the subject once; each step replays the blocks
     above L from the subject on, and the head at scored positions. Rows are aligned at the
-    subject's last token, so it sits in column 0 of what is replayed."""
+    subject's last token, so it sits in column 0 of what is replayed.
 
-    def __init__(self, model, layout, layer, plan, pad_id, device):
-        inputs, column = pad_aligned(plan.sequences, plan.seq_lookup.tolist(), pad_id, device)
-        self.upper = UpperStack(model, layout.block_list(model), layer, prefix=column, **inputs)
+    Rows are replayed in groups of similar width (`length_buckets`), each with its own
+    UpperStack: padded positions cost as much as real ones, and one padded block would be
+    about 40% padding on CounterFact (the KL prompt is short, continuations vary). Each row's
+    numbers do not depend on which rows share its pass. `overhead=None` keeps one group."""
+
+    def __init__(self, model, layout, layer, plan, pad_id, device, overhead: int | None = BUCKET_OVERHEAD):
         self.norm, self.head = layout.head(model)
+        lookup = plan.seq_lookup.tolist()
+        widths = [len(seq) - pos for seq, pos in zip(plan.sequences, lookup)]
+        groups = [list(range(len(widths)))] if overhead is None else length_buckets(widths, overhead)
+        self.stacks = []  # (rows of the plan in this group, the group's UpperStack)
+        for rows in groups:
+            inputs, column = pad_aligned([plan.sequences[r] for r in rows], [lookup[r] for r in rows], pad_id, device)
+            stack = UpperStack(model, layout.block_list(model), layer, prefix=column, **inputs)
+            self.stacks.append((torch.tensor(rows), stack))
+        self._locate()
+
+    def _locate(self):
+        """For every plan row: its group and its index inside the group."""
+        n = sum(len(rows) for rows, _ in self.stacks)
+        self.group_of, self.index_in = torch.empty(n, dtype=torch.long), torch.empty(n, dtype=torch.long)
+        for g, (rows, _) in enumerate(self.stacks):
+            self.group_of[rows], self.index_in[rows] = g, torch.arange(len(rows))
 
     def at_lookup(self, plan, rows):
-        return self.upper.hidden[rows.to(self.upper.hidden.device), 0]
+        return torch.stack([self.stacks[g][1].hidden[i, 0] for g, i in zip(self.group_of[rows].tolist(),
+                                                                           self.index_in[rows].tolist())])
 
     def logits(self, plan, delta, rows, cols):
-        h = self.upper.hidden
-        seq_rows = torch.arange(len(plan.seq_fact), device=h.device)
-        first = torch.zeros_like(seq_rows)
-        h = h.index_put((seq_rows, first), delta[plan.seq_fact.to(h.device)].to(h.dtype), accumulate=True)
-        h = self.upper.run(h)
-        cols = cols - plan.seq_lookup[rows]
-        return self.head(self.norm(h[rows.to(h.device), cols.to(h.device)]))
+        cols = cols - plan.seq_lookup[rows]  # column in the replayed positions
+        picked, order = [], []
+        for g, (group_rows, stack) in enumerate(self.stacks):
+            h = stack.hidden  # (rows in group, replayed positions, d)
+            first = torch.zeros(len(group_rows), dtype=torch.long, device=h.device)
+            at = (torch.arange(len(group_rows), device=h.device), first)
+            h = stack.run(h.index_put(at, delta[plan.seq_fact[group_rows].to(h.device)].to(h.dtype), accumulate=True))
+            mine = torch.nonzero(self.group_of[rows] == g).squeeze(1)
+            picked.append(h[self.index_in[rows[mine]].to(h.device), cols[mine].to(h.device)])
+            order.append(mine)
+        h = torch.cat(picked)[torch.argsort(torch.cat(order)).to(picked[0].device)]  # (scored, d), in `rows` order
+        return self.head(self.norm(h))
 
     def select(self, seq_rows):
-        self.upper = self.upper.select(seq_rows)
+        """Keep plan rows `seq_rows` (renumbered 0.. in that order); groups left empty are dropped."""
+        renumber = torch.full((len(self.group_of),), -1, dtype=torch.long)
+        renumber[seq_rows.cpu()] = torch.arange(len(seq_rows))
+        stacks = []
+        for rows, stack in self.stacks:
+            keep = torch.nonzero(renumber[rows] >= 0).squeeze(1)
+            if len(keep):
+                stacks.append((renumber[rows[keep]], stack.select(keep.to(stack.hidden.device))))
+        self.stacks = stacks
+        self._locate()
 
 
 class _Plain:
@@ -279,3 +325,10 @@ class _Plain:
 
     def select(self, seq_rows):
         self.inputs = {k: v[seq_rows] for k, v in self.inputs.items()}
+
+
+RUNNERS = {
+    "fast": _Fast,
+    "aligned": lambda *args: _Fast(*args, overhead=None),
+    "plain": _Plain,
+}

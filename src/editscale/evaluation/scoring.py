@@ -83,15 +83,19 @@ def target_nll(model, tokenizer, layout, pairs: Sequence[tuple[str, str]], *, ba
     norm, head = layout.head(model)
     module = layout.edited_module(model, layer) if edits is not None else None
     spans = [continuation_span(tokenizer, prompt, target) for prompt, target in pairs]
+    row_edit = list(row_edit) if row_edit is not None else [-1] * len(spans)
+    inputs_of = shared_rows([s.ids[: s.end - 1] for s in spans], row_edit)
     result = torch.empty(len(spans), dtype=torch.float64)
-    row_edit_t = torch.as_tensor(row_edit if row_edit is not None else [-1] * len(spans))
-    batches = length_batches([s.end - 1 for s in spans], batch_size, max_tokens)
-    for idx in tqdm(batches, desc="scoring", disable=not progress):
-        batch = [spans[i] for i in idx]
-        inputs = pad_batch([s.ids[: s.end - 1] for s in batch], tokenizer.pad_token_id, device)
-        rows = torch.cat([torch.full((s.end - s.start,), r) for r, s in enumerate(batch)])
-        cols = torch.cat([torch.arange(s.start - 1, s.end - 1) for s in batch])
-        targets = torch.cat([torch.tensor(s.target_ids) for s in batch]).to(device)
+    row_edit_t = torch.as_tensor([row_edit[pairs_[0]] for pairs_ in inputs_of.values()])
+    rows_ids = list(inputs_of)  # each forward row once: (token ids, edit)
+    row_pairs = list(inputs_of.values())  # and the pairs it scores
+    for idx in tqdm(length_batches([len(ids) for ids, _ in rows_ids], batch_size, max_tokens), desc="scoring",
+                    disable=not progress):
+        batch_pairs = [(r, i) for r, row in enumerate(idx) for i in row_pairs[row]]  # (row in batch, pair)
+        inputs = pad_batch([list(rows_ids[row][0]) for row in idx], tokenizer.pad_token_id, device)
+        rows = torch.cat([torch.full((spans[i].end - spans[i].start,), r) for r, i in batch_pairs])
+        cols = torch.cat([torch.arange(spans[i].start - 1, spans[i].end - 1) for _, i in batch_pairs])
+        targets = torch.cat([torch.tensor(spans[i].target_ids) for _, i in batch_pairs]).to(device)
         seen = {}
         handle = norm.register_forward_hook(lambda _m, _a, out: seen.__setitem__("h", out))
         try:
@@ -102,7 +106,29 @@ def target_nll(model, tokenizer, layout, pairs: Sequence[tuple[str, str]], *, ba
         with torch.no_grad():
             logits = head(seen["h"][rows.to(device), cols.to(device)]).float()
             tok_nll = -torch.log_softmax(logits, -1).gather(1, targets[:, None]).squeeze(1).double().cpu()
-        counts = torch.tensor([s.end - s.start for s in batch])
-        per_pair = torch.zeros(len(batch), dtype=torch.float64).index_add_(0, rows, tok_nll) / counts
-        result[torch.tensor(idx)] = per_pair
+        counts = torch.tensor([spans[i].end - spans[i].start for _, i in batch_pairs])
+        owner = torch.repeat_interleave(torch.arange(len(batch_pairs)), counts)
+        per_pair = torch.zeros(len(batch_pairs), dtype=torch.float64).index_add_(0, owner, tok_nll) / counts
+        result[torch.tensor([i for _, i in batch_pairs])] = per_pair
     return result
+
+
+def shared_rows(inputs: Sequence[Sequence[int]], row_edit: Sequence[int]) -> dict:
+    """One forward row for every pair whose input is a prefix of another's under the same edit.
+
+    Under causal attention the logits at a row's first t positions do not depend on what follows,
+    so "prompt" (a one-token target) is scored inside "prompt + other target[:-1]". CounterFact's
+    new and true targets share each prompt and are mostly one token, so this about halves the
+    rows. Returns {(row ids, edit): [pairs it scores]}, every pair in exactly one row."""
+    order = sorted(range(len(inputs)), key=lambda i: (row_edit[i], tuple(inputs[i])), reverse=True)
+    rows: dict = {}
+    last = None  # in reverse lexicographic order a prefix comes right after the rows that extend it
+    for i in order:
+        ids, edit = tuple(inputs[i]), row_edit[i]
+        if last is not None and last[1] == edit and last[0][: len(ids)] == ids:
+            key = last
+        else:
+            key = last = (ids, edit)
+            rows[key] = []
+        rows[key].append(i)
+    return rows

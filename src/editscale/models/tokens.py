@@ -93,3 +93,27 @@ def pad_aligned(sequences: list[list[int]], positions: list[int], pad_id: int, d
     position_ids = (mask.cumsum(1) - 1).clamp(min=0)
     inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids}
     return {k: v.to(device) for k, v in inputs.items()}, column
+
+
+def length_buckets(widths: list[int], overhead: int) -> list[list[int]]:
+    """Rows grouped by width so that padding plus a fixed cost per group is least.
+
+    Each group is padded to its widest row and costs `overhead` positions beyond that (the
+    dispatch cost of one more pass through the model, in positions' worth). Exact by dynamic
+    programming over the rows sorted by width: cost[j] = min over i of cost[i] + (j − i)·w_j + overhead,
+    w sorted ascending. Returns lists of row indices, narrowest group first; every row is in
+    exactly one. A huge `overhead` gives one group (every row padded to the widest).
+    """
+    order = sorted(range(len(widths)), key=lambda r: widths[r])
+    w = [widths[r] for r in order]
+    best, cut = [0.0] + [float("inf")] * len(w), [0] * (len(w) + 1)
+    for j in range(1, len(w) + 1):
+        for i in range(j):
+            cost = best[i] + (j - i) * w[j - 1] + overhead
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], len(w)
+    while j > 0:
+        groups.append(order[cut[j] : j])
+        j = cut[j]
+    return groups[::-1]

@@ -13,10 +13,11 @@ outside, and inconclusive otherwise.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+from editscale.settings import Findings
 
 log = logging.getLogger(__name__)
 
@@ -25,18 +26,10 @@ METRICS = ["ES", "PS", "NS"]
 COLUMNS = ["claim", "statistic", "value", "ci_low", "ci_high", "verdict", "paper", "n_cases", "detail"]
 
 
-@dataclass(frozen=True)
-class Options:
-    n_boot: int = 2000
-    seed: int = 0
-    margin: float = 5.0  # Score points: what "≈" tolerates
-    early_fraction: float = 0.25  # a layer in the first quarter of the model is "early"
-
-
 class Paired:
     """Per-case ES, PS, NS of several conditions on the same cases, and one shared resampling."""
 
-    def __init__(self, cases: pd.DataFrame, condition: str, options: Options):
+    def __init__(self, cases: pd.DataFrame, condition: str, options: Findings):
         wide = cases.groupby([condition, "case_id"])[METRICS].mean()  # several algorithms per case: averaged
         self.conditions = sorted(wide.index.get_level_values(0).unique())
         shared = set.intersection(*(set(wide.loc[c].index) for c in self.conditions))
@@ -71,6 +64,15 @@ def _ci(replicates: np.ndarray) -> tuple[float, float]:
     return float(low), float(high)
 
 
+def p_best(replicates: dict) -> dict:
+    """The bootstrap probability that each condition is the best: the share of resamples in which
+    its replicate is the largest (ties shared), from replicates drawn on one shared resampling."""
+    keys = list(replicates)
+    stacked = np.stack([replicates[k] for k in keys], 1)  # (n_boot, conditions)
+    top = stacked == stacked.max(1, keepdims=True)
+    return dict(zip(keys, (top / top.sum(1, keepdims=True)).mean(0).tolist()))
+
+
 def _direction(low: float, high: float, expected_sign: int) -> str:
     if low > 0 or high < 0:
         return REPRODUCED if (low > 0) == (expected_sign > 0) else CONTRADICTED
@@ -90,16 +92,28 @@ def _row(claim, statistic, value, ci, verdict, paper, n, detail=""):
                 paper=paper, n_cases=int(n), detail=detail)
 
 
-def best_layer(sweep: pd.DataFrame, n_layers: int, options: Options) -> list[dict]:
+def layer_scores(sweep: pd.DataFrame, options: Findings) -> pd.DataFrame:
+    """Each swept layer's Score (mean over the sweep's algorithms per case) with its 95% CI, and the
+    bootstrap probability that it is the best layer, all on one paired resampling of the cases."""
+    layers = Paired(sweep, "layer", options)
+    scores = {layer: layers.mean(layer, "Score") for layer in layers.conditions}
+    best = p_best({layer: replicates for layer, (_, replicates) in scores.items()})
+    return pd.DataFrame([{"layer": int(layer), "Score": float(mean), "ci_low": _ci(reps)[0], "ci_high": _ci(reps)[1],
+                          "p_best": best[layer], "n_cases": layers.n} for layer, (mean, reps) in scores.items()])
+
+
+def best_layer(sweep: pd.DataFrame, n_layers: int, options: Findings) -> list[dict]:
     """(a) An early layer edits best (Llama-3: layer 1), and ROME ≈ MEMIT at every layer."""
     rows = []
     layers = Paired(sweep, "layer", options)
     scores = {layer: layers.mean(layer, "Score") for layer in layers.conditions}
+    chance = p_best({layer: replicates for layer, (_, replicates) in scores.items()})
     best = max(scores, key=lambda layer: scores[layer][0])
     early = [layer for layer in layers.conditions if layer < options.early_fraction * n_layers]
     late = [layer for layer in layers.conditions if layer not in early]
     per_layer = "; ".join(f"layer {layer}: {scores[layer][0]:.1f} [{_ci(scores[layer][1])[0]:.1f}, "
-                          f"{_ci(scores[layer][1])[1]:.1f}]" for layer in layers.conditions)
+                          f"{_ci(scores[layer][1])[1]:.1f}], P(best) {chance[layer]:.2f}" for layer in layers.conditions)
+    p_early = sum(chance[layer] for layer in early)
     if early and late:
         # The best early layer against the best late one, paired over the same cases.
         top_early = max(early, key=lambda layer: scores[layer][0])
@@ -112,7 +126,9 @@ def best_layer(sweep: pd.DataFrame, n_layers: int, options: Options) -> list[dic
         diff, ci, verdict = scores[best][0], _ci(scores[best][1]), INCONCLUSIVE
         statistic = f"Score of the best layer {best} (no {'later' if early else 'early'} layer swept to compare)"
     rows.append(_row("a. the best layer is an early one", statistic, diff, ci, verdict,
-                     "layer 1 of Llama-3-8B's 32", layers.n, f"best layer {best} of {n_layers}; {per_layer}"))
+                     "layer 1 of Llama-3-8B's 32", layers.n,
+                     f"best layer {best} of {n_layers} (P(best) {chance[best]:.2f}); P(the best is early, layer < "
+                     f"{options.early_fraction * n_layers:g}) {p_early:.2f}; {per_layer}"))
     if {"rome", "memit"} <= set(sweep.algorithm):
         gaps = []
         for layer in layers.conditions:
@@ -127,7 +143,7 @@ def best_layer(sweep: pd.DataFrame, n_layers: int, options: Options) -> list[dic
     return rows
 
 
-def batch_size_effect(batch: pd.DataFrame, options: Options) -> list[dict]:
+def batch_size_effect(batch: pd.DataFrame, options: Findings) -> list[dict]:
     """(b) NS falls as the batch size grows: slope per doubling and largest minus smallest B."""
     rows = []
     for algorithm in sorted(batch.algorithm.unique()):
@@ -150,9 +166,12 @@ def batch_size_effect(batch: pd.DataFrame, options: Options) -> list[dict]:
     return rows
 
 
-def sequential_vs_batch(retained: pd.DataFrame, options: Options) -> list[dict]:
-    """(c) At equal total edits, sequential batches keep NS better than one batch of all of them,
-    and the best sequential batch size (the paper: 1024 of 4096) is an intermediate one."""
+def sequential_vs_batch(retained: pd.DataFrame, options: Findings) -> list[dict]:
+    """(c) At equal total edits N, sequential batches keep NS better than one batch of all of them,
+    and the best sequential batch size (the paper: 1024 of 4096) is an intermediate one.
+
+    One row per sequential B: NS(B × N/B) − NS(one batch of N), paired over the N cases, when the
+    grid holds the one batch (B = N); then the best B by Score, with P(best) for every B."""
     rows = []
     for algorithm in sorted(retained.algorithm.unique()):
         runs = retained[retained.algorithm == algorithm]
@@ -164,12 +183,16 @@ def sequential_vs_batch(retained: pd.DataFrame, options: Options) -> list[dict]:
             continue
         smallest, largest = sizes.conditions[0], sizes.conditions[-1]
         if largest == n:  # one batch of every edit is part of the sequential grid
-            ns_small, ns_one = sizes.mean(smallest, "NS"), sizes.mean(largest, "NS")
-            ci = _ci(ns_small[1] - ns_one[1])
-            rows.append(_row(f"c. sequential keeps NS better than one batch ({algorithm})",
-                             f"NS(B = {smallest} × {n // smallest}) − NS(one batch of {n})", ns_small[0] - ns_one[0],
-                             ci, _direction(*ci, +1), "smaller sequential batches keep NS better", sizes.n))
+            ns_one = sizes.mean(largest, "NS")
+            for size in sizes.conditions[:-1]:
+                ns_seq = sizes.mean(size, "NS")
+                ci = _ci(ns_seq[1] - ns_one[1])
+                rows.append(_row(f"c. sequential keeps NS better than one batch ({algorithm})",
+                                 f"NS(B = {size} × {n // size}) − NS(one batch of {n})", ns_seq[0] - ns_one[0],
+                                 ci, _direction(*ci, +1), "smaller sequential batches keep NS better", sizes.n,
+                                 f"{n} edits; NS {ns_seq[0]:.1f} against {ns_one[0]:.1f}"))
         scores = {b: sizes.mean(b, "Score") for b in sizes.conditions}
+        chance = p_best({b: replicates for b, (_, replicates) in scores.items()})
         best = max(scores, key=lambda b: scores[b][0])
         others = [b for b in (smallest, largest) if b != best]
         margins = {b: _ci(scores[best][1] - scores[b][1]) for b in others}
@@ -183,11 +206,13 @@ def sequential_vs_batch(retained: pd.DataFrame, options: Options) -> list[dict]:
         rows.append(_row(f"c. the best sequential batch size is intermediate ({algorithm})",
                          f"Score(best B = {best}) − Score(B = {worst_margin})" if margins else f"Score(B = {best})",
                          value, margins.get(worst_margin, _ci(scores[best][1])), verdict, "B = 1024 of 4096 edits",
-                         sizes.n, f"{n} edits; " + "; ".join(f"B = {b}: Score {s[0]:.1f}" for b, s in scores.items())))
+                         sizes.n, f"{n} edits; best B = {best}; " + "; ".join(
+                             f"B = {b}: Score {s[0]:.1f} [{_ci(s[1])[0]:.1f}, {_ci(s[1])[1]:.1f}], P(best) {chance[b]:.2f}"
+                             for b, s in scores.items())))
     return rows
 
 
-def memit_vs_emmet(batch: pd.DataFrame, options: Options) -> list[dict]:
+def memit_vs_emmet(batch: pd.DataFrame, options: Findings) -> list[dict]:
     """(d) MEMIT ≈ EMMET: the largest paired Score difference over the batch sizes."""
     if not {"memit", "emmet"} <= set(batch.algorithm):
         return []
@@ -203,7 +228,7 @@ def memit_vs_emmet(batch: pd.DataFrame, options: Options) -> list[dict]:
                  f"margin ±{options.margin:g} Score points")]
 
 
-def retention(retained: pd.DataFrame, options: Options) -> list[dict]:
+def retention(retained: pd.DataFrame, options: Findings) -> list[dict]:
     """Beyond the paper: which algorithm retains its edits best at the largest sequential n (ES of
     every edit so far, smallest B), paired against the runner-up."""
     final = retained[retained.n_edits == retained.n_edits.max()]
@@ -222,7 +247,7 @@ def retention(retained: pd.DataFrame, options: Options) -> list[dict]:
 
 
 def findings(sweep: pd.DataFrame, batch: pd.DataFrame, retained: pd.DataFrame, n_layers: int,
-             options: Options = Options()) -> pd.DataFrame:
+             options: Findings) -> pd.DataFrame:
     rows = [*(best_layer(sweep, n_layers, options) if len(sweep) else []),
             *(batch_size_effect(batch, options) if len(batch) else []),
             *(sequential_vs_batch(retained, options) if len(retained) else []),
@@ -231,10 +256,22 @@ def findings(sweep: pd.DataFrame, batch: pd.DataFrame, retained: pd.DataFrame, n
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def markdown(table: pd.DataFrame) -> str:
+def verdict_at_n(verdict: str, n: int) -> str:
+    """A verdict with the number of cases it was measured on: "reproduced at n = 512"."""
+    return verdict.replace("at this n", f"at n = {n}") if verdict == INCONCLUSIVE else f"{verdict} at n = {n}"
+
+
+def markdown(table: pd.DataFrame, layers: pd.DataFrame | None = None) -> str:
     lines = ["| claim | statistic | value [95% CI] | verdict | paper | cases |", "|---|---|---|---|---|---|"]
     for row in table.itertuples(index=False):
         lines.append(f"| {row.claim} | {row.statistic} | {row.value:.2f} [{row.ci_low:.2f}, {row.ci_high:.2f}] | "
-                     f"**{row.verdict}** | {row.paper} | {row.n_cases} |")
+                     f"**{verdict_at_n(row.verdict, row.n_cases)}** | {row.paper} | {row.n_cases} |")
     details = [f"- {row.claim}: {row.detail}" for row in table.itertuples(index=False) if row.detail]
-    return "\n".join(lines + ([""] + details if details else [])) + "\n"
+    lines += [""] + details if details else []
+    if layers is not None and len(layers):
+        lines += ["", "Each swept layer's Score (mean over the sweep's algorithms), its 95% CI and the bootstrap "
+                  "probability that it is the best layer:", "", "| layer | Score [95% CI] | P(best) | cases |",
+                  "|---|---|---|---|"]
+        lines += [f"| {r.layer} | {r.Score:.1f} [{r.ci_low:.1f}, {r.ci_high:.1f}] | {r.p_best:.2f} | {r.n_cases} |"
+                  for r in layers.itertuples(index=False)]
+    return "\n".join(lines) + "\n"

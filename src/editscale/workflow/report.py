@@ -10,6 +10,7 @@ import yaml
 
 from editscale import artifacts
 from editscale.evaluation import metrics
+from editscale.settings import Findings
 from editscale.workflow import findings
 
 log = logging.getLogger(__name__)
@@ -61,12 +62,13 @@ def write_findings(case_paths: dict, manifest_path, options: dict, out_parquet) 
               for kind, paths in case_paths.items()}
     with open(manifest_path) as f:
         n_layers = int(yaml.safe_load(f)["n_layers"])
-    table = findings.findings(tables["sweep"], tables["batch"], tables["retained"], n_layers,
-                              findings.Options(**options))
+    settings = Findings(**options)
+    table = findings.findings(tables["sweep"], tables["batch"], tables["retained"], n_layers, settings)
     for row in table.itertuples(index=False):
         log.info("%s: %s = %.2f [%.2f, %.2f] -> %s", row.claim, row.statistic, row.value, row.ci_low, row.ci_high,
                  row.verdict)
-    write_table(table, out_parquet, findings.markdown(table))
+    layers = findings.layer_scores(tables["sweep"], settings) if len(tables["sweep"]) else None
+    write_table(table, out_parquet, findings.markdown(table, layers))
 
 
 def write_table(table: pd.DataFrame, out_parquet, text: str | None = None) -> None:
