@@ -104,7 +104,7 @@ def main() -> None:
             last = time.perf_counter() - t
             cases.append(f"{stem}.cases.parquet")
     if cases:
-        report.summarise("batch", cases, out / "batch-summary.parquet")
+        report.summarise("batch", cases, out / "batch-summary.parquet", n_boot=s.findings.n_boot, seed=s.findings.seed)
         table = pd.concat([pd.read_parquet(p) for p in cases], ignore_index=True)
         rows = findings.batch_size_effect(table, s.findings) + findings.memit_vs_emmet(table, s.findings)
         text = findings.markdown(pd.DataFrame(rows, columns=findings.COLUMNS))

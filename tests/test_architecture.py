@@ -11,7 +11,7 @@ ALLOWED = {
     "models": {"artifacts", "paths"},
     "data": {"artifacts", "paths"},
     "editing": {"algorithms", "models", "settings", "artifacts"},
-    "evaluation": {"models", "data", "paths"},
+    "evaluation": {"models", "data", "paths", "settings"},
     "workflow": {"algorithms", "models", "data", "editing", "evaluation", "settings", "artifacts", "paths"},
 }
 

@@ -99,3 +99,22 @@ def test_the_config_readme_is_generated_from_the_schema_and_defaults():
     from editscale.workflow import configdoc
 
     assert (REPO / "config" / "README.md").read_text() == configdoc.render()
+
+
+def test_library_defaults_are_the_settings_defaults():
+    """Functions that a user may call without the workflow default to settings.py's values, never
+    to numbers of their own that could disagree (issue 18's table)."""
+    import inspect
+
+    from editscale.editing import EditConfig
+    from editscale.evaluation import fluency, metrics
+
+    def default(fn, name):
+        return inspect.signature(fn).parameters[name].default
+
+    assert default(metrics.score, "batch_size") == settings.Evaluation().batch_size
+    assert default(metrics.score, "max_tokens") == settings.Evaluation().max_tokens
+    assert default(fluency.drift_perplexity, "max_tokens") == settings.Evaluation().drift_tokens
+    assert default(fluency.generation_entropy, "max_new_tokens") == settings.Evaluation().fluency_tokens
+    assert default(metrics.aggregate, "n_boot") == settings.Findings().n_boot
+    assert EditConfig("memit", 1).value_batch_size == settings.ValueSettings().batch_size

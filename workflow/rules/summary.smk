@@ -27,6 +27,9 @@ rule summary:
         ENV
     resources:
         **LIGHT,
+    params:
+        n_boot=SETTINGS.findings.n_boot,
+        seed=SETTINGS.findings.seed,
     script:
         "../scripts/summarise.py"
 

@@ -28,7 +28,7 @@ class EditConfig:
     edit: EditSettings = field(default_factory=EditSettings)
     values: ValueSettings = field(default_factory=ValueSettings)
     key_batch_size: int = 16  # execution only
-    value_batch_size: int = 16  # execution only
+    value_batch_size: int = ValueSettings.batch_size  # execution only; the one default is settings.py's
 
     def __post_init__(self):
         algorithms.get(self.algorithm)

@@ -11,6 +11,7 @@ import torch
 
 from editscale.models.hooks import cache_argument
 from editscale.models.tokens import pad_batch
+from editscale.settings import Evaluation
 
 _WORD = re.compile(r"\w+|[^\w\s]")
 
@@ -92,7 +93,8 @@ def perplexity(model, tokenizer, texts: Iterable[str], *, max_length: int = 256,
     return math.exp(nll_sum / count)
 
 
-def generation_entropy(model, tokenizer, records, *, n_cases: int | None = None, max_new_tokens: int = 50,
+def generation_entropy(model, tokenizer, records, *, n_cases: int | None = None,
+                       max_new_tokens: int = Evaluation.fluency_tokens,
                        top_k: int | None = None, seed: int = 0, batch_size: int = 16):
     """Per-case generation entropy over each full-format record's `generation_prompts`.
 
@@ -113,7 +115,8 @@ def generation_entropy(model, tokenizer, records, *, n_cases: int | None = None,
     return frame.groupby("case_id", as_index=False)["entropy"].mean()
 
 
-def drift_perplexity(model, tokenizer, source=None, *, max_tokens: int = 20_000, max_length: int = 256) -> float:
+def drift_perplexity(model, tokenizer, source=None, *, max_tokens: int = Evaluation.drift_tokens,
+                     max_length: int = 256) -> float:
     """Perplexity on held-out text: by default WikiText-2 test, which the statistics never read."""
     from editscale import paths
     from editscale.data import corpus

@@ -11,6 +11,7 @@ import pandas as pd
 
 from editscale.evaluation.scoring import LowRankEdits, target_nll
 from editscale.models.tokens import fill
+from editscale.settings import Evaluation, Findings
 
 KINDS = ("rewrite", "paraphrase", "neighborhood")
 NLL_COLUMNS = ["case_id", "prompt_kind", "prompt_index", "prompt", "target", "nll"]
@@ -34,7 +35,8 @@ def prompt_table(records: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["case_id", "prompt_kind", "prompt_index", "prompt", "target", "continuation"])
 
 
-def score(model, tokenizer, records: pd.DataFrame, *, layout=None, batch_size: int = 64, max_tokens: int = 2048,
+def score(model, tokenizer, records: pd.DataFrame, *, layout=None, batch_size: int = Evaluation.batch_size,
+          max_tokens: int = Evaluation.max_tokens,
           edits: LowRankEdits | None = None, case_edit: dict | None = None, layer: int | None = None,
           progress: bool = False) -> pd.DataFrame:
     """The long NLL table for `records`.
@@ -86,7 +88,7 @@ def harmonic_mean(values) -> float:
 
 
 def aggregate(per_case_table: pd.DataFrame, *, by: list[str] | None = None, fmt: str | None = None,
-              n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+              n_boot: int = Findings.n_boot, seed: int = Findings.seed) -> pd.DataFrame:
     """Mean, std and a seeded bootstrap 95% CI over cases, per metric, plus Score (harmonic mean of ES, PS, NS).
 
     One row per (group, metric). Every row carries the record format and prompts per kind.

@@ -24,7 +24,7 @@ GROUPS = {
 }
 
 
-def summarise(kind: str, case_paths: list, out_parquet, baseline_path=None, seed: int = 0) -> None:
+def summarise(kind: str, case_paths: list, out_parquet, baseline_path=None, *, n_boot: int, seed: int) -> None:
     """Aggregate per-case tables of one experiment; also write CSV and Markdown copies beside.
 
     For sequential runs (`retained`), the unedited model on each run's records is the run's first
@@ -35,7 +35,7 @@ def summarise(kind: str, case_paths: list, out_parquet, baseline_path=None, seed
     cases = pd.concat([pd.read_parquet(p) for p in case_paths], ignore_index=True)
     if kind == "retained" and baseline_path is not None:
         cases = pd.concat([_unedited_start(cases, pd.read_parquet(baseline_path)), cases], ignore_index=True)
-    table = metrics.aggregate(cases, by=GROUPS[kind], seed=seed)
+    table = metrics.aggregate(cases, by=GROUPS[kind], n_boot=n_boot, seed=seed)
     write_table(table, out_parquet)
 
 
