@@ -13,6 +13,9 @@ ALLOWED = {
     "editing": {"algorithms", "models", "settings", "artifacts"},
     "evaluation": {"models", "data", "paths", "settings"},
     "workflow": {"algorithms", "models", "data", "editing", "evaluation", "settings", "artifacts", "paths"},
+    # The library's front door and its command line: everything below, never the other way.
+    "editor": {"algorithms", "models", "data", "editing", "evaluation", "settings", "artifacts", "paths", "workflow"},
+    "__main__": {"editor", "models", "settings"},
 }
 
 

@@ -1,3 +1,17 @@
-"""editscale: model-editing studies (ROME, MEMIT, EMMET, AlphaEdit) as a reproducible workflow."""
+"""editscale: model-editing studies (ROME, MEMIT, EMMET, AlphaEdit, ENCORE) as a reproducible
+workflow, and a library that edits a model in one call (`Editor`, `Edit`, `export`)."""
 
 __version__ = "0.1.0"
+__all__ = ["Edit", "Editor", "export", "models"]
+
+
+def __getattr__(name):  # lazy: `import editscale` stays cheap, torch loads on first use
+    if name in ("Edit", "Editor", "export"):
+        from editscale import editor
+
+        return getattr(editor, name)
+    if name == "models":
+        import editscale.models
+
+        return editscale.models
+    raise AttributeError(f"module 'editscale' has no attribute {name!r}")

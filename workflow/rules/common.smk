@@ -7,7 +7,7 @@ from editscale.algorithms import ALGORITHMS
 from editscale.workflow.experiments import read_layer
 from editscale.workflow.figures import FIGURES
 from editscale.models import inspect_local, slug
-from editscale.workflow.stages import selection_name
+from editscale.workflow.stages import selection_name, stats_id
 
 SETTINGS = S.parse(config)
 S.check(
@@ -25,12 +25,7 @@ RUN_DIR = f"{MODEL_DIR}/{SELECTION}"
 MODEL_MANIFEST = f"{MODEL_DIR}/model.yaml"  # an input wherever the model is loaded, so one job prepares it
 RECORDS = f"{RESULTS}/records/{SELECTION}.parquet"
 TEMPLATES = f"{MODEL_DIR}/templates-seed{SETTINGS.templates.seed}.yaml"
-STATS_ID = "{}-{}tok-len{}{}".format(  # every setting that changes C
-    "auto" if SETTINGS.stats.corpus == "auto" else slug(str(SETTINGS.stats.corpus)),
-    SETTINGS.stats.max_tokens,
-    SETTINGS.stats.max_length,
-    "-nofirst" if SETTINGS.stats.skip_first_token else "",
-)
+STATS_ID = stats_id(SETTINGS.stats)  # every setting that changes C
 STATS = f"{MODEL_DIR}/stats/{STATS_ID}/layer{{layer}}.safetensors"
 # One statistics pass fills every layer a run can edit: the sweep's, and a fixed `layer` if given.
 STATS_LAYERS = sorted(

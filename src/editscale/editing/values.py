@@ -31,8 +31,8 @@ from editscale.models.hooks import UpperStack, block_output
 from editscale.models.tokens import (
     continuation_span,
     fill,
-    pad_aligned,
     length_buckets,
+    pad_aligned,
     pad_batch,
     subject_last_token,
 )

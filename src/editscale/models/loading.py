@@ -52,6 +52,7 @@ def load(
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code,
                                                  revision=revision)
     model.to(device).eval().requires_grad_(False)
+    model.editscale_spec = str(spec)  # what an Edit records as its model (editscale.editor.model_name)
     tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code, revision=revision)
     return model, tokenizer, layout_for(model, layout)
 

@@ -119,6 +119,17 @@ def make_templates(model: dict, templates: dict, run: settings.Execution, out_pa
                    recipe=TEMPLATE_RECIPE)
 
 
+def stats_id(stats: settings.Stats) -> str:
+    """The part of C's path that names every setting C depends on (the workflow's and `Editor`'s)."""
+    corpus = "auto" if stats.corpus == "auto" else models.slug(str(stats.corpus))
+    return f"{corpus}-{stats.max_tokens}tok-len{stats.max_length}{'-nofirst' if stats.skip_first_token else ''}"
+
+
+def stats_path(results, spec: str, stats: settings.Stats, layer: int) -> Path:
+    """Where the workflow keeps C of `layer` for model `spec`: the Editor reads and writes the same file."""
+    return Path(results) / models.slug(spec) / "stats" / stats_id(stats) / f"layer{layer}.safetensors"
+
+
 def corpus_source(source):
     """`auto`: the offline Wikipedia articles when present, else Wikipedia through `datasets`."""
     if source != "auto":

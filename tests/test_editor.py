@@ -1,0 +1,178 @@
+"""The library's front door (editscale.Editor, Edit, export) and its command line, on a tiny model."""
+
+import copy
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import covariance_standin
+
+import editscale
+from editscale import editing, models
+from editscale.editing import keys, values
+from editscale.settings import EditSettings, ValueSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+FACTS = [
+    {"prompt": "{} is a citizen of", "subject": "Danielle Darrieux", "target_new": "Japan"},
+    {"prompt": "{} is located in", "subject": "Angola", "target_new": "Antarctica"},
+]
+EDIT = EditSettings(mom2_update_weight=1e-3)
+QUICK = ValueSettings(steps=4)
+
+
+@pytest.fixture()
+def tiny(tiny_llama_dir):
+    return models.load(str(tiny_llama_dir))
+
+
+def make_editor(model, tok, layout, algorithm="memit"):
+    C = covariance_standin(model, tok, layout, 1)
+    return editscale.Editor(model, tok, layout, algorithm=algorithm, layers=[1], stats=C, edit=EDIT,
+                            value_settings=QUICK, progress=False)
+
+
+def test_the_readme_snippet_runs(tiny_llama_dir, tmp_path, monkeypatch):
+    """The README's library section, exactly, on the tiny model (its name and layer swapped in)."""
+    from editscale import paths
+
+    if paths.shared_data() is None:
+        pytest.skip("C comes from the offline corpus")
+    text = (ROOT / "README.md").read_text()
+    snippet = re.search(r"test_the_readme_snippet_runs -->\n```python\n(.*?)```", text, re.S).group(1)
+    assert len(snippet.splitlines()) <= 16
+    snippet = snippet.replace('"smollm2-135m"', repr(str(tiny_llama_dir))).replace("layers=[3]", "layers=[1]")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(snippet, "README.md", "exec"), {})
+    assert (tmp_path / "darrieux.safetensors").exists() and (tmp_path / "edited" / "editscale.json").exists()
+    # C went into the workflow's own cache path, with the workflow's provenance.
+    (stats,) = (tmp_path / "results").rglob("layer1.safetensors")
+    from editscale.settings import Stats
+    from editscale.workflow.stages import stats_id
+
+    assert stats.parent.name == stats_id(Stats()) and stats.parent.parent.name == "stats"
+
+
+def test_an_edit_equals_the_workflows_edit_and_applies_reverts_saves_and_reloads(tiny, tmp_path):
+    model, tok, layout = tiny
+    w0 = layout.weight(model, 1).clone()
+    editor = make_editor(model, tok, layout)
+    edit = editor.edit(FACTS)
+    assert torch.equal(layout.weight(model, 1), w0)  # nothing applied yet
+    # The same batch through the workflow's plumbing.
+    facts = [dict(f, case_id=i) for i, f in enumerate(FACTS)]
+    cfg = editing.EditConfig("memit", 1, edit=EDIT, values=QUICK)
+    plain = editing.edit_batch(model, tok, layout, cfg, facts, editor.templates,
+                               editing.prepare(cfg, covariance_standin(model, tok, layout, 1)))
+    torch.testing.assert_close(edit.delta(1), plain.delta.float(), rtol=1e-5, atol=1e-7)
+    with edit.applied(model):
+        torch.testing.assert_close(layout.weight(model, 1), w0 + edit.delta(1))
+    torch.testing.assert_close(layout.weight(model, 1), w0, rtol=0, atol=1e-6)
+    edit.save(tmp_path / "e.safetensors")
+    again = editscale.Edit.load(tmp_path / "e.safetensors")
+    assert torch.equal(again.delta(1), edit.delta(1)) and again.provenance == edit.provenance
+    assert again.provenance["algorithm"] == "memit" and len(again.provenance["C_sha256"]) == 64
+    assert [f["subject"] for f in again.provenance["facts"]] == ["Danielle Darrieux", "Angola"]
+
+
+def test_an_edit_refuses_a_model_of_another_name_or_shape(tiny, tiny_gpt2_dir):
+    model, tok, layout = tiny
+    edit = make_editor(model, tok, layout).edit(FACTS[:1])
+    other, _, _ = models.load(str(tiny_gpt2_dir))
+    with pytest.raises(ValueError, match="made for model"):
+        edit.apply(other)
+    other.editscale_spec = model.editscale_spec
+    with pytest.raises(ValueError, match="layer 1 is"):
+        edit.apply(other)
+
+
+def test_independent_edits_never_leak_and_sequential_edits_build_on_each_other(tiny):
+    model, tok, layout = tiny
+    w0 = layout.weight(model, 1).clone()
+    editor = make_editor(model, tok, layout, "alphaedit")
+    first, second = editor.edit(FACTS[:1]), editor.edit(FACTS[1:])
+    alone = make_editor(model, tok, layout, "alphaedit").edit(FACTS[1:])
+    torch.testing.assert_close(second.delta(1), alone.delta(1))  # the first left nothing behind
+    with first.applied(model), pytest.raises(ValueError, match="sequential=True"):
+        editor.edit(FACTS[1:])
+    # Sequential: each solved on the model as the one before left it, applied at once, keys kept.
+    key0 = keys.compute_keys(model, tok, layout, 1, FACTS[:1], editor.templates)  # (1, d_in) on W0
+    s1 = editor.edit(FACTS[:1], sequential=True)
+    torch.testing.assert_close(layout.weight(model, 1), w0 + s1.delta(1))
+    assert editor.memory.size == 1
+    torch.testing.assert_close(editor.memory.K[:, 0].float(), key0[0], rtol=1e-5, atol=1e-6)
+    memory = copy.deepcopy(editor.memory)
+    plain = editing.edit_batch(model, tok, layout, editor.config, [dict(FACTS[1], case_id=0)], editor.templates,
+                               editor.solver, memory=memory)  # by hand, on the model as s1 left it
+    s2 = editor.edit(FACTS[1:], sequential=True)
+    torch.testing.assert_close(s2.delta(1), plain.delta.float(), rtol=1e-5, atol=1e-9)
+    assert editor.memory.size == 2
+    torch.testing.assert_close(layout.weight(model, 1), w0 + s1.delta(1) + s2.delta(1), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("fact,message", [
+    ({"prompt": "{} is in", "subject": "", "target_new": "Rome"}, "fact 0 .* has no subject"),
+    ({"prompt": "{} is in", "subject": "Angola", "target_new": " "}, "has no target_new"),
+    ({"prompt": "It is in", "subject": "Angola", "target_new": "Rome"}, "neither '{}' nor the subject"),
+    ({"prompt": "{} is in", "subject": "Angola", "target_new": "Rome\nParis"}, "spans lines"),
+    ("Angola is in Rome", "give a dict"),
+])
+def test_bad_facts_raise_before_any_optimisation_naming_the_fact(tiny, fact, message, monkeypatch):
+    model, tok, layout = tiny
+    editor = make_editor(model, tok, layout)
+    monkeypatch.setattr(values, "compute_values", lambda *a, **k: pytest.fail("optimised a bad fact"))
+    with pytest.raises(ValueError, match=message):
+        editor.edit([fact])
+
+
+def test_the_subject_in_the_prompt_stands_for_its_placeholder(tiny):
+    model, tok, layout = tiny
+    editor = make_editor(model, tok, layout)
+    filled = editor.edit([{"prompt": "Angola is located in", "subject": "Angola", "target_new": "Antarctica"}])
+    templated = editor.edit(FACTS[1:])
+    torch.testing.assert_close(filled.delta(1), templated.delta(1))
+
+
+def test_an_exported_folder_loads_in_plain_transformers_with_the_edited_logits(tiny, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model, tok, layout = tiny
+    edit = make_editor(model, tok, layout).edit(FACTS)
+    edit.apply(model)
+    folder = editscale.export(model, tok, tmp_path / "edited")
+    loaded = AutoModelForCausalLM.from_pretrained(folder)
+    ids = tok("Danielle Darrieux is a citizen of", return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**ids).logits, model(**ids).logits, rtol=1e-5, atol=1e-5)
+        edit.revert(model)
+        assert not torch.allclose(loaded(**ids).logits, model(**ids).logits, atol=1e-5)  # the edit is in it
+    listed = json.loads((folder / "editscale.json").read_text())
+    assert listed["base_model"] == model.editscale_spec and listed["edits"][0]["facts"][0]["target_new"] == "Japan"
+
+
+def test_the_command_line_edits_exports_and_asks(tiny_llama_dir, tmp_path):
+    from editscale import paths
+
+    if paths.shared_data() is None:
+        pytest.skip("C comes from the offline corpus")
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text("\n".join(json.dumps(f) for f in FACTS) + "\n")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "editscale", *a], capture_output=True,  # noqa: E731
+                                    text=True, cwd=tmp_path, timeout=600)
+    done = run("edit", "--model", str(tiny_llama_dir), "--facts", str(facts), "--layers", "1", "--out", "edited",
+               "--export")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "edited" / "edit.safetensors").exists() and (tmp_path / "edited" / "config.json").exists()
+    asked = run("ask", "edited", "Danielle Darrieux is a citizen of", "--tokens", "3")
+    assert asked.returncode == 0 and asked.stdout.startswith("Danielle Darrieux is a citizen of"), asked.stderr
+    with_edit = run("ask", str(tiny_llama_dir), "Danielle Darrieux is a citizen of", "--tokens", "3",
+                    "--edit", "edited/edit.safetensors")
+    assert with_edit.stdout == asked.stdout, with_edit.stderr  # the exported model is the edited one
+    assert "one fact a line" in run("edit", "--help").stdout
+    facts.write_text("not json\n")
+    bad = run("edit", "--model", str(tiny_llama_dir), "--facts", str(facts), "--out", "x")
+    assert bad.returncode != 0 and "line 1: not JSON" in bad.stderr
