@@ -1,5 +1,6 @@
 """Configuration: one set of defaults, canonical params, and every cross-key check before any job."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,32 @@ def test_library_defaults_are_the_settings_defaults():
     assert default(fluency.generation_entropy, "max_new_tokens") == settings.Evaluation().fluency_tokens
     assert default(metrics.aggregate, "n_boot") == settings.Findings().n_boot
     assert EditConfig("memit", 1).value_batch_size == settings.ValueSettings().batch_size
+
+
+@pytest.mark.parametrize("config,key", [
+    ({"model": {"device": "tpu"}}, "model.device = 'tpu'"),
+    ({"stats": {"corpus": "/nonexistent.txt"}}, "stats.corpus = '/nonexistent.txt' does not exist"),
+    ({"data": {"counterfact": "/nonexistent/records"}}, "data.counterfact names '/nonexistent/records'"),
+])
+def test_sources_and_devices_that_do_not_exist_stop_before_any_job(config, key):
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        settings.check(settings.parse(config))
+    settings.check(settings.parse({}))  # the defaults pass
+
+
+def test_a_damaged_artifact_names_its_path_and_how_to_rebuild_it(tmp_path):
+    import torch
+
+    from editscale import artifacts
+    from editscale.editing.covariance import load_stats
+
+    path = tmp_path / "layer3.safetensors"
+    artifacts.write_safetensors({"C": torch.eye(3)}, path, metadata={"layer": 3})
+    path.write_bytes(path.read_bytes()[:20])  # cut short on disk
+    for read in (artifacts.read_tensors, load_stats, artifacts.read_metadata):
+        with pytest.raises(artifacts.UnreadableArtifact, match=f"{re.escape(str(path))} cannot be read.*--forcerun"):
+            read(path)
+    table = tmp_path / "cases.parquet"
+    table.write_bytes(b"PAR1 not really")
+    with pytest.raises(artifacts.UnreadableArtifact, match="cases.parquet cannot be read"):
+        artifacts.read_parquet(table)

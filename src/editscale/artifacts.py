@@ -44,18 +44,43 @@ def write_text(text: str, path: str | os.PathLike) -> None:
         tmp.write_text(text)
 
 
+class UnreadableArtifact(ValueError):
+    """A file the workflow wrote that cannot be read back: damaged, cut short, or not that kind of file."""
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a reader's failure into an error that names the file and how to rebuild it."""
+    try:
+        yield
+    except (FileNotFoundError, UnreadableArtifact):
+        raise
+    except Exception as err:  # safetensors, pyarrow and json raise their own types, none of them helpful alone
+        raise UnreadableArtifact(
+            f"{path} cannot be read ({type(err).__name__}: {err}); it is damaged or cut short. Rebuild it and what "
+            f"depends on it: snakemake --cores all --forcerun {path} (or delete it and run snakemake again)") from err
+
+
 def read_tensors(path: str | os.PathLike, device="cpu") -> dict:
     from safetensors.torch import load_file
 
-    return load_file(str(path), device=str(device))
+    with reading(path):
+        return load_file(str(path), device=str(device))
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
     """A safetensors file's metadata (all values are strings)."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
+    with reading(path), safe_open(str(path), framework="pt") as f:
         return dict(f.metadata() or {})
+
+
+def read_parquet(path: str | os.PathLike):
+    import pandas as pd
+
+    with reading(path):
+        return pd.read_parquet(path)
 
 
 def sha256(path: str | os.PathLike) -> str:

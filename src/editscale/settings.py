@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 
@@ -271,6 +272,22 @@ def check(s: Settings, *, n_layers: int | None = None, model_exists: bool | None
         if beyond:
             problems.append(f"layers {beyond} (sweep.layers / layer) are beyond the model's {n_layers} layers "
                             f"(0 to {n_layers - 1})")
+    try:
+        import torch
+
+        torch.device(s.model.device)
+    except (RuntimeError, ValueError):
+        problems.append(f"model.device = {s.model.device!r} is no device torch knows; use cpu, cuda, cuda:N or mps")
+    corpus = s.stats.corpus
+    if isinstance(corpus, str) and corpus != "auto" and not corpus.startswith("hf:") and not Path(corpus).exists():
+        problems.append(f"stats.corpus = {corpus!r} does not exist; name a .txt or .jsonl file, "
+                        f"hf:<dataset>:<config>:<split>, or auto")
+    sources = s.data.counterfact if isinstance(s.data.counterfact, (list, tuple)) else [s.data.counterfact]
+    for source in sources:
+        if isinstance(source, str) and not source.startswith(("auto", "http://", "https://", "hf:")) \
+                and "@" not in source and not Path(source).exists():
+            problems.append(f"data.counterfact names {source!r}, which does not exist; name a file or folder of "
+                            f"CounterFact records, a URL, or auto")
     if model_exists is False:
         problems.append(f"model.spec = {s.model.spec!r} names a local path that does not exist; fix the path, or "
                         f"give a hub id such as meta-llama/Meta-Llama-3-8B")

@@ -80,7 +80,7 @@ def write_records(frame: pd.DataFrame, path) -> None:
 
 def read_records(path) -> pd.DataFrame:
     """Records written by `write_records`, equal to what was written."""
-    return _typed(pd.read_parquet(path))  # pyarrow gives the lists back as numpy arrays
+    return _typed(artifacts.read_parquet(path))  # pyarrow gives the lists back as numpy arrays
 
 
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:

@@ -215,7 +215,7 @@ def load_stats(path: str | Path, device: str | torch.device = "cpu") -> tuple[to
     """C and its metadata (layer, tokens and max_length as ints, skip_first_token a bool) from a file `write_stats` wrote."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt", device=str(device)) as f:
+    with artifacts.reading(path), safe_open(str(path), framework="pt", device=str(device)) as f:
         metadata = dict(f.metadata())
         C = f.get_tensor("C")
     for key in ("layer", "tokens", "max_length"):

@@ -106,7 +106,7 @@ def _quality(model, tokenizer, records, evaluation: dict) -> dict:
 
 def best_layer(case_paths: list, out_path) -> None:
     """The layer whose edits score best (harmonic mean of ES, PS, NS), over all sweep algorithms."""
-    cases = pd.concat([pd.read_parquet(p) for p in case_paths])
+    cases = pd.concat([artifacts.read_parquet(p) for p in case_paths])
     summary = metrics.aggregate(cases, by=["layer"])
     scores = summary[summary.metric == "Score"].set_index("layer")["mean"]
     layer = int(scores.idxmax())
@@ -174,7 +174,7 @@ def sequential(model: dict, edit: dict, values: dict, evaluation: dict, run: Exe
     labels = dict(algorithm=algorithm, layer=layer, batch_size=batch_size)
     formats = records[["case_id", "format"]]
     for kind, path in (("immediate", out_immediate), ("retained", out_retained), ("quality", out_quality)):
-        parts = [pd.read_parquet(p) for p in sorted(run_dir.glob(f"{kind}-*.parquet"))]
+        parts = [artifacts.read_parquet(p) for p in sorted(run_dir.glob(f"{kind}-*.parquet"))]
         table = pd.concat(parts, ignore_index=True)
         if kind != "quality":
             table = table.merge(formats, on="case_id")

@@ -198,7 +198,7 @@ def plot_all(summary: dict, style: dict, outputs: dict) -> None:
     summary Parquet and `outputs` a figure name to its PNG path (other formats go beside it)."""
     sns = _style(style)
     formats = style.get("formats", ["png", "pdf"])
-    tables = {kind: pd.read_parquet(path) for kind, path in summary.items()}
+    tables = {kind: artifacts.read_parquet(path) for kind, path in summary.items()}
     colors = sns.color_palette(n_colors=10)
     drawn = {
         "sweep": (len(tables["sweep"]), lambda: sweep(tables["sweep"], tables["baseline"], colors, outputs["sweep"],

@@ -32,9 +32,9 @@ def summarise(kind: str, case_paths: list, out_parquet, baseline_path=None, *, n
     if not case_paths:  # the experiment is not in this config
         write_table(pd.DataFrame(columns=[*GROUPS[kind], *metrics.AGGREGATE_COLUMNS]), out_parquet)
         return
-    cases = pd.concat([pd.read_parquet(p) for p in case_paths], ignore_index=True)
+    cases = pd.concat([artifacts.read_parquet(p) for p in case_paths], ignore_index=True)
     if kind == "retained" and baseline_path is not None:
-        cases = pd.concat([_unedited_start(cases, pd.read_parquet(baseline_path)), cases], ignore_index=True)
+        cases = pd.concat([_unedited_start(cases, artifacts.read_parquet(baseline_path)), cases], ignore_index=True)
     table = metrics.aggregate(cases, by=GROUPS[kind], n_boot=n_boot, seed=seed)
     write_table(table, out_parquet)
 
@@ -51,13 +51,13 @@ def _unedited_start(retained: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFr
 
 def collect(paths_: list, out_parquet) -> None:
     """Tables of the same kind (quality, weight health) stacked as they are."""
-    tables = [pd.read_parquet(p) for p in paths_]
+    tables = [artifacts.read_parquet(p) for p in paths_]
     write_table(pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(), out_parquet)
 
 
 def write_findings(case_paths: dict, manifest_path, options: dict, out_parquet) -> None:
     """The findings table (findings.{parquet,csv,md}) from the sweep, batch and retained per-case tables."""
-    tables = {kind: pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True) if paths else
+    tables = {kind: pd.concat([artifacts.read_parquet(p) for p in paths], ignore_index=True) if paths else
               pd.DataFrame(columns=["case_id", "algorithm", "layer", "batch_size", "n_edits", "ES", "PS", "NS"])
               for kind, paths in case_paths.items()}
     with open(manifest_path) as f:
