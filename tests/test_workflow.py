@@ -60,7 +60,9 @@ def test_end_to_end_then_nothing_to_do(workdir):
             assert (run / "summary" / f"{kind}{suffix}").stat().st_size > 0
     assert set(summary["findings"].verdict) <= {"reproduced", "contradicted", "inconclusive at this n"} \
         | {f"{a} retains most" for a in seq.algorithms}
-    assert (run / "summary" / "findings.md").read_text().count("\n| ") == len(summary["findings"])
+    text = (run / "summary" / "findings.md").read_text()
+    assert text.split("\n\n")[0].count("\n| ") == len(summary["findings"])  # a line per claim
+    assert all(f"\n| {layer} | " in text for layer in sweep.layers)  # and each swept layer's Score and P(best)
     for name in figures.FIGURES:
         for fmt in ("png", "pdf"):
             assert (run / "plots" / f"{name}.{fmt}").stat().st_size > 1000

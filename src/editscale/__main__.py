@@ -47,7 +47,7 @@ def edit(args) -> None:
         raise SystemExit(f"{args.facts}: {err}")
     out.mkdir(parents=True, exist_ok=True)
     made.save(out / "edit.safetensors")
-    print(f"wrote {out / 'edit.safetensors'}: {len(facts)} facts, {args.algorithm} at layer {args.layers}")
+    print(f"wrote {out / 'edit.safetensors'}: {len(facts)} facts, {args.algorithm} at layer {editor.layer}")
     if args.export:
         made.apply(model)
         editscale.export(model, tok, out)

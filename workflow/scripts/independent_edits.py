@@ -2,5 +2,6 @@ from editscale.workflow import experiments, stages
 
 p, i, o, w = snakemake.params, snakemake.input, snakemake.output, snakemake.wildcards
 with stages.logged(snakemake.log[0], snakemake.config) as run:
-    experiments.independent(p.model, p.edit, run, i.records, list(i.values), i.stats, w.algorithm, int(w.layer),
-                            int(w.get("size", 1)), p.n, o.nll, o.cases)
+    experiments.independent(model=p.model, edit=p.edit, run=run, records_path=i.records, value_paths=list(i.values),
+                            stats_path=i.stats, algorithm=w.algorithm, layer=int(w.layer),
+                            batch_size=int(w.get("size", 1)), n=p.n, out_nll=o.nll, out_cases=o.cases)

@@ -1,4 +1,4 @@
 from editscale.workflow import stages
 
 with stages.logged(snakemake.log[0], snakemake.config):
-    stages.prepare_model(snakemake.params.model, snakemake.output[0])
+    stages.prepare_model(model=snakemake.params.model, manifest_path=snakemake.output[0])

@@ -2,6 +2,9 @@ from editscale.workflow import experiments, stages
 
 p, i, o, w = snakemake.params, snakemake.input, snakemake.output, snakemake.wildcards
 with stages.logged(snakemake.log[0], snakemake.config) as run:
-    experiments.sequential(p.model, p.edit, p.values, p.evaluation, run, i.records, i.templates, i.stats,
-                           list(i.values), w.algorithm, int(w.layer), int(w.size), p.n, p.retained_every_edits,
-                           o.immediate, o.retained, o.quality, o.batches, o.edits)
+    experiments.sequential(model=p.model, edit=p.edit, values=p.values, evaluation=p.evaluation, run=run,
+                           records_path=i.records, templates_path=i.templates, stats_path=i.stats,
+                           value_paths=list(i.values), algorithm=w.algorithm, layer=int(w.layer),
+                           batch_size=int(w.size), n=p.n, retained_every_edits=p.retained_every_edits,
+                           out_immediate=o.immediate, out_retained=o.retained, out_quality=o.quality,
+                           out_batches=o.batches, out_edits=o.edits)

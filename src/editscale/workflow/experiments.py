@@ -58,7 +58,7 @@ def _label(table: pd.DataFrame, **columns) -> pd.DataFrame:
     return table
 
 
-def independent(model: dict, edit: dict, run: Execution, records_path, value_paths, stats_path, algorithm: str,
+def independent(*, model: dict, edit: dict, run: Execution, records_path, value_paths, stats_path, algorithm: str,
                 layer: int, batch_size: int, n: int, out_nll, out_cases) -> None:
     """N edits in batches of `batch_size`, each batch solved against the unedited model, all
     evaluated together with per-row low-rank edits (nothing is applied to the model)."""
@@ -84,7 +84,7 @@ def independent(model: dict, edit: dict, run: Execution, records_path, value_pat
     artifacts.write_parquet(cases, out_cases)
 
 
-def baseline(model: dict, evaluation: dict, run: Execution, records_path, out_nll, out_cases, out_quality) -> None:
+def baseline(*, model: dict, evaluation: dict, run: Execution, records_path, out_nll, out_cases, out_quality) -> None:
     """The unedited model's metrics, fluency and drift: what every result is read against."""
     loaded, tokenizer, layout = load_model(model, run)
     records = data.read_records(records_path)
@@ -119,7 +119,7 @@ def read_layer(path) -> int:
         return int(yaml.safe_load(f)["layer"])
 
 
-def sequential(model: dict, edit: dict, values: dict, evaluation: dict, run: Execution, records_path, templates_path,
+def sequential(*, model: dict, edit: dict, values: dict, evaluation: dict, run: Execution, records_path, templates_path,
                stats_path, value_paths: list, algorithm: str, layer: int, batch_size: int, n: int,
                retained_every_edits: int, out_immediate, out_retained, out_quality, out_batches, out_edits) -> None:
     """Batches applied one after another; each batch recorded as it finishes, so a killed run

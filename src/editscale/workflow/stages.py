@@ -57,7 +57,7 @@ def load_model(model: dict, run: settings.Execution):
                        revision=model["revision"])
 
 
-def prepare_model(model: dict, manifest_path: str | Path) -> None:
+def prepare_model(*, model: dict, manifest_path: str | Path) -> None:
     """Resolve and load the model once (converting a GGUF if needed); record what was loaded."""
     loaded, _, layout = models.load(model["spec"], dtype=model["dtype"], device="cpu", layout=model["layout"],
                                     revision=model["revision"])
@@ -96,7 +96,7 @@ def selection_name(data_settings: dict) -> str:
     return f"{tag}-n{data_settings['n']}-seed{data_settings['seed']}{dups}"
 
 
-def select_records(data_settings: dict, out_path: str | Path) -> None:
+def select_records(*, data_settings: dict, out_path: str | Path) -> None:
     sources = counterfact_sources(data_settings["counterfact"])
     records = data.load_counterfact(sources, n=data_settings["n"], seed=data_settings["seed"],
                                     unique_subjects=data_settings["unique_subjects"])
@@ -104,7 +104,7 @@ def select_records(data_settings: dict, out_path: str | Path) -> None:
     data.write_records(records, out_path)
 
 
-def make_templates(model: dict, templates: dict, run: settings.Execution, out_path) -> None:
+def make_templates(*, model: dict, templates: dict, run: settings.Execution, out_path) -> None:
     from editscale.editing.keys import (
         TEMPLATE_RECIPE,
         TEMPLATE_STARTS,
@@ -142,7 +142,7 @@ def corpus_source(source):
     return {"hf": "wikimedia/wikipedia", "name": "20231101.en", "split": "train", "field": "text"}
 
 
-def compute_stats(model: dict, stats_settings: dict, run: settings.Execution, outputs: dict) -> None:
+def compute_stats(*, model: dict, stats_settings: dict, run: settings.Execution, outputs: dict) -> None:
     """C at every layer in `outputs` ({layer: path}) from one pass that stops at the deepest,
     resumable through a partial-sums file beside the first output."""
     from editscale.data import corpus
@@ -169,7 +169,7 @@ def stats_max_length(model, setting) -> int:
     return int(context) if setting == "auto" else min(int(setting), int(context))
 
 
-def compute_values(model: dict, value_settings: dict, run: settings.Execution, records_path, templates_path,
+def compute_values(*, model: dict, value_settings: dict, run: settings.Execution, records_path, templates_path,
                    layer: int, start: int, end: int, out_path) -> None:
     """Keys, v* and residuals of records [start, end) at `layer`, on the unedited model.
 
