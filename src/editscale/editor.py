@@ -28,7 +28,6 @@ from editscale import artifacts, editing
 from editscale.algorithms import KeyMemory
 from editscale.editing import covariance, keys, values
 from editscale.models.layout import layout_for
-from editscale.models.tokens import continuation_span, subject_last_token
 from editscale.settings import EditSettings, Stats, Templates, ValueSettings, results
 
 log = logging.getLogger(__name__)
@@ -198,7 +197,8 @@ class Editor:
 
 def check_fact(tokenizer, fact, index: int) -> dict:
     """The fact with "{}" in its prompt, or a ValueError naming it: no subject, no "{}" nor the
-    subject in the prompt, an empty target."""
+    subject in the prompt, an empty target. Token-level problems (a subject with no token, a
+    target that merges with it) are `values._Plan`'s to find, which `Editor.edit` builds first."""
     if not isinstance(fact, dict):
         raise ValueError(f"fact {index} is a {type(fact).__name__}; give a dict with prompt, subject, target_new")
     missing = [k for k in ("prompt", "subject", "target_new") if not str(fact.get(k) or "").strip()]
@@ -211,8 +211,6 @@ def check_fact(tokenizer, fact, index: int) -> dict:
         prompt = prompt.replace(subject, "{}", 1)
     if "\n" in fact["target_new"]:
         raise ValueError(f"fact {index}: target_new {fact['target_new']!r} spans lines")
-    subject_last_token(tokenizer, prompt, subject)
-    continuation_span(tokenizer, prompt.replace("{}", subject), " " + fact["target_new"])
     return {**fact, "prompt": prompt, "case_id": fact.get("case_id", index)}
 
 
