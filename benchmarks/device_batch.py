@@ -68,8 +68,10 @@ def main() -> None:
         print(f"{what}: {time.perf_counter() - t:.1f} s (at {elapsed():.0f} s)", flush=True)
 
     records, templates = out / "records.parquet", out / "templates.yaml"
-    stats = out / f"stats-layer{layer}.safetensors"
-    step("records", stages.select_records, data_settings=S.results(s.data), out_path=records)
+    stats, manifest = out / f"stats-layer{layer}.safetensors", out / "model.yaml"
+    step("model", stages.prepare_model, model=model, manifest_path=manifest)
+    step("records", stages.select_records, data_settings=S.results(s.data), model_manifest=manifest,
+         templates=S.results(s.templates), out_path=records)
     step("templates", stages.make_templates, model=model, templates=S.results(s.templates), run=run,
          out_path=templates)
     step("C", stages.compute_stats, model=model, stats_settings=S.results(s.stats), run=run,

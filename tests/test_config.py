@@ -124,12 +124,22 @@ def test_library_defaults_are_the_settings_defaults():
 @pytest.mark.parametrize("config,key", [
     ({"model": {"device": "tpu"}}, "model.device = 'tpu'"),
     ({"stats": {"corpus": "/nonexistent.txt"}}, "stats.corpus = '/nonexistent.txt' does not exist"),
-    ({"data": {"counterfact": "/nonexistent/records"}}, "data.counterfact names '/nonexistent/records'"),
+    ({"data": {"source": "/nonexistent/records"}}, "data.source names '/nonexistent/records'"),
+    ({"data": {"dataset": "squad"}}, "data.dataset = 'squad' is no dataset editscale knows"),
+    ({"data": {"target": "alt"}}, "data.target = 'alt' is not a target of counterfact"),
 ])
 def test_sources_and_devices_that_do_not_exist_stop_before_any_job(config, key):
+    from editscale.data import DATASETS
+
+    datasets = {name: d.targets for name, d in DATASETS.items()}
     with pytest.raises(ConfigError, match=re.escape(key)):
-        settings.check(settings.parse(config))
-    settings.check(settings.parse({}))  # the defaults pass
+        settings.check(settings.parse(config), datasets=datasets)
+    settings.check(settings.parse({}), datasets=datasets)  # the defaults pass
+
+
+def test_the_old_data_counterfact_key_says_what_replaced_it():
+    with pytest.raises(ValueError, match=re.escape("data: {dataset: counterfact, source: auto}")):
+        settings.parse({"data": {"counterfact": "auto"}})
 
 
 def test_a_damaged_artifact_names_its_path_and_how_to_rebuild_it(tmp_path):

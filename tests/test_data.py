@@ -9,6 +9,7 @@ import pytest
 
 from editscale import artifacts, paths
 from editscale.data import counterfact as data
+from editscale.data import records
 from editscale.data.counterfact import CounterFactError
 
 SHARED = paths.shared_data()
@@ -30,12 +31,12 @@ def easy():
 
 @needs_data
 def test_full_files_hold_520_distinct_records(full):
-    assert full.shape == (520, len(data.COLUMNS)) and list(full.columns) == data.COLUMNS
+    assert full.shape == (520, len(records.COLUMNS)) and list(full.columns) == records.COLUMNS
     assert full.case_id.is_unique and full.case_id.is_monotonic_increasing
     assert (full.format == "full").all() and full.relation_id.notna().all()
     assert full.prompt.str.contains("{}", regex=False).all()
     assert full.paraphrase_prompts.map(len).eq(2).all() and full.neighborhood_prompts.map(len).eq(10).all()
-    assert full.dtypes.case_id == "int64" and all(full.dtypes[c] == "string" for c in data.STRING_COLUMNS)
+    assert full.dtypes.case_id == "int64" and all(full.dtypes[c] == "string" for c in records.STRING_COLUMNS)
     assert all(isinstance(p, str) for prompts in full.generation_prompts for p in prompts)
 
 
@@ -89,11 +90,11 @@ def test_selection_is_seeded_and_deterministic():
 def test_parquet_round_trip(tmp_path):
     frame = pd.concat([data.load_counterfact(FULL, n=20, seed=0), data.load_counterfact(EASY, n=5, seed=0)],
                       ignore_index=True)
-    data.write_records(frame, tmp_path / "r.parquet")
-    back = data.read_records(tmp_path / "r.parquet")
+    records.write_records(frame, tmp_path / "r.parquet")
+    back = records.read_records(tmp_path / "r.parquet")
     pd.testing.assert_frame_equal(back, frame)
     # assert_frame_equal takes a numpy array for an equal list, so check the types themselves.
-    cells = [cell for column in data.LIST_COLUMNS for cell in back[column]]
+    cells = [cell for column in records.LIST_COLUMNS for cell in back[column]]
     assert all(type(cell) is list and all(type(item) is str for item in cell) for cell in cells)
 
 

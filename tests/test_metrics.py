@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from editscale import models
+from editscale.data import DATASETS
 from editscale.evaluation import metrics
 from editscale.evaluation.scoring import LowRankEdits, length_batches, target_nll
 from editscale.models.layout import Layout
@@ -84,7 +85,7 @@ def test_per_case_definitions_with_ties():
 
 def test_aggregate_score_is_the_harmonic_mean_and_ci_is_seeded():
     rng = np.random.default_rng(1)
-    cases = pd.DataFrame({"case_id": range(50), **{m: rng.uniform(0, 100, 50) for m in metrics.METRICS},
+    cases = pd.DataFrame({"case_id": range(50), **{m: rng.uniform(0, 100, 50) for m in DATASETS["counterfact"].metrics},
                           "n_rewrite": 1, "n_paraphrase": 2, "n_neighborhood": 10, "format": "full"})
     agg = metrics.aggregate(cases).set_index("metric")
     es, ps, ns = (cases[m].mean() for m in ("ES", "PS", "NS"))

@@ -35,7 +35,9 @@ class Model:
 
 @dataclass(frozen=True)
 class Data:
-    counterfact: Any = "auto"
+    dataset: str = "counterfact"  # an entry of data.registry.DATASETS
+    source: Any = "auto"  # auto (or a dataset's auto-… alias), a file, folder or URL, or a list of them
+    target: str = "auto"  # the edit target, where the dataset offers a choice (zsRE: answers or alt); auto: its default
     n: int = 64
     seed: int = 0
     unique_subjects: bool = True
@@ -182,10 +184,13 @@ def parse(config: dict) -> Settings:
 
 
 def _section(cls, value: dict):
+    if cls is Data and "counterfact" in value:
+        raise ValueError(f"data.counterfact is now data.source, beside data.dataset: write data: {{dataset: "
+                         f"counterfact, source: {value['counterfact']}}}")
     unknown = set(value) - {f.name for f in fields(cls)}
     if unknown:
         raise ValueError(f"unknown keys {sorted(unknown)} in config section {cls.__name__.lower()}")
-    return cls(**{k: tuple(v) if isinstance(v, list) and k != "counterfact" else v for k, v in value.items()})
+    return cls(**{k: tuple(v) if isinstance(v, list) and k != "source" else v for k, v in value.items()})
 
 
 def results(section) -> dict:
@@ -232,11 +237,19 @@ class ConfigError(ValueError):
 
 
 def check(s: Settings, *, n_layers: int | None = None, model_exists: bool | None = None,
-          max_batch: dict | None = None) -> None:
+          max_batch: dict | None = None, datasets: dict | None = None) -> None:
     """Cross-key checks, before any job starts. `n_layers` (the model's depth, when it is known
-    without loading it), `model_exists` (False when model.spec names a missing local path) and
-    `max_batch` ({algorithm: largest batch it edits}) come from the caller, which can look."""
+    without loading it), `model_exists` (False when model.spec names a missing local path),
+    `max_batch` ({algorithm: largest batch it edits}) and `datasets` ({name: its edit targets, the
+    default first}) come from the caller, which can look."""
     problems = []
+    if datasets is not None:
+        if s.data.dataset not in datasets:
+            problems.append(f"data.dataset = {s.data.dataset!r} is no dataset editscale knows; use one of "
+                            f"{', '.join(sorted(datasets))}")
+        elif s.data.target != "auto" and s.data.target not in datasets[s.data.dataset]:
+            problems.append(f"data.target = {s.data.target!r} is not a target of {s.data.dataset}; use auto or one "
+                            f"of {', '.join(datasets[s.data.dataset])}")
     if not str(s.results).strip():
         problems.append("results is empty; name the folder for outputs, e.g. results: results")
     n = s.data.n
@@ -282,12 +295,12 @@ def check(s: Settings, *, n_layers: int | None = None, model_exists: bool | None
     if isinstance(corpus, str) and corpus != "auto" and not corpus.startswith("hf:") and not Path(corpus).exists():
         problems.append(f"stats.corpus = {corpus!r} does not exist; name a .txt or .jsonl file, "
                         f"hf:<dataset>:<config>:<split>, or auto")
-    sources = s.data.counterfact if isinstance(s.data.counterfact, (list, tuple)) else [s.data.counterfact]
+    sources = s.data.source if isinstance(s.data.source, (list, tuple)) else [s.data.source]
     for source in sources:
         if isinstance(source, str) and not source.startswith(("auto", "http://", "https://", "hf:")) \
                 and "@" not in source and not Path(source).exists():
-            problems.append(f"data.counterfact names {source!r}, which does not exist; name a file or folder of "
-                            f"CounterFact records, a URL, or auto")
+            problems.append(f"data.source names {source!r}, which does not exist; name a file or folder of "
+                            f"{s.data.dataset} records, a URL, or auto")
     if model_exists is False:
         problems.append(f"model.spec = {s.model.spec!r} names a local path that does not exist; fix the path, or "
                         f"give a hub id such as meta-llama/Meta-Llama-3-8B")

@@ -5,6 +5,7 @@ rule batch:
         records=RECORDS,
         values=lambda w: value_files(w.layer, SETTINGS.data.n),
         stats=STATS,
+        baseline=f"{BASELINE}.nll.parquet",  # the unedited predictions, for metrics read against them
     output:
         nll=f"{BATCH}.nll.parquet",
         cases=f"{BATCH}.cases.parquet",

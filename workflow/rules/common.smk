@@ -4,20 +4,22 @@
 # the config and rerun nothing.
 from editscale import settings as S
 from editscale.algorithms import ALGORITHMS
+from editscale.data import DATASETS
 from editscale.workflow.experiments import read_layer
 from editscale.workflow.figures import FIGURES
 from editscale.models import inspect_local, slug
-from editscale.workflow.stages import selection_name, stats_id
+from editscale.workflow.stages import resolve_data, selection_name, stats_id
 
 SETTINGS = S.parse(config)
 S.check(
     SETTINGS,
     **dict(zip(("model_exists", "n_layers"), inspect_local(SETTINGS.model.spec))),
     max_batch={name: a.max_batch for name, a in ALGORITHMS.items()},
+    datasets={name: d.targets for name, d in DATASETS.items()},
 )
 RESULTS = SETTINGS.results
 MODEL_PARAMS = S.results(SETTINGS.model)
-DATA_PARAMS = S.results(SETTINGS.data)
+DATA_PARAMS = resolve_data(S.results(SETTINGS.data))  # `auto` resolved once, here
 MODEL = slug(SETTINGS.model.spec)
 SELECTION = selection_name(DATA_PARAMS)
 MODEL_DIR = f"{RESULTS}/{MODEL}"

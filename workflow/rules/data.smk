@@ -1,5 +1,7 @@
 rule data:
-    """Select the CounterFact records every experiment uses."""
+    """Select the records every experiment uses, from the config's dataset."""
+    input:
+        model=MODEL_MANIFEST,  # the tokenizer and context length, to refuse prompts that do not fit
     output:
         RECORDS,
     log:
@@ -12,5 +14,6 @@ rule data:
         **LIGHT,
     params:
         data=DATA_PARAMS,
+        templates=S.results(SETTINGS.templates),
     script:
         "../scripts/select_records.py"

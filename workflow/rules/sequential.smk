@@ -7,6 +7,7 @@ rule sequential:
         records=RECORDS,
         templates=TEMPLATES,
         stats=STATS,
+        baseline=f"{BASELINE}.nll.parquet",  # the unedited predictions, for metrics read against them
         values=lambda w: value_files(w.layer, min(int(w.size), N_SEQ)),  # the first batch's, on the unedited model
     output:
         immediate=f"{SEQUENTIAL}.immediate.parquet",

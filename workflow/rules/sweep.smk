@@ -5,6 +5,7 @@ rule sweep:
         records=RECORDS,
         values=lambda w: value_files(w.layer, N_SWEEP),
         stats=STATS,
+        baseline=f"{BASELINE}.nll.parquet",  # the unedited predictions, for metrics read against them
     output:
         nll=f"{SWEEP}.nll.parquet",
         cases=f"{SWEEP}.cases.parquet",

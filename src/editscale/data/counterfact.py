@@ -19,24 +19,22 @@ import numpy as np
 import pandas as pd
 
 from editscale import artifacts, paths
+from editscale.data.records import COLUMNS, RecordError, select
 
 OFFICIAL_URL = "https://rome.baulab.info/data/dsets/counterfact.json"
 OFFICIAL_SHA256 = "d017056125178a13728594e66a801357a8db9ed7973a7425554bb4271de9fc6f"
 DOWNLOAD_TIMEOUT = 120  # seconds without a byte before a download is given up
-COLUMNS = ["case_id", "subject", "prompt", "target_new", "target_true", "relation_id",
-           "paraphrase_prompts", "neighborhood_prompts", "generation_prompts", "format"]
-LIST_COLUMNS = ["paraphrase_prompts", "neighborhood_prompts", "generation_prompts"]
-STRING_COLUMNS = ["subject", "prompt", "target_new", "target_true", "relation_id", "format"]
+_LISTS = ["paraphrase_prompts", "neighborhood_prompts", "generation_prompts"]  # as the files spell them
 # What makes two records the same edit. The prompt lists are compared too, but only
 # between two full records: EasyEdit keeps 1 of each list by design.
 _IDENTITY = ["subject", "prompt", "target_new", "target_true"]
-_FULL_ONLY = ["relation_id", *LIST_COLUMNS]
+_FULL_ONLY = ["relation_id", *_LISTS]
 
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
-class CounterFactError(ValueError):
+class CounterFactError(RecordError):
     """Unusable CounterFact input; the message names the file, the case and the field, and how to fix it."""
 
 
@@ -45,6 +43,22 @@ def default_sources() -> Path | str:
     shared = paths.shared_data()
     full = shared / "counterfact" / "full" if shared is not None else None
     return full if full is not None and full.is_dir() else OFFICIAL_URL
+
+
+def resolve(source):
+    """`auto`: `default_sources()`; `auto-easyedit`: the offline EasyEdit-format files (there is no
+    official URL for them); anything else as given."""
+    if source == "auto":
+        return default_sources()
+    if source == "auto-easyedit":
+        shared = paths.shared_data()
+        easy = shared / "counterfact" / "easyedit" if shared is not None else None
+        if easy is None or not easy.is_dir():
+            raise CounterFactError("data.source = auto-easyedit needs the offline EasyEdit-format files "
+                                   "(shared/data/counterfact/easyedit); name EasyEdit's counterfact JSON files in "
+                                   "data.source, or use auto for the full format")
+        return easy
+    return source
 
 
 def load_counterfact(sources, n: int | None = None, seed: int = 0, unique_subjects: bool = True) -> pd.DataFrame:
@@ -61,33 +75,11 @@ def load_counterfact(sources, n: int | None = None, seed: int = 0, unique_subjec
             _merge(rows, _normalise(record, file, index), file)
     if not rows:
         raise CounterFactError(f"no CounterFact records in {_names(files)}; point the sources at non-empty JSON files")
-    frame = pd.DataFrame([row for row, _ in rows.values()], columns=COLUMNS).sort_values("case_id", ignore_index=True)
-    if unique_subjects:
-        frame = frame.drop_duplicates("subject", keep="first", ignore_index=True)
-    if n is not None:
-        if isinstance(n, bool) or not 1 <= n <= len(frame):
-            raise CounterFactError(f"n={n} records asked for, but {_names(files)} have {len(frame)} available "
-                                   f"(unique_subjects={unique_subjects}); choose n between 1 and {len(frame)}")
-        # Positions in case_id order, so the same seed and the same pool give the same cases.
-        chosen = np.sort(np.random.default_rng(seed).permutation(len(frame))[:n])
-        frame = frame.iloc[chosen].reset_index(drop=True)
-    return _typed(frame)
-
-
-def write_records(frame: pd.DataFrame, path) -> None:
-    artifacts.write_parquet(frame[COLUMNS], path)
-
-
-def read_records(path) -> pd.DataFrame:
-    """Records written by `write_records`, equal to what was written."""
-    return _typed(artifacts.read_parquet(path))  # pyarrow gives the lists back as numpy arrays
-
-
-def _typed(frame: pd.DataFrame) -> pd.DataFrame:
-    frame = frame.astype({"case_id": "int64", **{column: "string" for column in STRING_COLUMNS}})
-    for column in LIST_COLUMNS:  # plain lists of str, whether they came as lists or numpy arrays
-        frame[column] = frame[column].map(lambda items: [str(item) for item in items])
-    return frame[COLUMNS]
+    frame = pd.DataFrame([row for row, _ in rows.values()], columns=COLUMNS)
+    try:
+        return select(frame, n=n, seed=seed, unique_subjects=unique_subjects, where=_names(files))
+    except RecordError as exc:
+        raise CounterFactError(str(exc)) from None
 
 
 def _names(files: list[Path]) -> str:
@@ -179,8 +171,8 @@ def _normalise(record: dict, file: Path, index: int) -> dict:
                                                 "requested_rewrite.target_true.str")
         subject, prompt = get(subject_field, str), get("requested_rewrite.prompt", str)
         relation = get("requested_rewrite.relation_id", str)
-        lists = [get(name, list) for name in LIST_COLUMNS]
-        list_fields = LIST_COLUMNS[:2]
+        lists = [get(name, list) for name in _LISTS]
+        list_fields = _LISTS[:2]
         prompt_field = "requested_rewrite.prompt"
         if "{}" not in prompt:
             raise fail(prompt_field, f"has no '{{}}' where the subject {subject!r} goes",
@@ -219,9 +211,12 @@ def _normalise(record: dict, file: Path, index: int) -> dict:
                        "prompt; remove line breaks and surrounding spaces")
     if new.strip() == true.strip():
         raise fail(new_field, f"equals {true_field} ({new!r})", "an edit must change the answer")
-    return dict(case_id=record["case_id"], subject=subject, prompt=prompt, target_new=new, target_true=true,
-                relation_id=relation, paraphrase_prompts=lists[0], neighborhood_prompts=lists[1],
-                generation_prompts=lists[2], format="full" if full else "easyedit")
+    # Paraphrases are scored on the new target, neighbours on the true one (ES/PS/NS compare the two).
+    return dict(case_id=record["case_id"], dataset="counterfact", format="full" if full else "easyedit",
+                subject=subject, prompt=prompt, target_new=new, target_true=true, relation_id=relation,
+                paraphrase_prompts=lists[0], paraphrase_answers=[new] * len(lists[0]),
+                neighborhood_prompts=lists[1], neighborhood_answers=[true] * len(lists[1]),
+                portability_prompts=[], portability_answers=[], generation_prompts=lists[2])
 
 
 def _merge(rows: dict, row: dict, file: Path) -> None:
@@ -240,3 +235,42 @@ def _merge(rows: dict, row: dict, file: Path) -> None:
                                    f"drop one of the two records")
     if kept["format"] == "easyedit" and row["format"] == "full":
         rows[case] = (row, file)
+
+
+# --- Metrics (docs/design.md §3, pinned in tests/test_metrics.py against kmeng01/memit) ---------
+
+METRICS = ("ES", "PS", "NS", "EM", "PM", "NM")
+LABELS = {"ES": "efficacy (ES)", "PS": "paraphrase (PS)", "NS": "neighbourhood (NS)", "EM": "efficacy magnitude (EM)",
+          "PM": "paraphrase magnitude (PM)", "NM": "neighbourhood magnitude (NM)"}
+HEADLINE = ("ES", "PS", "NS")  # efficacy, generalisation, specificity: Score is their harmonic mean
+SCORED_KINDS = ("rewrite", "paraphrase", "neighborhood")
+
+
+def prompt_table(records: pd.DataFrame) -> pd.DataFrame:
+    """Every prompt scored on both targets: the metrics compare the two NLLs."""
+    rows = []
+    for rec in records.itertuples(index=False):
+        prompts = {"rewrite": [rec.prompt.replace("{}", rec.subject, 1)],
+                   "paraphrase": list(rec.paraphrase_prompts), "neighborhood": list(rec.neighborhood_prompts)}
+        for kind in SCORED_KINDS:
+            for index, prompt in enumerate(prompts[kind]):
+                for target, text in (("new", rec.target_new), ("true", rec.target_true)):
+                    rows.append((rec.case_id, kind, index, prompt, target, " " + text))
+    return pd.DataFrame(rows, columns=["case_id", "prompt_kind", "prompt_index", "prompt", "target", "continuation"])
+
+
+def per_case(scored: pd.DataFrame, reference: pd.DataFrame | None = None) -> pd.DataFrame:
+    """ES, PS, NS (fractions ×100) and their magnitudes EM, PM, NM (probability gaps ×100) per case."""
+    wide = scored.pivot_table(index=["case_id", "prompt_kind", "prompt_index"], columns="target",
+                              values="nll", aggfunc="first").reset_index()
+    p_new, p_true = np.exp(-wide["new"]), np.exp(-wide["true"])
+    neighbour = wide["prompt_kind"] == "neighborhood"
+    # Success: the new target is likelier on rewrite/paraphrase prompts, the true one on neighbours.
+    wide["success"] = np.where(neighbour, wide["true"] < wide["new"], wide["new"] < wide["true"]).astype(float)
+    wide["magnitude"] = np.where(neighbour, p_true - p_new, p_new - p_true)
+    grouped = wide.groupby(["case_id", "prompt_kind"])[["success", "magnitude"]].mean().unstack("prompt_kind")
+    out = pd.DataFrame(index=grouped.index)
+    for kind, s, m in zip(SCORED_KINDS, ("ES", "PS", "NS"), ("EM", "PM", "NM")):
+        out[s] = 100 * grouped["success"].get(kind, np.nan)
+        out[m] = 100 * grouped["magnitude"].get(kind, np.nan)
+    return out.reset_index()

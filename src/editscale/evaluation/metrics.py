@@ -1,4 +1,5 @@
-"""CounterFact metrics (docs/design.md §3): the long NLL table, per-case scores and aggregates.
+"""Metrics of any registered dataset (docs/design.md §3): the long scored table, per-case scores
+and aggregates. What is scored and how a case's metrics follow is the dataset's (`data.registry`).
 
 `score` runs the model; `per_case` and `aggregate` work on tables alone, so every
 number can be recomputed from the Parquet files without the model.
@@ -6,40 +7,31 @@ number can be recomputed from the Parquet files without the model.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 
-from editscale.evaluation.scoring import LowRankEdits, target_nll
-from editscale.models.tokens import fill
+from editscale.data.records import dataset_of
+from editscale.data.registry import get as get_dataset
+from editscale.evaluation.scoring import LowRankEdits, score_pairs
 from editscale.settings import Evaluation, Findings
 
-KINDS = ("rewrite", "paraphrase", "neighborhood")
 NLL_COLUMNS = ["case_id", "prompt_kind", "prompt_index", "prompt", "target", "nll"]
-METRICS = ("ES", "PS", "NS", "EM", "PM", "NM")
-AGGREGATE_COLUMNS = ["format", "n_cases", *(f"n_{k}" for k in KINDS), "metric", "mean", "std", "ci_low", "ci_high"]
+SCORE_COLUMNS = [*NLL_COLUMNS, "top1", "n_tokens", "argmax"]
+AGGREGATE_COLUMNS = ["dataset", "format", "n_cases", "metric", "mean", "std", "ci_low", "ci_high"]
 
 
 def prompt_table(records: pd.DataFrame) -> pd.DataFrame:
     """One row per (case, prompt kind, prompt index, target) to score, with the continuation text."""
-    rows = []
-    for rec in records.itertuples(index=False):
-        prompts = {
-            "rewrite": [fill(rec.prompt, rec.subject)[0]],
-            "paraphrase": list(rec.paraphrase_prompts),
-            "neighborhood": list(rec.neighborhood_prompts),
-        }
-        for kind in KINDS:
-            for index, prompt in enumerate(prompts[kind]):
-                for target, text in (("new", rec.target_new), ("true", rec.target_true)):
-                    rows.append((rec.case_id, kind, index, prompt, target, " " + text))
-    return pd.DataFrame(rows, columns=["case_id", "prompt_kind", "prompt_index", "prompt", "target", "continuation"])
+    return get_dataset(dataset_of(records)).prompt_table(records)
 
 
 def score(model, tokenizer, records: pd.DataFrame, *, layout=None, batch_size: int = Evaluation.batch_size,
           max_tokens: int = Evaluation.max_tokens,
           edits: LowRankEdits | None = None, case_edit: dict | None = None, layer: int | None = None,
           progress: bool = False) -> pd.DataFrame:
-    """The long NLL table for `records`.
+    """The long scored table for `records`: NLL, top-1 accuracy and top-1 tokens of every row.
 
     With `edits`, each case is scored under its own edit `case_edit[case_id]` at `layer`
     (independent edits evaluated together, none applied to the model).
@@ -52,30 +44,26 @@ def score(model, tokenizer, records: pd.DataFrame, *, layout=None, batch_size: i
     row_edit = None
     if edits is not None:
         row_edit = table["case_id"].map(case_edit).fillna(-1).astype(int).tolist()
-    table["nll"] = target_nll(model, tokenizer, layout, list(zip(table.prompt, table.continuation)),
-                              batch_size=batch_size, max_tokens=max_tokens, edits=edits, row_edit=row_edit, layer=layer,
-                              progress=progress).numpy()
-    return table[NLL_COLUMNS].astype({"case_id": "int64", "prompt_index": "int64", "nll": "float64"})
+    scores = score_pairs(model, tokenizer, layout, list(zip(table.prompt, table.continuation)), batch_size=batch_size,
+                         max_tokens=max_tokens, edits=edits, row_edit=row_edit, layer=layer, progress=progress)
+    table = table.assign(nll=scores.nll.numpy(), top1=scores.top1.numpy(), n_tokens=scores.n_tokens.numpy(),
+                         argmax=scores.argmax)
+    return table[SCORE_COLUMNS].astype({"case_id": "int64", "prompt_index": "int64", "nll": "float64",
+                                        "top1": "float64", "n_tokens": "int64"})
 
 
-def per_case(nll_table: pd.DataFrame) -> pd.DataFrame:
-    """ES, PS, NS (fractions ×100) and their magnitudes EM, PM, NM (probability gaps ×100) per case."""
-    wide = nll_table.pivot_table(index=["case_id", "prompt_kind", "prompt_index"], columns="target",
-                                 values="nll", aggfunc="first").reset_index()
-    p_new, p_true = np.exp(-wide["new"]), np.exp(-wide["true"])
-    neighbour = wide["prompt_kind"] == "neighborhood"
-    # Success: the new target is likelier on rewrite/paraphrase prompts, the true one on neighbours.
-    wide["success"] = np.where(neighbour, wide["true"] < wide["new"], wide["new"] < wide["true"]).astype(float)
-    wide["magnitude"] = np.where(neighbour, p_true - p_new, p_new - p_true)
-    grouped = wide.groupby(["case_id", "prompt_kind"])[["success", "magnitude"]].mean().unstack("prompt_kind")
-    out = pd.DataFrame(index=grouped.index)
-    for kind, s, m in zip(KINDS, ("ES", "PS", "NS"), ("EM", "PM", "NM")):
-        out[s] = 100 * grouped["success"].get(kind, np.nan)
-        out[m] = 100 * grouped["magnitude"].get(kind, np.nan)
-    counts = wide.groupby(["case_id", "prompt_kind"]).size().unstack("prompt_kind")
-    for kind in KINDS:
-        out[f"n_{kind}"] = counts.get(kind, pd.Series(0, index=counts.index)).fillna(0).astype("int64")
-    return out.reset_index()
+def per_case(scored: pd.DataFrame, *, dataset: str = "counterfact", reference: pd.DataFrame | None = None
+             ) -> pd.DataFrame:
+    """The dataset's metrics per case, with the number of prompts of each kind (`n_<kind>`).
+
+    `reference` is the unedited model's scored table, for metrics read against it (zsRE's Locality)."""
+    entry = get_dataset(dataset)
+    out = entry.per_case(scored, reference)
+    counts = scored.groupby(["case_id", "prompt_kind"]).prompt_index.nunique().unstack("prompt_kind")
+    for kind in entry.kinds:
+        column = counts[kind] if kind in counts else pd.Series(0, index=counts.index)
+        out[f"n_{kind}"] = out["case_id"].map(column.fillna(0)).fillna(0).astype("int64")
+    return out
 
 
 def harmonic_mean(values) -> float:
@@ -89,36 +77,47 @@ def harmonic_mean(values) -> float:
 
 def aggregate(per_case_table: pd.DataFrame, *, by: list[str] | None = None, fmt: str | None = None,
               n_boot: int = Findings.n_boot, seed: int = Findings.seed) -> pd.DataFrame:
-    """Mean, std and a seeded bootstrap 95% CI over cases, per metric, plus Score (harmonic mean of ES, PS, NS).
+    """Mean, std and a seeded bootstrap 95% CI over cases, per metric of the table's dataset, plus
+    Score (harmonic mean of its three headline metrics).
 
-    One row per (group, metric). Every row carries the record format and prompts per kind.
+    One row per (group, metric). Every row carries the dataset, the record format and the mean
+    prompts per kind. A headline metric must be defined for every case; another (zsRE's
+    Portability, where a record has no such prompt) is averaged over the cases that have it.
     """
     by = list(by or [])
-    undefined = per_case_table[per_case_table[list(METRICS)].isna().any(axis=1)]
+    entry = get_dataset(dataset_of(per_case_table))
+    metric_names = [m for m in entry.metrics if m in per_case_table]
+    undefined = per_case_table[per_case_table[list(entry.headline)].isna().any(axis=1)]
     if len(undefined):
-        raise ValueError(f"metrics are undefined (NaN) for cases {sorted(set(undefined.case_id))[:20]}: a case needs "
-                         f"at least one prompt of each kind; the loader rejects records without them, so check "
-                         f"where these per-case rows came from")
+        raise ValueError(f"{', '.join(entry.headline)} are undefined (NaN) for cases "
+                         f"{sorted(set(undefined.case_id))[:20]}: a case needs at least one prompt of each kind; the "
+                         f"loader rejects records without them, so check where these per-case rows came from")
     groups = per_case_table.groupby(by, sort=True) if by else [((), per_case_table)]
     rows = []
     for key, group in groups:
         key = key if isinstance(key, tuple) else (key,)
         rng = np.random.default_rng(seed)
         picks = rng.integers(0, len(group), size=(n_boot, len(group)))
-        boot = {m: group[m].to_numpy()[picks].mean(axis=1) for m in METRICS}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an optional metric that no case has
+            boot = {m: np.nanmean(group[m].to_numpy(dtype=float)[picks], axis=1) for m in metric_names}
         common = dict(zip(by, key))
         common.update(
+            dataset=entry.name,
             format=fmt if fmt is not None else (group["format"].iloc[0] if "format" in group else "unknown"),
             n_cases=len(group),
-            **{f"n_{k}": float(group[f"n_{k}"].mean()) for k in KINDS},
+            **{f"n_{k}": float(group[f"n_{k}"].mean()) for k in entry.kinds if f"n_{k}" in group},
         )
-        for metric in METRICS:
+        for metric in metric_names:
             values = group[metric].to_numpy(dtype=float)
+            values = values[~np.isnan(values)]
+            if not len(values):
+                continue
             lo, hi = np.nanpercentile(boot[metric], [2.5, 97.5])
-            rows.append({**common, "metric": metric, "mean": values.mean(), "std": values.std(ddof=1) if len(values) > 1 else 0.0,
-                         "ci_low": lo, "ci_high": hi})
-        means = [group[m].mean() for m in ("ES", "PS", "NS")]
-        boot_score = [harmonic_mean(v) for v in zip(boot["ES"], boot["PS"], boot["NS"])]
+            rows.append({**common, "metric": metric, "mean": values.mean(),
+                         "std": values.std(ddof=1) if len(values) > 1 else 0.0, "ci_low": lo, "ci_high": hi})
+        means = [group[m].mean() for m in entry.headline]
+        boot_score = [harmonic_mean(v) for v in zip(*(boot[m] for m in entry.headline))]
         lo, hi = np.nanpercentile(boot_score, [2.5, 97.5])
         rows.append({**common, "metric": "Score", "mean": harmonic_mean(means), "std": np.nan, "ci_low": lo, "ci_high": hi})
     return pd.DataFrame(rows)

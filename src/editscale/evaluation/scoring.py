@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from editscale.models.hooks import forward_until
 from editscale.models.tokens import continuation_span, pad_batch
+from editscale.settings import Evaluation
 
 
 @dataclass
@@ -70,10 +71,25 @@ def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int) -> 
     return batches
 
 
-def target_nll(model, tokenizer, layout, pairs: Sequence[tuple[str, str]], *, batch_size: int = 64,
-               max_tokens: int = 2048, edits: LowRankEdits | None = None, row_edit: Sequence[int] | None = None,
-               layer: int | None = None, progress: bool = False) -> torch.Tensor:
-    """Mean-token NLL of each continuation after its prompt (float64 tensor, one per pair).
+@dataclass
+class PairScores:
+    """What scoring a continuation after its prompt gives, one entry per pair (teacher-forced)."""
+
+    nll: torch.Tensor  # (pairs,) float64: mean NLL of the continuation's tokens
+    top1: torch.Tensor  # (pairs,) float64: the share of its tokens that are the model's top-1 prediction
+    n_tokens: torch.Tensor  # (pairs,) int64: its tokens
+    argmax: list  # per pair, the model's top-1 token at each continuation position (EasyEdit's locality)
+
+
+def target_nll(model, tokenizer, layout, pairs: Sequence[tuple[str, str]], **kw) -> torch.Tensor:
+    """Mean-token NLL of each continuation after its prompt (float64 tensor, one per pair)."""
+    return score_pairs(model, tokenizer, layout, pairs, **kw).nll
+
+
+def score_pairs(model, tokenizer, layout, pairs: Sequence[tuple[str, str]], *, batch_size: int = Evaluation.batch_size,
+                max_tokens: int = Evaluation.max_tokens, edits: LowRankEdits | None = None, row_edit: Sequence[int] | None = None,
+                layer: int | None = None, progress: bool = False) -> PairScores:
+    """NLL, top-1 accuracy and top-1 tokens of each continuation after its prompt.
 
     With `edits`, pair i is scored under edit `row_edit[i]` (−1 for none) at `layer`.
     """
@@ -85,7 +101,9 @@ def target_nll(model, tokenizer, layout, pairs: Sequence[tuple[str, str]], *, ba
     spans = [continuation_span(tokenizer, prompt, target) for prompt, target in pairs]
     row_edit = list(row_edit) if row_edit is not None else [-1] * len(spans)
     inputs_of = shared_rows([s.ids[: s.end - 1] for s in spans], row_edit)
-    result = torch.empty(len(spans), dtype=torch.float64)
+    nll = torch.empty(len(spans), dtype=torch.float64)
+    top1 = torch.empty(len(spans), dtype=torch.float64)
+    argmax: list = [None] * len(spans)
     row_edit_t = torch.as_tensor([row_edit[pairs_[0]] for pairs_ in inputs_of.values()])
     rows_ids = list(inputs_of)  # each forward row once: (token ids, edit)
     row_pairs = list(inputs_of.values())  # and the pairs it scores
@@ -104,13 +122,19 @@ def target_nll(model, tokenizer, layout, pairs: Sequence[tuple[str, str]], *, ba
         finally:
             handle.remove()
         with torch.no_grad():
-            logits = head(seen["h"][rows.to(device), cols.to(device)]).float()
+            logits = head(seen["h"][rows.to(device), cols.to(device)]).float()  # (target tokens, vocab)
             tok_nll = -torch.log_softmax(logits, -1).gather(1, targets[:, None]).squeeze(1).double().cpu()
+            tok_top = logits.argmax(-1).cpu()  # ties: the lowest token id, as torch.argmax breaks them
         counts = torch.tensor([spans[i].end - spans[i].start for _, i in batch_pairs])
         owner = torch.repeat_interleave(torch.arange(len(batch_pairs)), counts)
-        per_pair = torch.zeros(len(batch_pairs), dtype=torch.float64).index_add_(0, owner, tok_nll) / counts
-        result[torch.tensor([i for _, i in batch_pairs])] = per_pair
-    return result
+        hits = (tok_top == targets.cpu()).double()
+        which = torch.tensor([i for _, i in batch_pairs])
+        nll[which] = torch.zeros(len(batch_pairs), dtype=torch.float64).index_add_(0, owner, tok_nll) / counts
+        top1[which] = torch.zeros(len(batch_pairs), dtype=torch.float64).index_add_(0, owner, hits) / counts
+        for (_, i), tokens in zip(batch_pairs, torch.split(tok_top, counts.tolist())):
+            argmax[i] = tokens.tolist()
+    n_tokens = torch.tensor([s.end - s.start for s in spans], dtype=torch.int64)
+    return PairScores(nll=nll, top1=top1, n_tokens=n_tokens, argmax=argmax)
 
 
 def shared_rows(inputs: Sequence[Sequence[int]], row_edit: Sequence[int]) -> dict:

@@ -15,6 +15,8 @@ import pandas as pd
 import yaml
 
 from editscale import artifacts, data, editing
+from editscale.data.records import dataset_of
+from editscale.data.registry import get as get_dataset
 from editscale.editing.covariance import load_stats
 from editscale.editing.sequential import run_identity, stored_edits
 from editscale.editing.sequential import sequential as run_sequential
@@ -24,6 +26,7 @@ from editscale.settings import EditSettings, Execution, ValueSettings
 from editscale.workflow.stages import load_model, read_values
 
 log = logging.getLogger(__name__)
+INFO = ["case_id", "dataset", "format"]  # what every per-case table carries from its records
 
 
 def edit_config(edit: dict, algorithm: str, layer: int, run: Execution, values: dict | None = None):
@@ -46,10 +49,17 @@ def _score(model, tokenizer, layout, records, run: Execution, **edits) -> pd.Dat
                          max_tokens=run.eval_max_tokens, **edits)
 
 
-def _log_headline(what: str, cases: pd.DataFrame) -> None:
-    es, ps, ns = (cases[m].mean() for m in ("ES", "PS", "NS"))
-    log.info("%s: %d cases, ES %.1f PS %.1f NS %.1f Score %.1f", what, len(cases), es, ps, ns,
-             metrics.harmonic_mean([es, ps, ns]))
+def _per_case(nll: pd.DataFrame, records: pd.DataFrame, reference_path=None) -> pd.DataFrame:
+    """The dataset's per-case metrics, read against the baseline's scored table where they need it."""
+    reference = artifacts.read_parquet(reference_path) if reference_path is not None else None
+    return metrics.per_case(nll, dataset=dataset_of(records), reference=reference)
+
+
+def _log_headline(what: str, cases: pd.DataFrame, records: pd.DataFrame) -> None:
+    headline = get_dataset(dataset_of(records)).headline
+    means = [cases[m].mean() for m in headline]
+    log.info("%s: %d cases, %s, Score %.1f", what, len(cases),
+             " ".join(f"{m} {v:.1f}" for m, v in zip(headline, means)), metrics.harmonic_mean(means))
 
 
 def _label(table: pd.DataFrame, **columns) -> pd.DataFrame:
@@ -58,8 +68,8 @@ def _label(table: pd.DataFrame, **columns) -> pd.DataFrame:
     return table
 
 
-def independent(*, model: dict, edit: dict, run: Execution, records_path, value_paths, stats_path, algorithm: str,
-                layer: int, batch_size: int, n: int, out_nll, out_cases) -> None:
+def independent(*, model: dict, edit: dict, run: Execution, records_path, value_paths, stats_path, baseline_nll,
+                algorithm: str, layer: int, batch_size: int, n: int, out_nll, out_cases) -> None:
     """N edits in batches of `batch_size`, each batch solved against the unedited model, all
     evaluated together with per-row low-rank edits (nothing is applied to the model)."""
     loaded, tokenizer, layout = load_model(model, run)
@@ -75,9 +85,9 @@ def independent(*, model: dict, edit: dict, run: Execution, records_path, value_
     case_edit = {case: i // batch_size for i, case in enumerate(records.case_id)}
     nll = _score(loaded, tokenizer, layout, records, run, edits=edits, case_edit=case_edit, layer=layer, progress=True)
     # The value files are in record order (checked by _cached_values), so the losses join as a column.
-    case_info = records[["case_id", "format"]].assign(value_loss=cached["loss"].numpy())
-    cases = metrics.per_case(nll).merge(case_info, on="case_id")
-    _log_headline(f"{algorithm} layer {layer}, batches of {batch_size}", cases)
+    case_info = records[INFO].assign(value_loss=cached["loss"].numpy())
+    cases = _per_case(nll, records, baseline_nll).merge(case_info, on="case_id")
+    _log_headline(f"{algorithm} layer {layer}, batches of {batch_size}", cases, records)
     for table in (nll, cases):
         _label(table, algorithm=algorithm, layer=layer, batch_size=batch_size)
     artifacts.write_parquet(nll, out_nll)
@@ -89,8 +99,8 @@ def baseline(*, model: dict, evaluation: dict, run: Execution, records_path, out
     loaded, tokenizer, layout = load_model(model, run)
     records = data.read_records(records_path)
     nll = _score(loaded, tokenizer, layout, records, run)
-    cases = metrics.per_case(nll).merge(records[["case_id", "format"]], on="case_id")
-    _log_headline("unedited model", cases)
+    cases = _per_case(nll, records).merge(records[INFO], on="case_id")  # its own reference
+    _log_headline("unedited model", cases, records)
     artifacts.write_parquet(nll, out_nll)
     artifacts.write_parquet(cases, out_cases)
     artifacts.write_parquet(pd.DataFrame([{"n_edits": 0, **_quality(loaded, tokenizer, records, evaluation)}]),
@@ -120,7 +130,7 @@ def read_layer(path) -> int:
 
 
 def sequential(*, model: dict, edit: dict, values: dict, evaluation: dict, run: Execution, records_path, templates_path,
-               stats_path, value_paths: list, algorithm: str, layer: int, batch_size: int, n: int,
+               stats_path, baseline_nll, value_paths: list, algorithm: str, layer: int, batch_size: int, n: int,
                retained_every_edits: int, out_immediate, out_retained, out_quality, out_batches, out_edits) -> None:
     """Batches applied one after another; each batch recorded as it finishes, so a killed run
     resumes. The first batch edits the unedited model, so its keys and values come from the value files.
@@ -155,12 +165,12 @@ def sequential(*, model: dict, edit: dict, values: dict, evaluation: dict, run: 
         done = min((b + 1) * batch_size, n)
         ids = [f["case_id"] for f in batch_facts]
         nll = _score(loaded, tokenizer, layout, records[records.case_id.isin(ids)], run)
-        cases = _label(metrics.per_case(nll), batch=b, n_edits=done)
+        cases = _label(_per_case(nll, records, baseline_nll), batch=b, n_edits=done)
         artifacts.write_parquet(cases, run_dir / f"immediate-{b:05d}.parquet")
         if b in retained_at:
             nll = _score(loaded, tokenizer, layout, records.head(done), run)
-            retained = metrics.per_case(nll)
-            _log_headline(f"retained after {done} edits", retained)
+            retained = _per_case(nll, records, baseline_nll)
+            _log_headline(f"retained after {done} edits", retained, records)
             artifacts.write_parquet(_label(retained, batch=b, n_edits=done), run_dir / f"retained-{b:05d}.parquet")
             quality = {"batch": b, "n_edits": done, **_quality(loaded, tokenizer, records, evaluation)}
             artifacts.write_parquet(pd.DataFrame([quality]), run_dir / f"quality-{b:05d}.parquet")
@@ -172,7 +182,7 @@ def sequential(*, model: dict, edit: dict, values: dict, evaluation: dict, run: 
                            run_dir, identity=identity, snapshot_every=run.snapshot_every, after_batch=after_batch,
                            first_batch=first_batch)
     labels = dict(algorithm=algorithm, layer=layer, batch_size=batch_size)
-    formats = records[["case_id", "format"]]
+    formats = records[INFO]
     for kind, path in (("immediate", out_immediate), ("retained", out_retained), ("quality", out_quality)):
         parts = [artifacts.read_parquet(p) for p in sorted(run_dir.glob(f"{kind}-*.parquet"))]
         table = pd.concat(parts, ignore_index=True)

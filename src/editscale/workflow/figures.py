@@ -1,6 +1,7 @@
 """The figures, from the summary tables alone (never the model), each metric with its 95% CI.
 
-ES, PS, NS and Score share a fixed 0–100 axis, so a difference of half a point looks like one;
+Each panel row shows the dataset's headline metrics (CounterFact: ES, PS, NS; zsRE: its token
+accuracies) and Score; every percentage shares a fixed 0–100 axis, so a difference of half a point looks like one;
 the unedited model is a dashed line in every panel (and the first point of every sequential
 line, at 0 edits).
 """
@@ -13,10 +14,12 @@ import numpy as np
 import pandas as pd
 
 from editscale import artifacts
+from editscale.data import DATASETS
+from editscale.data.records import dataset_of
 
 FIGURES = ["sweep", "batch", "sequential", "immediate_vs_retained", "weight_health"]
-HEADLINE = ["Score", "ES", "PS", "NS"]
-NAMES = {"Score": "Score", "ES": "efficacy (ES)", "PS": "paraphrase (PS)", "NS": "neighbourhood (NS)",
+PERCENT = {"Score", *(m for d in DATASETS.values() for m in d.metrics)}  # on the fixed 0–100 axis
+NAMES = {"Score": "Score", **{m: label for d in DATASETS.values() for m, label in d.labels.items()},
          "drift_perplexity": "drift perplexity", "fluency": "generation entropy",
          "delta_relative": "‖ΔW‖ / ‖W₀‖ (Frobenius)", "delta_spectral": "spectral norm of ΔW",
          "weight_condition": "condition number of W"}
@@ -53,9 +56,14 @@ def _unedited(ax, value: float | None, label: str = "unedited") -> None:
         ax.axhline(value, ls="--", lw=1, color="0.45", label=label, zorder=0)
 
 
+def _headline(table: pd.DataFrame) -> list:
+    """Score and the table's dataset's three headline metrics, the panels of every figure."""
+    return ["Score", *DATASETS[dataset_of(table)].headline]
+
+
 def _metric_axis(ax, metric: str) -> None:
     ax.set_title(NAMES.get(metric, metric))
-    if metric in HEADLINE:
+    if metric in PERCENT:
         ax.set_ylim(0, 100)
     elif ax.get_yscale() == "linear":
         ax.ticklabel_format(axis="y", useOffset=False)
@@ -83,12 +91,15 @@ def _baseline_of(baseline: pd.DataFrame, metric: str) -> float | None:
 
 
 def _note(table: pd.DataFrame) -> str:
-    return f"({table['format'].iloc[0]}-format records)" if "format" in table and len(table) else ""
+    if "format" not in table or not len(table):
+        return ""
+    return f"({dataset_of(table)}, {table['format'].iloc[0]}-format records)"
 
 
 def sweep(summary: pd.DataFrame, baseline: pd.DataFrame, colors, out, formats) -> None:
-    fig, axes = _grid(1, len(HEADLINE))
-    for ax, metric in zip(axes[0], HEADLINE):
+    headline = _headline(summary)
+    fig, axes = _grid(1, len(headline))
+    for ax, metric in zip(axes[0], headline):
         for color, (algorithm, part) in zip(colors, summary[summary.metric == metric].groupby("algorithm")):
             _band(ax, part, "layer", algorithm, color)
         _unedited(ax, _baseline_of(baseline, metric), "unedited (all records)")
@@ -98,9 +109,10 @@ def sweep(summary: pd.DataFrame, baseline: pd.DataFrame, colors, out, formats) -
 
 
 def batch(summary: pd.DataFrame, baseline: pd.DataFrame, colors, out, formats) -> None:
-    fig, axes = _grid(1, len(HEADLINE))
+    headline = _headline(summary)
+    fig, axes = _grid(1, len(headline))
     sizes = sorted(summary.batch_size.unique())
-    for ax, metric in zip(axes[0], HEADLINE):
+    for ax, metric in zip(axes[0], headline):
         for color, (algorithm, part) in zip(colors, summary[summary.metric == metric].groupby("algorithm")):
             _band(ax, part, "batch_size", algorithm, color)
         _unedited(ax, _baseline_of(baseline, metric))
@@ -115,7 +127,8 @@ def batch(summary: pd.DataFrame, baseline: pd.DataFrame, colors, out, formats) -
 def sequential(retained: pd.DataFrame, quality: pd.DataFrame, baseline: pd.DataFrame, colors, out, formats) -> None:
     """Retained metrics of every edit so far against edits, one line per B, from the unedited model at 0."""
     algorithms = sorted(retained.algorithm.unique())
-    columns = [*HEADLINE, "drift_perplexity"]
+    headline = _headline(retained)
+    columns = [*headline, "drift_perplexity"]
     fig, axes = _grid(len(algorithms), len(columns))
     sizes = sorted(retained.batch_size.unique())
     unedited_quality = quality[quality.n_edits == 0]
@@ -124,13 +137,13 @@ def sequential(retained: pd.DataFrame, quality: pd.DataFrame, baseline: pd.DataF
         mine = retained[retained.algorithm == algorithm]
         for ax, metric in zip(row, columns):
             for color, size in zip(colors, sizes):
-                if metric in HEADLINE:
+                if metric in headline:
                     part = mine[(mine.metric == metric) & (mine.batch_size == size)]
                 else:
                     part = runs[(runs.algorithm == algorithm) & (runs.batch_size == size)]
                     part = pd.concat([unedited_quality, part]).assign(mean=lambda q: q[metric])[["n_edits", "mean"]]
                 _band(ax, part, "n_edits", f"B = {size}", color)
-            if metric in HEADLINE:  # the runs' own start: the unedited model on the same records
+            if metric in headline:  # the runs' own start: the unedited model on the same records
                 start = mine[(mine.metric == metric) & (mine.n_edits == 0)]["mean"]
                 _unedited(ax, float(start.iloc[0]) if len(start) else _baseline_of(baseline, metric))
             elif len(unedited_quality):
@@ -144,11 +157,12 @@ def sequential(retained: pd.DataFrame, quality: pd.DataFrame, baseline: pd.DataF
 def immediate_vs_retained(immediate: pd.DataFrame, retained: pd.DataFrame, colors, out, formats) -> None:
     algorithms = sorted(immediate.algorithm.unique())
     final = retained[retained.n_edits == retained.groupby(["algorithm", "batch_size"]).n_edits.transform("max")]
-    fig, axes = _grid(len(algorithms), len(HEADLINE))
+    headline = _headline(immediate)
+    fig, axes = _grid(len(algorithms), len(headline))
     sizes = sorted(immediate.batch_size.unique())
     positions = {b: i for i, b in enumerate(sizes)}
     for row, algorithm in zip(axes, algorithms):
-        for ax, metric in zip(row, HEADLINE):
+        for ax, metric in zip(row, headline):
             for shift, color, (label, table) in zip((-0.1, 0.1), colors, (
                     ("immediate (each batch after its edit)", immediate),
                     ("retained (all edits, at the end)", final))):
@@ -165,25 +179,27 @@ def immediate_vs_retained(immediate: pd.DataFrame, retained: pd.DataFrame, color
 
 
 def weight_health(health: pd.DataFrame, retained: pd.DataFrame, colors, out, formats) -> None:
-    """Retained NS beside how far W has moved, against edits: one row per B, a line per algorithm."""
+    """Retained NS (the dataset's specificity) beside how far W has moved, against edits: one row per
+    B, a line per algorithm."""
+    spec = DATASETS[dataset_of(retained)].specificity
     sizes = sorted(health.batch_size.unique())
     algorithms = sorted(health.algorithm.unique())
     fig, axes = _grid(len(sizes), 1 + len(HEALTH))
     for row, size in zip(axes, sizes):
         for color, algorithm in zip(colors, algorithms):
-            ns = retained[(retained.metric == "NS") & (retained.algorithm == algorithm) & (retained.batch_size == size)]
+            ns = retained[(retained.metric == spec) & (retained.algorithm == algorithm) & (retained.batch_size == size)]
             _band(row[0], ns, "n_edits", algorithm, color)
             runs = health[(health.algorithm == algorithm) & (health.batch_size == size)]
             for ax, metric in zip(row[1:], HEALTH):
                 _band(ax, runs.assign(mean=runs[metric])[["n_edits", "mean"]], "n_edits", algorithm, color)
-        _metric_axis(row[0], "NS")
+        _metric_axis(row[0], spec)
         for ax, metric in zip(row[1:], HEALTH):
             _metric_axis(ax, metric)
         row[len(HEALTH)].set_yscale("log")
         for ax in row:
             ax.set_xlabel("edits")
         row[0].set_ylabel(f"B = {size}")
-    _save(fig, out, formats, f"Weight health of sequential runs beside retained NS {_note(retained)}")
+    _save(fig, out, formats, f"Weight health of sequential runs beside retained {spec} {_note(retained)}")
 
 
 def _nothing(name: str, out, formats) -> None:

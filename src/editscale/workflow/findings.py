@@ -17,20 +17,24 @@ import logging
 import numpy as np
 import pandas as pd
 
+from editscale.data.records import dataset_of
+from editscale.data.registry import get as get_dataset
 from editscale.settings import Findings
 
 log = logging.getLogger(__name__)
 
 REPRODUCED, CONTRADICTED, INCONCLUSIVE = "reproduced", "contradicted", "inconclusive at this n"
-METRICS = ["ES", "PS", "NS"]
 COLUMNS = ["claim", "statistic", "value", "ci_low", "ci_high", "verdict", "paper", "n_cases", "detail"]
 
 
 class Paired:
-    """Per-case ES, PS, NS of several conditions on the same cases, and one shared resampling."""
+    """Per-case headline metrics (CounterFact: ES, PS, NS) of several conditions on the same cases,
+    and one shared resampling. `efficacy` and `specificity` name the dataset's own metrics."""
 
     def __init__(self, cases: pd.DataFrame, condition: str, options: Findings):
-        wide = cases.groupby([condition, "case_id"])[METRICS].mean()  # several algorithms per case: averaged
+        self.metrics = list(get_dataset(dataset_of(cases)).headline)
+        self.efficacy, _, self.specificity = self.metrics
+        wide = cases.groupby([condition, "case_id"])[self.metrics].mean()  # several algorithms per case: averaged
         self.conditions = sorted(wide.index.get_level_values(0).unique())
         shared = set.intersection(*(set(wide.loc[c].index) for c in self.conditions))
         self.case_ids = sorted(shared)
@@ -43,16 +47,16 @@ class Paired:
         return len(self.case_ids)
 
     def mean(self, condition, metric: str) -> tuple[float, np.ndarray]:
-        """The mean of a metric (ES, PS, NS or Score) over the cases, and its bootstrap replicates."""
+        """The mean of a headline metric or Score over the cases, and its bootstrap replicates."""
         values = self.values[condition]
         if metric == "Score":
             return _score(values.mean(0)), _score(values[self.picks].mean(1))
-        column = METRICS.index(metric)
+        column = self.metrics.index(metric)
         return values[:, column].mean(), values[self.picks, column].mean(1)
 
 
 def _score(means: np.ndarray) -> np.ndarray:
-    """Harmonic mean of ES, PS, NS along the last axis (0 where any is 0)."""
+    """Harmonic mean of the three headline metrics along the last axis (0 where any is 0)."""
     means = np.asarray(means, dtype=float)
     with np.errstate(divide="ignore"):
         inverse = np.where(means > 0, 1.0 / np.where(means > 0, means, 1.0), np.inf)
@@ -144,25 +148,28 @@ def best_layer(sweep: pd.DataFrame, n_layers: int, options: Findings) -> list[di
 
 
 def batch_size_effect(batch: pd.DataFrame, options: Findings) -> list[dict]:
-    """(b) NS falls as the batch size grows: slope per doubling and largest minus smallest B."""
+    """(b) NS (the dataset's specificity) falls as the batch size grows: slope per doubling and
+    largest minus smallest B."""
     rows = []
     for algorithm in sorted(batch.algorithm.unique()):
         sizes = Paired(batch[batch.algorithm == algorithm], "batch_size", options)
         if len(sizes.conditions) < 2:
             continue
         x = np.log2(np.array(sizes.conditions, dtype=float))
-        ns = [sizes.mean(b, "NS") for b in sizes.conditions]
+        spec = sizes.specificity
+        ns = [sizes.mean(b, spec) for b in sizes.conditions]
         y, y_boot = np.array([m for m, _ in ns]), np.stack([r for _, r in ns], 1)  # (n_boot, n_sizes)
         xc = x - x.mean()
         slope, slope_boot = float(xc @ (y - y.mean()) / (xc @ xc)), (y_boot - y_boot.mean(1, keepdims=True)) @ xc / (xc @ xc)
         ci = _ci(slope_boot)
         span = f"B = {sizes.conditions[0]} to {sizes.conditions[-1]}"
-        rows.append(_row(f"b. NS falls as B grows ({algorithm})", "slope of NS per doubling of B", slope, ci,
+        rows.append(_row(f"b. {spec} falls as B grows ({algorithm})", f"slope of {spec} per doubling of B", slope, ci,
                          _direction(*ci, -1), "NS falls as B grows", sizes.n, span))
         diff = y[-1] - y[0]
         ci = _ci(y_boot[:, -1] - y_boot[:, 0])
-        rows.append(_row(f"b. NS falls as B grows ({algorithm})", f"NS(B = {sizes.conditions[-1]}) − NS(B = "
-                         f"{sizes.conditions[0]})", diff, ci, _direction(*ci, -1), "NS falls as B grows", sizes.n))
+        rows.append(_row(f"b. {spec} falls as B grows ({algorithm})", f"{spec}(B = {sizes.conditions[-1]}) − "
+                         f"{spec}(B = {sizes.conditions[0]})", diff, ci, _direction(*ci, -1), "NS falls as B grows",
+                         sizes.n))
     return rows
 
 
@@ -183,14 +190,15 @@ def sequential_vs_batch(retained: pd.DataFrame, options: Findings) -> list[dict]
             continue
         smallest, largest = sizes.conditions[0], sizes.conditions[-1]
         if largest == n:  # one batch of every edit is part of the sequential grid
-            ns_one = sizes.mean(largest, "NS")
+            spec = sizes.specificity
+            ns_one = sizes.mean(largest, spec)
             for size in sizes.conditions[:-1]:
-                ns_seq = sizes.mean(size, "NS")
+                ns_seq = sizes.mean(size, spec)
                 ci = _ci(ns_seq[1] - ns_one[1])
-                rows.append(_row(f"c. sequential keeps NS better than one batch ({algorithm})",
-                                 f"NS(B = {size} × {n // size}) − NS(one batch of {n})", ns_seq[0] - ns_one[0],
+                rows.append(_row(f"c. sequential keeps {spec} better than one batch ({algorithm})",
+                                 f"{spec}(B = {size} × {n // size}) − {spec}(one batch of {n})", ns_seq[0] - ns_one[0],
                                  ci, _direction(*ci, +1), "smaller sequential batches keep NS better", sizes.n,
-                                 f"{n} edits; NS {ns_seq[0]:.1f} against {ns_one[0]:.1f}"))
+                                 f"{n} edits; {spec} {ns_seq[0]:.1f} against {ns_one[0]:.1f}"))
         scores = {b: sizes.mean(b, "Score") for b in sizes.conditions}
         chance = p_best({b: replicates for b, (_, replicates) in scores.items()})
         best = max(scores, key=lambda b: scores[b][0])
@@ -236,13 +244,14 @@ def retention(retained: pd.DataFrame, options: Findings) -> list[dict]:
     if final.algorithm.nunique() < 2:
         return []
     algos = Paired(final, "algorithm", options)
-    es = {a: algos.mean(a, "ES") for a in algos.conditions}
+    eff = algos.efficacy
+    es = {a: algos.mean(a, eff) for a in algos.conditions}
     ranked = sorted(es, key=lambda a: es[a][0], reverse=True)
     ci = _ci(es[ranked[0]][1] - es[ranked[1]][1])
     verdict = f"{ranked[0]} retains most" if ci[0] > 0 else INCONCLUSIVE
-    detail = "; ".join(f"{a}: ES {es[a][0]:.1f} [{_ci(es[a][1])[0]:.1f}, {_ci(es[a][1])[1]:.1f}]" for a in ranked)
+    detail = "; ".join(f"{a}: {eff} {es[a][0]:.1f} [{_ci(es[a][1])[0]:.1f}, {_ci(es[a][1])[1]:.1f}]" for a in ranked)
     return [_row(f"e. retention after {int(final.n_edits.max())} sequential edits (B = {int(final.batch_size.min())})",
-                 f"ES({ranked[0]}) − ES({ranked[1]})", es[ranked[0]][0] - es[ranked[1]][0], ci, verdict,
+                 f"{eff}({ranked[0]}) − {eff}({ranked[1]})", es[ranked[0]][0] - es[ranked[1]][0], ci, verdict,
                  "(not in the paper)", algos.n, detail)]
 
 

@@ -68,40 +68,57 @@ def prepare_model(*, model: dict, manifest_path: str | Path) -> None:
         "n_layers": layout.n_layers(loaded),
         "layout": layout.to_dict(),
         "edited_weight_shape": list(layout.weight(loaded, 0).shape),
+        "context_length": context_length(loaded),
     }
     artifacts.write_text(yaml.safe_dump(manifest, sort_keys=False), manifest_path)
 
 
-def counterfact_sources(spec):
-    """Config sources with `auto` (full-format records) and `auto-easyedit` resolved."""
-    from editscale import paths
-
-    resolved = []
-    for source in spec if isinstance(spec, list) else [spec]:
-        if source == "auto":
-            source = data.default_sources()
-        elif source == "auto-easyedit":
-            shared = paths.shared_data()
-            source = shared / "counterfact" / "easyedit" if shared is not None else data.OFFICIAL_URL
-        resolved.append(source)
-    return resolved
+def resolve_data(data_settings: dict) -> dict:
+    """The data params with `auto` resolved once, on this machine: the dataset's default target and
+    the sources it names, with their content's fingerprint. The data rule runs with exactly these,
+    and the selection's path names them, so other data never lands under the same path."""
+    entry = data.registry.get(data_settings["dataset"])
+    sources = data.registry.resolve_sources(entry.name, data_settings["source"])
+    target = entry.targets[0] if data_settings["target"] == "auto" else data_settings["target"]
+    return {**data_settings, "target": target, "resolved": [str(source) for source in sources],
+            "fingerprint": data.registry.fingerprint(sources)}
 
 
 def selection_name(data_settings: dict) -> str:
-    """The record selection's part of artifact paths: size, seed, and where the records came from."""
-    spec = data_settings["counterfact"]
-    tag = {"auto": "full", "auto-easyedit": "easyedit"}.get(spec) if isinstance(spec, str) else None
-    tag = tag or hashlib.sha1(json.dumps(spec).encode()).hexdigest()[:8]
-    dups = "" if data_settings["unique_subjects"] else "-dups"
-    return f"{tag}-n{data_settings['n']}-seed{data_settings['seed']}{dups}"
+    """The record selection's part of artifact paths (`data.registry.selection_name`)."""
+    resolved = data_settings if "fingerprint" in data_settings else resolve_data(data_settings)
+    return data.registry.selection_name(resolved, resolved["fingerprint"])
 
 
-def select_records(*, data_settings: dict, out_path: str | Path) -> None:
-    sources = counterfact_sources(data_settings["counterfact"])
-    records = data.load_counterfact(sources, n=data_settings["n"], seed=data_settings["seed"],
-                                    unique_subjects=data_settings["unique_subjects"])
-    log.info("selected %d records from %s", len(records), sources)
+def select_records(*, data_settings: dict, model_manifest, templates: dict, out_path: str | Path) -> None:
+    """The records every experiment edits, refused if any case's prompts do not fit the model's context."""
+    resolved = data_settings if "fingerprint" in data_settings else resolve_data(data_settings)
+    entry = data.registry.get(resolved["dataset"])
+    records = entry.load(resolved["resolved"], n=resolved["n"], seed=resolved["seed"],
+                         unique_subjects=resolved["unique_subjects"], target=resolved["target"])
+    manifest = yaml.safe_load(Path(model_manifest).read_text())
+    tokenizer = models.load_tokenizer(manifest["folder"])
+    check_context(records, tokenizer, manifest["context_length"], prefix_tokens=templates["n_tokens"])
+    log.info("selected %d %s records from %s", len(records), entry.name, resolved["resolved"])
     data.write_records(records, out_path)
+
+
+def check_context(records, tokenizer, context_length: int, prefix_tokens: int) -> None:
+    """Every scored prompt with its answer, after a context template of `prefix_tokens`, must fit
+    the model's context; the first case that does not is named."""
+    from editscale.evaluation.metrics import prompt_table
+
+    table = prompt_table(records)
+    lengths = [len(tokenizer(prompt + continuation)["input_ids"]) + prefix_tokens
+               for prompt, continuation in zip(table.prompt, table.continuation)]
+    table = table.assign(tokens=lengths)
+    over = table[table.tokens > context_length]
+    if len(over):
+        row = over.iloc[0]
+        raise data.RecordError(f"case_id {row.case_id}: its {row.prompt_kind} prompt {row.prompt[:60]!r}… is "
+                               f"{row.tokens} tokens with its answer and a context template, beyond the model's "
+                               f"context of {context_length}; drop the case or shorten the prompt "
+                               f"({len(set(over.case_id))} cases are too long)")
 
 
 def make_templates(*, model: dict, templates: dict, run: settings.Execution, out_path) -> None:
@@ -120,9 +137,14 @@ def make_templates(*, model: dict, templates: dict, run: settings.Execution, out
 
 
 def stats_id(stats: settings.Stats) -> str:
-    """The part of C's path that names every setting C depends on (the workflow's and `Editor`'s)."""
-    corpus = "auto" if stats.corpus == "auto" else models.slug(str(stats.corpus))
-    return f"{corpus}-{stats.max_tokens}tok-len{stats.max_length}{'-nofirst' if stats.skip_first_token else ''}"
+    """The part of C's path that names every setting C depends on (the workflow's and `Editor`'s),
+    with the content `auto` resolved to here: the corpus file's sha256, or the dataset spec's."""
+    from editscale.data import corpus
+
+    name = "auto" if stats.corpus == "auto" else models.slug(str(stats.corpus))
+    content = hashlib.sha256(corpus.fingerprint(corpus_source(stats.corpus)).encode()).hexdigest()[:12]
+    return (f"{name}-{content}-{stats.max_tokens}tok-len{stats.max_length}"
+            f"{'-nofirst' if stats.skip_first_token else ''}")
 
 
 def stats_path(results, spec: str, stats: settings.Stats, layer: int) -> Path:
@@ -163,10 +185,14 @@ def compute_stats(*, model: dict, stats_settings: dict, run: settings.Execution,
                       max_length=max_length, skip_first_token=skip_first)
 
 
+def context_length(model) -> int:
+    return int(getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions"))
+
+
 def stats_max_length(model, setting) -> int:
     """`auto`: the model's context length, as the reference truncates; a number caps it."""
-    context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions")
-    return int(context) if setting == "auto" else min(int(setting), int(context))
+    context = context_length(model)
+    return context if setting == "auto" else min(int(setting), context)
 
 
 def compute_values(*, model: dict, value_settings: dict, run: settings.Execution, records_path, templates_path,

@@ -1,0 +1,81 @@
+"""The neutral record every dataset loads into, and every layer above passes around.
+
+One row per edit case:
+
+| column | what |
+|---|---|
+| case_id | int64, unique within a selection |
+| dataset, format | which registry entry read it, and which on-disk format ("full", "easyedit", "mend", ...) |
+| subject, prompt | the subject, and the edit prompt with one `{}` where the subject goes |
+| target_new | the answer the edit writes (the optimised value's target) |
+| target_true | the answer it replaces, where the dataset has one (else missing) |
+| relation_id | the relation, where the dataset names it (else missing) |
+| `<kind>_prompts`, `<kind>_answers` | the scored prompts by kind, each with the answer it is scored on |
+| generation_prompts | prompts for free generation (fluency), possibly none |
+
+Prompt kinds: `paraphrase` (scored on target_new), `neighborhood` (unrelated facts the edit must
+leave alone, scored on their own answers) and `portability` (facts that follow from the edit). How
+a case's metrics follow from its scored prompts is the dataset's business (`data.registry`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from editscale import artifacts
+
+KINDS = ("paraphrase", "neighborhood", "portability")
+LIST_COLUMNS = ["paraphrase_prompts", "paraphrase_answers", "neighborhood_prompts", "neighborhood_answers",
+                "portability_prompts", "portability_answers", "generation_prompts"]
+STRING_COLUMNS = ["dataset", "format", "subject", "prompt", "target_new", "target_true", "relation_id"]
+COLUMNS = ["case_id", *STRING_COLUMNS, *LIST_COLUMNS]
+
+
+class RecordError(ValueError):
+    """Unusable dataset input; the message names the file, the case and the field, and how to fix it."""
+
+
+def write_records(frame: pd.DataFrame, path) -> None:
+    artifacts.write_parquet(frame[COLUMNS], path)
+
+
+def read_records(path) -> pd.DataFrame:
+    """Records written by `write_records`, equal to what was written."""
+    return typed(artifacts.read_parquet(path))  # pyarrow gives the lists back as numpy arrays
+
+
+def typed(frame: pd.DataFrame) -> pd.DataFrame:
+    """The record columns in order, with their types (lists as plain lists of str)."""
+    frame = frame.astype({"case_id": "int64", **{column: "string" for column in STRING_COLUMNS}})
+    for column in LIST_COLUMNS:
+        frame[column] = frame[column].map(lambda items: [str(item) for item in items])
+    return frame[COLUMNS]
+
+
+def dataset_of(table: pd.DataFrame, default: str = "counterfact") -> str:
+    """The one dataset a table of records or results is about (tables from before datasets had a
+    column are CounterFact's)."""
+    if "dataset" not in table or not len(table):
+        return default
+    names = sorted(set(table["dataset"].dropna()))
+    if len(names) > 1:
+        raise ValueError(f"one table holds records of several datasets {names}; score and summarise each apart")
+    return names[0] if names else default
+
+
+def select(frame: pd.DataFrame, *, n: int | None, seed: int, unique_subjects: bool, where: str) -> pd.DataFrame:
+    """`n` records of `frame` (sorted by case_id) chosen with `seed`, typed. With `unique_subjects`
+    only the lowest case_id of each subject is kept first: two edits of one subject share a key
+    and make EMMET's system singular."""
+    frame = frame.sort_values("case_id", ignore_index=True)
+    if unique_subjects:
+        frame = frame.drop_duplicates("subject", keep="first", ignore_index=True)
+    if n is not None:
+        if isinstance(n, bool) or not 1 <= n <= len(frame):
+            raise RecordError(f"n={n} records asked for, but {where} have {len(frame)} available "
+                              f"(unique_subjects={unique_subjects}); choose n between 1 and {len(frame)}")
+        # Positions in case_id order, so the same seed and the same pool give the same cases.
+        chosen = np.sort(np.random.default_rng(seed).permutation(len(frame))[:n])
+        frame = frame.iloc[chosen].reset_index(drop=True)
+    return typed(frame)
