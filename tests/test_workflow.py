@@ -145,3 +145,24 @@ def test_killed_sequential_run_resumes_where_it_stopped(workdir):
     immediate = pd.read_parquet(workdir / target)
     assert sorted(immediate.batch) == [0, 1, 2, 3] and immediate.case_id.is_unique
     assert not parts.exists()  # the tables are written, the run folder is gone
+
+
+def test_zsre_runs_every_experiment_and_names_its_metrics(tmp_path):
+    """The same workflow on zsRE (KnowEdit's file, EasyEdit's target): sweep, batch and sequential,
+    with zsRE's metrics in every summary, the findings and the figures' titles."""
+    from editscale.data import zsre
+
+    work = tiny_workflow(tmp_path / "zsre", data={"dataset": "zsre", "source": "auto-knowedit", "target": "alt",
+                                                  "n": 8},
+                         sweep={"layers": [0, 1], "n": 4}, batch={"sizes": [2, 8]})
+    done = snakemake(work)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = work / run_dir(work)
+    assert run.name.startswith("zsre-knowedit-alt-") and run.name.endswith("-n8-seed0")
+    for kind in ("sweep", "batch", "retained", "baseline"):
+        table = pd.read_parquet(run / "summary" / f"{kind}.parquet")
+        assert (table.dataset == "zsre").all() and set(table.metric) >= {*zsre.HEADLINE, "Locality", "Score"}, kind
+        assert (table.format == "knowedit").all()
+    findings = pd.read_parquet(run / "summary" / "findings.parquet")
+    assert any(claim.startswith("b. Specificity falls as B grows") for claim in findings.claim)
+    assert not any("NS" in claim for claim in findings.claim)
