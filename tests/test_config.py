@@ -79,10 +79,28 @@ def test_params_are_canonical_and_hold_no_execution_settings():
 def test_schema_knows_every_registered_algorithm_and_setting():
     schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
     assert schema["definitions"]["algorithms"]["items"]["enum"] == list(algorithms.ALGORITHMS)
-    for section, cls in (("values", settings.ValueSettings), ("edit", settings.EditSettings),
-                         ("stats", settings.Stats), ("evaluation", settings.Evaluation),
-                         ("sequential", settings.Sequential), ("resources", settings.Resources)):
+    sections = {f.name: f.default_factory for f in settings.dataclasses.fields(settings.Settings)
+                if f.default_factory is not settings.dataclasses.MISSING}
+    assert len(sections) == 13 and set(schema["properties"]) == set(settings.Settings.__dataclass_fields__)
+    for section, cls in sections.items():
         assert set(schema["properties"][section]["properties"]) == set(cls.__dataclass_fields__), section
+
+
+def test_the_shipped_config_states_what_it_means():
+    """Every key config/config.yaml writes parses to exactly that value, and it departs from
+    settings.py's defaults only where its comments say why (a 2-core machine's C settings)."""
+    parsed, defaults = settings.parse(CONFIG), settings.Settings()
+    for section, value in CONFIG.items():
+        if not isinstance(value, dict):
+            assert getattr(parsed, section) == value, section
+            continue
+        for key, stated in value.items():
+            got = getattr(getattr(parsed, section), key)
+            assert got == (tuple(stated) if isinstance(stated, list) else stated), f"{section}.{key}"
+    departures = {f"{section}.{key}" for section in CONFIG if isinstance(CONFIG[section], dict)
+                  for key in CONFIG[section] if getattr(getattr(parsed, section), key)
+                  != getattr(getattr(defaults, section), key)}
+    assert departures == {"stats.max_length", "stats.batch_tokens"}
 
 
 def test_a_contradiction_stops_snakemake_before_any_job(tmp_path):
