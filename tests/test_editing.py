@@ -209,7 +209,7 @@ def test_sequential_with_cached_first_batch_matches_computing_it(tiny, tmp_path,
     V = compute_values(model, tok, layout, 1, FACTS[:4], TEMPLATES, FAST, batch_size=4)
     first = (K[:2], Values(*(getattr(V, f)[:2] for f in Values.__dataclass_fields__)))
     optimised = []
-    monkeypatch.setattr(editing.batches, "compute_values", lambda *a, **k: optimised.append(a[4]) or compute_values(*a, **k))
+    monkeypatch.setattr(editing.window, "compute_values", lambda *a, **k: optimised.append(a[4]) or compute_values(*a, **k))
     reused = run(tiny, cfg, FACTS[:4], 2, tmp_path / "b", first_batch=first)
     torch.testing.assert_close(reused.total, computed.total, rtol=1e-4, atol=1e-6)
     assert [d["value_steps"] for d in reused.diagnostics] == [d["value_steps"] for d in computed.diagnostics]

@@ -1,8 +1,9 @@
-"""Applying edits: settings, one batch, and independent batches against the unedited model.
+"""Applying edits: settings, the edit of a batch, and independent batches against the unedited model.
 
 Keys and values come from `keys` and `values`, ΔW from the pure `algorithms`. The model
 is touched only through `apply_delta`, which goes through the layout, so GPT-2's
-transposed weights need no special case here. Sequential batches are in `sequential`.
+transposed weights need no special case here. One batch's edit, at one layer or a window of
+them, is `window.edit_window`; sequential batches are in `sequential`.
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from editscale import algorithms
-from editscale.algorithms import KeyMemory, Prepared
-from editscale.editing.keys import compute_keys
-from editscale.editing.values import Values, compute_values
+from editscale.algorithms import Prepared
 from editscale.settings import EditSettings, ValueSettings
 
 log = logging.getLogger(__name__)
@@ -104,33 +103,3 @@ def independent_batches(solver: Prepared, K: torch.Tensor, R: torch.Tensor, batc
         solved = solver.solve(K[:, cols], R[:, cols], labels=names, TK=TK_all[:, cols])
         out.append(BatchEdit(solved.A, solved.B, K[:, cols], solved.TK, solved.diagnostics))
     return out
-
-
-def edit_batch(model, tokenizer, layout, cfg: EditConfig, facts, templates, solver: Prepared, *,
-               memory: KeyMemory | None = None, known: tuple[torch.Tensor, Values] | None = None) -> BatchEdit:
-    """Keys, values and ΔW for one batch of facts, on the model as it is now (ΔW not applied).
-
-    `memory` holds earlier batches' keys for algorithms that keep them; `known` is (keys (n, d_in),
-    Values) already computed for these facts on this very model, e.g. the cached unedited-model
-    values for a sequential run's first batch.
-    """
-    if known is None:
-        K = compute_keys(model, tokenizer, layout, cfg.layer, facts, templates, batch_size=cfg.key_batch_size)
-        V = compute_values(model, tokenizer, layout, cfg.layer, facts, templates, cfg.values,
-                           batch_size=cfg.value_batch_size)
-    else:
-        K, V = known
-        if len(K) != len(facts) or len(V.residual) != len(facts):
-            raise ValueError(f"{len(K)} known keys and {len(V.residual)} values for a batch of {len(facts)} facts")
-    labels = [f.get("case_id", i) for i, f in enumerate(facts)]
-    solved = solver.solve(K.T, V.residual.T, memory=memory, labels=labels)
-    edit = BatchEdit(solved.A, solved.B, K.T, solved.TK, solved.diagnostics)
-    edit.diagnostics.update(
-        n=len(facts),
-        residual_norm=float(V.residual.norm(dim=1).mean()),
-        value_loss=float(V.loss.mean()),
-        value_steps=float(V.steps.float().mean()),
-        converged=float(V.converged.float().mean()),
-        delta_norm=float(edit.delta.norm()),
-    )
-    return edit

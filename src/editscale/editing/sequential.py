@@ -29,9 +29,10 @@ import torch
 
 from editscale import algorithms, artifacts, settings
 from editscale.algorithms import KeyMemory, Prepared
-from editscale.editing.batches import EditConfig, apply_delta, edit_batch
+from editscale.editing.batches import EditConfig, apply_delta
 from editscale.editing.health import weight_health
 from editscale.editing.values import Values
+from editscale.editing.window import edit_batch
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,10 @@
         ΔW_l = the algorithm's solve with layer l's own C (its solver prepared once) on K_l, R
         W_l ← W_l + ΔW_l, so the layers above see it
 
-The window's weights are restored exactly (from copies) before returning: the ΔW are returned,
-never left applied. With a window of one layer this is `batches.edit_batch`: h_L is then the
-output the values were optimised from, so R is their residual δ.
+At the first layer nothing is edited yet, so h_L is the output the values were optimised from and
+R is their residual δ over the window's length (read from the values, not recomputed). A window
+of one layer is therefore the single-layer edit, `edit_batch`. The window's weights are restored
+exactly (from copies) before returning: the ΔW are returned, never left applied.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Sequence
 
 import torch
 
-from editscale.algorithms import Prepared
+from editscale.algorithms import KeyMemory, Prepared
 from editscale.editing.batches import BatchEdit, EditConfig, apply_delta
 from editscale.editing.keys import compute_keys
 from editscale.editing.values import Values, compute_values
@@ -49,36 +50,59 @@ def subject_outputs(model, tokenizer, layout, layer: int, facts, *, batch_size: 
     return torch.cat(out)
 
 
+def edit_batch(model, tokenizer, layout, cfg: EditConfig, facts, templates, solver: Prepared, *,
+               memory: KeyMemory | None = None, known: tuple[torch.Tensor, Values] | None = None) -> BatchEdit:
+    """Keys, values and ΔW for one batch of facts at `cfg.layer`, on the model as it is now (ΔW not
+    applied): the window of that one layer.
+
+    `memory` holds earlier batches' keys for algorithms that keep them; `known` is (keys (n, d_in),
+    Values) already computed for these facts on this very model, e.g. the cached unedited-model
+    values for a sequential run's first batch.
+    """
+    return edit_window(model, tokenizer, layout, cfg, [cfg.layer], facts, templates, {cfg.layer: solver},
+                       memories={cfg.layer: memory}, known=known)[cfg.layer]
+
+
 def edit_window(model, tokenizer, layout, cfg: EditConfig, layers: Sequence[int], facts, templates,
-                solvers: dict, *, memories: dict | None = None, values: Values | None = None,
-                ) -> dict[int, BatchEdit]:
+                solvers: dict, *, memories: dict | None = None,
+                known: tuple[torch.Tensor | None, Values] | None = None) -> dict[int, BatchEdit]:
     """Keys, values and each layer's ΔW for one batch of `facts` spread over `layers`, on the model as
     it is now (nothing left applied). `solvers` holds each layer's prepared solver (its own C),
-    `memories` each layer's earlier keys for algorithms that keep them, and `values` the facts'
-    values at the last layer on this very model (e.g. the cached unedited-model value files)."""
+    `memories` each layer's earlier keys for algorithms that keep them, and `known` (keys at the
+    first layer (n, d_in) or None, Values at the last) what is already computed for these facts on
+    this very model, e.g. the cached unedited-model value files."""
     layers = sorted(int(layer) for layer in layers)
     if len(set(layers)) != len(layers):
         raise ValueError(f"layers {layers} name a layer twice")
     last = layers[-1]
+    first_keys, values = known if known is not None else (None, None)
     if values is None:
         values = compute_values(model, tokenizer, layout, last, facts, templates, cfg.values,
                                 batch_size=cfg.value_batch_size)
-    if len(values.v_star) != len(facts):
-        raise ValueError(f"{len(values.v_star)} values for a batch of {len(facts)} facts")
+    if len(values.residual) != len(facts) or (first_keys is not None and len(first_keys) != len(facts)):
+        raise ValueError(f"{0 if first_keys is None else len(first_keys)} known keys and {len(values.residual)} "
+                         f"values for a batch of {len(facts)} facts")
     labels = [f.get("case_id", i) for i, f in enumerate(facts)]
     memories = memories or {}
-    originals = {layer: layout.weight(model, layer).detach().clone() for layer in layers}
+    originals = {layer: layout.weight(model, layer).detach().clone() for layer in layers[:-1]}  # the last is never written
     edits: dict[int, BatchEdit] = {}
     try:
         for i, layer in enumerate(layers):
-            K = compute_keys(model, tokenizer, layout, layer, facts, templates, batch_size=cfg.key_batch_size)
-            h = subject_outputs(model, tokenizer, layout, last, facts, batch_size=cfg.key_batch_size)
-            R = (values.v_star.to(h.device) - h) / (len(layers) - i)  # (n, d_out): a share of what is left
-            solved = _solver(solvers, layer).solve(K.T, R.T, memory=memories.get(layer), labels=labels)
+            solver = _solver(solvers, layer)
+            if i == 0:  # the model as the values saw it: v* − h_L is their residual
+                K = first_keys if first_keys is not None else compute_keys(
+                    model, tokenizer, layout, layer, facts, templates, batch_size=cfg.key_batch_size)
+                left = values.residual
+            else:
+                K = compute_keys(model, tokenizer, layout, layer, facts, templates, batch_size=cfg.key_batch_size)
+                h = subject_outputs(model, tokenizer, layout, last, facts, batch_size=cfg.key_batch_size)
+                left = values.v_star.to(h.device) - h
+            R = left / (len(layers) - i)  # (n, d_out): this layer's share of what is left to write
+            solved = solver.solve(K.T, R.T, memory=memories.get(layer), labels=labels)
             edit = BatchEdit(solved.A, solved.B, K.T, solved.TK, solved.diagnostics)
-            edit.diagnostics.update(n=len(facts), layer=layer, residual_norm=float(R.norm(dim=1).mean()),
-                                    delta_norm=float(edit.delta.norm()))
-            apply_delta(model, layout, layer, edit.delta)
+            edit.diagnostics.update(n=len(facts), residual_norm=float(R.norm(dim=1).mean()))
+            if i < len(layers) - 1:  # the layers above see this one
+                apply_delta(model, layout, layer, edit.delta)
             edits[layer] = edit
     finally:
         with torch.no_grad():
@@ -86,7 +110,7 @@ def edit_window(model, tokenizer, layout, cfg: EditConfig, layers: Sequence[int]
                 layout.weight(model, layer).copy_(weight)
     for edit in edits.values():
         edit.diagnostics.update(value_loss=float(values.loss.mean()), value_steps=float(values.steps.float().mean()),
-                                converged=float(values.converged.float().mean()))
+                                converged=float(values.converged.float().mean()), delta_norm=float(edit.delta.norm()))
     return edits
 
 
