@@ -103,14 +103,14 @@ def test_independent_edits_never_leak_and_sequential_edits_build_on_each_other(t
     key0 = keys.compute_keys(model, tok, layout, 1, FACTS[:1], editor.templates)  # (1, d_in) on W0
     s1 = editor.edit(FACTS[:1], sequential=True)
     torch.testing.assert_close(layout.weight(model, 1), w0 + s1.delta(1))
-    assert editor.memory.size == 1
-    torch.testing.assert_close(editor.memory.K[:, 0].float(), key0[0], rtol=1e-5, atol=1e-6)
-    memory = copy.deepcopy(editor.memory)
+    assert editor.memories[1].size == 1
+    torch.testing.assert_close(editor.memories[1].K[:, 0].float(), key0[0], rtol=1e-5, atol=1e-6)
+    memory = copy.deepcopy(editor.memories[1])
     plain = editing.edit_batch(model, tok, layout, editor.config, [dict(FACTS[1], case_id=0)], editor.templates,
-                               editor.solver, memory=memory)  # by hand, on the model as s1 left it
+                               editor.solvers[1], memory=memory)  # by hand, on the model as s1 left it
     s2 = editor.edit(FACTS[1:], sequential=True)
     torch.testing.assert_close(s2.delta(1), plain.delta.float(), rtol=1e-5, atol=1e-9)
-    assert editor.memory.size == 2
+    assert editor.memories[1].size == 2
     torch.testing.assert_close(layout.weight(model, 1), w0 + s1.delta(1) + s2.delta(1), rtol=1e-5, atol=1e-6)
 
 
@@ -176,3 +176,31 @@ def test_the_command_line_edits_exports_and_asks(tiny_llama_dir, tmp_path):
     facts.write_text("not json\n")
     bad = run("edit", "--model", str(tiny_llama_dir), "--facts", str(facts), "--out", "x")
     assert bad.returncode != 0 and "line 1: not JSON" in bad.stderr
+
+
+def test_a_window_editor_spreads_each_edit_and_builds_on_it_sequentially(tiny, tmp_path):
+    """layers=[0, 1]: each layer's ΔW is edit_window's with the same solvers; the Edit holds both,
+    applies and reverts both, saves and reloads; a sequential edit keeps keys per layer."""
+    model, tok, layout = tiny
+    stats = {layer: covariance_standin(model, tok, layout, layer) for layer in (0, 1)}
+    editor = editscale.Editor(model, tok, layout, algorithm="alphaedit", layers=[1, 0], stats=stats, edit=EDIT,
+                              value_settings=QUICK, progress=False)
+    assert editor.layers == [0, 1] and editor.layer == 1
+    facts = [dict(f, case_id=i) for i, f in enumerate(FACTS)]
+    edit = editor.edit(FACTS)
+    plain = editing.edit_window(model, tok, layout, editor.config, [0, 1], facts, editor.templates, editor.solvers)
+    assert sorted(edit.factors) == [0, 1]
+    for layer in (0, 1):
+        torch.testing.assert_close(edit.delta(layer), plain[layer].delta.float().cpu())
+    before = {layer: layout.weight(model, layer).clone() for layer in (0, 1)}
+    with edit.applied(model):
+        assert all(not torch.equal(layout.weight(model, layer), before[layer]) for layer in (0, 1))
+    assert all(torch.allclose(layout.weight(model, layer), before[layer], atol=1e-6) for layer in (0, 1))
+    edit.save(tmp_path / "w.safetensors")
+    assert sorted(editscale.Edit.load(tmp_path / "w.safetensors").factors) == [0, 1]
+    editor.edit(FACTS[:1], sequential=True)
+    assert [editor.memories[layer].size for layer in (0, 1)] == [1, 1]  # one key kept at each layer
+    with pytest.raises(ValueError, match="ROME edits one layer"):
+        editscale.Editor(model, tok, layout, algorithm="rome", layers=[0, 1], stats=stats, progress=False)
+    with pytest.raises(ValueError, match="one C for a window"):
+        editscale.Editor(model, tok, layout, layers=[0, 1], stats=stats[0], progress=False)

@@ -78,7 +78,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--model", default="smollm2-135m", help="hub id, local folder, .gguf file, or smollm2-135m")
     e.add_argument("--facts", required=True, help=FACTS_HELP)
     e.add_argument("--algorithm", default="memit", help="rome, memit, emmet, alphaedit or encore (default memit)")
-    e.add_argument("--layers", type=int, nargs="+", default=[3], help="the layer to edit (default 3)")
+    e.add_argument("--layers", type=int, nargs="+", default=[3],
+                   help="the layer to edit (default 3), or a window: --layers 2 3 4 (MEMIT's spread; not rome)")
     e.add_argument("--out", required=True, help="folder for edit.safetensors (and the model, with --export)")
     e.add_argument("--export", action="store_true", help="also write the edited model to --out")
     e.add_argument("--corpus", default="auto", help="text for C: auto (offline Wikipedia articles, else Wikipedia)")

@@ -107,63 +107,86 @@ class Edit:
 
 
 class Editor:
-    """Edits facts into `model` with one algorithm at one layer, C and templates prepared once.
+    """Edits facts into `model` with one algorithm at one layer or a window of layers (MEMIT's
+    spread, `editing.window`), each layer's C and solver and the templates prepared once.
 
-    `stats` is C itself (d_in × d_in), a file the workflow wrote, or None: then C is read from, or
-    computed once into, the workflow's own cache (`results/<model>/stats/...`, the same file and
-    provenance), from `stats_settings`' corpus, with a progress bar.
+    `stats` is C itself (d_in × d_in; one layer), a file the workflow wrote (one layer), a dict of
+    either per layer, or None: then each layer's C is read from, or computed once into, the
+    workflow's own cache (`results/<model>/stats/...`, the same files and provenance), from
+    `stats_settings`' corpus, in one pass, with a progress bar.
     """
 
     def __init__(self, model, tokenizer, layout=None, *, algorithm: str = "memit", layers=(3,), stats=None,
                  edit: EditSettings = EditSettings(), value_settings: ValueSettings = ValueSettings(),
                  templates: Templates = Templates(), stats_settings: Stats = Stats(), results_dir: str = "results",
                  progress: bool = True):
-        layers = [layers] if isinstance(layers, int) else list(layers)
-        if len(layers) != 1:
-            raise NotImplementedError(f"layers={layers}: editing a window of layers is not built yet; give one layer")
+        layers = sorted({int(layers)} if isinstance(layers, int) else {int(layer) for layer in layers})
         self.model, self.tokenizer = model, tokenizer
         self.layout = layout or layout_for(model)
-        self.layer = layers[0]
-        if not 0 <= self.layer < self.layout.n_layers(model):
-            raise ValueError(f"layer {self.layer} is outside the model's {self.layout.n_layers(model)} layers")
+        if not layers or not all(0 <= layer < self.layout.n_layers(model) for layer in layers):
+            raise ValueError(f"layers {layers} must be one or more of the model's {self.layout.n_layers(model)} "
+                             f"layers (0 to {self.layout.n_layers(model) - 1})")
+        if algorithm == "rome" and len(layers) > 1:
+            raise ValueError(f"ROME edits one layer; layers={layers} is a window (use memit, emmet, alphaedit or "
+                             f"encore)")
+        self.layers, self.layer = layers, layers[-1]  # v* is optimised at the window's last layer
         self.config = editing.EditConfig(algorithm, self.layer, edit=edit, values=value_settings)
         self.progress = progress
         self.templates = keys.context_templates(model, tokenizer, seed=templates.seed, n_tokens=templates.n_tokens,
                                                 top_k=templates.top_k)
         device = next(model.parameters()).device
-        C, self.stats_source = self._stats(stats, stats_settings, results_dir)
-        self.solver = editing.prepare(self.config, C.to(device))
-        self.memory = KeyMemory()  # earlier keys of sequential edits, for the algorithms that keep them
-        self.unedited = self.layout.weight(model, self.layer).detach().clone()
+        stats = self._stats(stats, stats_settings, results_dir)
+        self.stats_source = {layer: digest for layer, (_, digest) in stats.items()}
+        self.solvers = {layer: editing.prepare(self.config, C.to(device)) for layer, (C, _) in stats.items()}
+        self.memories = {layer: KeyMemory() for layer in layers}  # earlier keys of sequential edits, per layer
+        self.unedited = self._weights()
         self.provenance = {"model": model_name(model), "algorithm": algorithm, "layers": layers,
                            "edit": self.config.settings(), "values": results(value_settings),
-                           "templates": self.templates, "C_sha256": self.stats_source}
+                           "templates": self.templates,
+                           "C_sha256": self.stats_source[layers[0]] if len(layers) == 1 else
+                           {str(layer): digest for layer, digest in self.stats_source.items()}}
 
-    def _stats(self, stats, settings: Stats, results_dir: str):
-        if isinstance(stats, torch.Tensor):
-            return stats, _sha256(stats)
+    def _weights(self) -> dict:
+        return {layer: self.layout.weight(self.model, layer).detach().clone() for layer in self.layers}
+
+    def _stats(self, stats, settings: Stats, results_dir: str) -> dict:
+        """{layer: (C, its sha256)} for every window layer."""
+        if isinstance(stats, (torch.Tensor, str, Path)):
+            if len(self.layers) > 1:
+                raise ValueError(f"one C for a window of layers {self.layers}; give a dict {{layer: C or path}}, or "
+                                 f"None to use the workflow's cache")
+            stats = {self.layers[0]: stats}
         if stats is None:
             from editscale.workflow.stages import stats_path
 
-            stats = stats_path(results_dir, model_name(self.model), settings, self.layer)
-            if not Path(stats).exists():
-                self._compute_stats(settings, stats)
-        C, _ = covariance.load_stats(stats)
-        return C, artifacts.sha256(stats)
+            stats = {layer: stats_path(results_dir, model_name(self.model), settings, layer) for layer in self.layers}
+            missing = {layer: path for layer, path in stats.items() if not Path(path).exists()}
+            if missing:
+                self._compute_stats(settings, missing)
+        if set(stats) != set(self.layers):
+            raise ValueError(f"stats for layers {sorted(stats)}, but the editor edits layers {self.layers}")
+        out = {}
+        for layer, given in stats.items():
+            if isinstance(given, torch.Tensor):
+                out[layer] = (given, _sha256(given))
+            else:
+                out[layer] = (covariance.load_stats(given)[0], artifacts.sha256(given))
+        return out
 
-    def _compute_stats(self, settings: Stats, path) -> None:
+    def _compute_stats(self, settings: Stats, paths: dict) -> None:
         from editscale.data import corpus
         from editscale.workflow.stages import corpus_source, stats_max_length
 
         source = corpus_source(settings.corpus)
         source_id = corpus.fingerprint(source)
         max_length = stats_max_length(self.model, settings.max_length)
-        log.info("computing C at layer %d from %s into %s (once; later editors read it)", self.layer, source_id, path)
+        log.info("computing C at layers %s from %s (once, in one pass; later editors read it)", sorted(paths),
+                 source_id)
         moments = covariance.second_moments(
-            self.model, self.tokenizer, self.layout, [self.layer], corpus.iter_texts(source),
+            self.model, self.tokenizer, self.layout, sorted(paths), corpus.iter_texts(source),
             max_tokens=settings.max_tokens, max_length=max_length, skip_first_token=settings.skip_first_token,
             batch_tokens=settings.batch_tokens, source_id=source_id, progress=self.progress)
-        covariance.write_stats(moments, {self.layer: path}, model_name=model_name(self.model), source_id=source_id,
+        covariance.write_stats(moments, paths, model_name=model_name(self.model), source_id=source_id,
                                dtype=next(self.model.parameters()).dtype, max_length=max_length,
                                skip_first_token=settings.skip_first_token)
 
@@ -177,21 +200,26 @@ class Editor:
         if not facts:
             raise ValueError("no facts to edit")
         editing.check_conflicts([facts])
-        now = self.layout.weight(self.model, self.layer)
-        if not sequential and not torch.equal(now, self.unedited.to(now.device)):
-            raise ValueError(f"layer {self.layer} of the model has changed since this editor was made (an edit is "
-                             f"applied?): revert it for an independent edit, or pass sequential=True to build on it")
+        for layer, weight in self.unedited.items():
+            now = self.layout.weight(self.model, layer)
+            if not sequential and not torch.equal(now, weight.to(now.device)):
+                raise ValueError(f"layer {layer} of the model has changed since this editor was made (an edit is "
+                                 f"applied?): revert it for an independent edit, or pass sequential=True to build "
+                                 f"on it")
         values._Plan(self.tokenizer, facts, self.templates, self.config.values.kl_prompt)  # refuses merging targets
-        memory = self.memory if sequential else None
-        batch = editing.edit_batch(self.model, self.tokenizer, self.layout, self.config, facts, self.templates,
-                                   self.solver, memory=memory)
-        edit = Edit({self.layer: (batch.A.float().cpu(), batch.B.float().cpu())},
+        memories = self.memories if sequential else None
+        batches = editing.edit_window(self.model, self.tokenizer, self.layout, self.config, self.layers, facts,
+                                      self.templates, self.solvers, memories=memories)
+        diagnostics = {str(layer): {k: v for k, v in batch.diagnostics.items() if isinstance(v, (int, float, str))}
+                       for layer, batch in batches.items()}
+        edit = Edit({layer: (batch.A.float().cpu(), batch.B.float().cpu()) for layer, batch in batches.items()},
                     {**self.provenance, "sequential": sequential, "facts": [_plain(f) for f in facts],
-                     "diagnostics": {k: v for k, v in batch.diagnostics.items() if isinstance(v, (int, float, str))}})
+                     "diagnostics": diagnostics[str(self.layer)] if len(batches) == 1 else diagnostics})
         if sequential:
-            self.memory.absorb(batch.keys, batch.TK)
+            for layer, batch in batches.items():
+                self.memories[layer].absorb(batch.keys, batch.TK)
             edit.apply(self.model)
-            self.unedited = self.layout.weight(self.model, self.layer).detach().clone()
+            self.unedited = self._weights()
         return edit
 
 
