@@ -160,7 +160,7 @@ def test_a_batch_writes_only_what_it_adds(tiny, tmp_path):
     """Factors (and, for algorithms that keep them, keys): O((d_in + d_out)·B) bytes, never a full matrix."""
     model, _, layout, _ = tiny
     d_out, d_in = layout.weight(model, 1).shape
-    for algorithm, tensors in (("memit", {"A", "B"}), ("alphaedit", {"A", "B", "keys"})):
+    for algorithm, tensors in (("memit", {"layer1.A", "layer1.B"}), ("alphaedit", {"layer1.A", "layer1.B", "layer1.keys"})):
         run(tiny, config(algorithm), FACTS[:4], 2, tmp_path / algorithm)
         from safetensors import safe_open
 

@@ -3,10 +3,12 @@
 Each batch's keys and values are computed on the model as already edited; C stays fixed; the
 algorithms that keep earlier keys (AlphaEdit) see them through a `KeyMemory`.
 
+A run edits one layer or spreads each batch over a window of layers (`window.edit_window`).
 The run folder holds what each batch adds and nothing more. Once batch b is applied and
-evaluated, `batch-<b>.safetensors` is written atomically: its factors A, B (ΔW_b = A Bᵀ), its keys
-when the algorithm keeps them, and its diagnostics: O((d_in + d_out)·n) bytes. Every
-`snapshot_every` batches the edited weight itself goes to `snapshot.safetensors`. Each batch's
+evaluated, `batch-<b>.safetensors` is written atomically: per layer l its factors `layer<l>.A`,
+`layer<l>.B` (ΔW_b = A Bᵀ), its keys when the algorithm keeps them, and its diagnostics:
+O((d_in + d_out)·n) bytes a layer. Every `snapshot_every` batches the edited weights themselves go
+to `snapshot.safetensors`. Each batch's
 diagnostics hold the solver's, the value optimisation's and the weight health after it (`health`). A rerun loads
 the last snapshot and replays the factors after it (the same additions in the same order, so the
 same bits), and absorbs every stored batch's keys into a new memory (the same bits again).
@@ -28,11 +30,11 @@ from typing import Callable
 import torch
 
 from editscale import algorithms, artifacts, settings
-from editscale.algorithms import KeyMemory, Prepared
+from editscale.algorithms import KeyMemory
 from editscale.editing.batches import EditConfig, apply_delta
 from editscale.editing.health import weight_health
 from editscale.editing.values import Values
-from editscale.editing.window import edit_batch
+from editscale.editing.window import edit_window
 
 log = logging.getLogger(__name__)
 
@@ -41,76 +43,127 @@ log = logging.getLogger(__name__)
 class SequentialState:
     batches_done: int = 0
     diagnostics: list = field(default_factory=list)
-    total: torch.Tensor | None = None  # Σ ΔW_b in float32 (d_out, d_in), on the solver's device
-    memory: KeyMemory | None = None  # earlier keys, for algorithms that keep them
+    totals: dict = field(default_factory=dict)  # layer -> Σ ΔW_b in float32 (d_out, d_in), on the solver's device
+    memories: dict = field(default_factory=dict)  # layer -> earlier keys, for algorithms that keep them
     unedited: dict = field(default_factory=dict)  # the weight health of W₀
 
+    @property
+    def total(self) -> torch.Tensor | None:
+        """Σ ΔW_b of a single-layer run."""
+        return self.totals.get(_only(self.totals)) if self.totals else None
 
-def run_identity(cfg: EditConfig, facts, templates, batch_size: int, extra=None) -> str:
+    @property
+    def memory(self) -> KeyMemory | None:
+        return self.memories.get(_only(self.memories)) if self.memories else None
+
+
+def _only(per_layer: dict):
+    if len(per_layer) != 1:
+        raise ValueError(f"a run over layers {sorted(per_layer)} has one total per layer: read .totals")
+    return next(iter(per_layer))
+
+
+def run_identity(cfg: EditConfig, facts, templates, batch_size: int, extra=None, layers=None) -> str:
     """A digest of everything a sequential run's results depend on, and nothing that only changes
     how it runs (batch sizes of the forwards); `extra` is what the caller adds (the statistics'
     content hash, evaluation settings, ...)."""
     edit = {"algorithm": cfg.algorithm, "layer": cfg.layer, "on_ill_conditioned": cfg.edit.on_ill_conditioned,
-            **cfg.settings(), "values": settings.results(cfg.values)}
+            **cfg.settings(), "values": settings.results(cfg.values), **({"layers": list(layers)} if layers else {})}
     described = json.dumps([edit, [dict(f) for f in facts], list(templates), batch_size, extra],
                            sort_keys=True, default=str)
     return hashlib.sha256(described.encode()).hexdigest()[:16]
 
 
-def sequential(model, tokenizer, layout, cfg: EditConfig, facts, templates, solver: Prepared, batch_size: int,
+def sequential(model, tokenizer, layout, cfg: EditConfig, facts, templates, solver, batch_size: int,
                run_dir: str | Path, *, identity: str, snapshot_every: int = 256,
                after_batch: Callable[[int, list], None] | None = None,
-               first_batch: tuple[torch.Tensor, Values] | None = None) -> SequentialState:
-    """Apply batches of `batch_size` facts one after another to the same (initially unedited) model.
+               first_batch: tuple[torch.Tensor | None, Values] | None = None,
+               layers: list | None = None) -> SequentialState:
+    """Apply batches of `batch_size` facts one after another to the same (initially unedited) model,
+    at `cfg.layer` or spread over the window `layers` (`window.edit_window`; `solver` then maps each
+    layer to its prepared solver).
 
     `after_batch(b, batch_facts)` runs after batch b is applied and before it is recorded
     (immediate evaluation); it may run twice for a batch interrupted in between, so it must
-    overwrite, not append. `first_batch` is (keys, Values) of batch 0 on the unedited model, e.g.
-    from the cached value chunks: the model is unedited only then.
+    overwrite, not append. `first_batch` is (keys at the first layer or None, Values at the last)
+    of batch 0 on the unedited model, e.g. from the cached value chunks: the model is unedited
+    only then. Weight health is measured at each layer and, for a window, over all of them.
     """
     run_dir = Path(run_dir)
+    layers = sorted(layers) if layers else [cfg.layer]
+    solvers = solver if isinstance(solver, dict) else {layers[0]: solver}
     remembers = algorithms.get(cfg.algorithm).remembers
-    w0 = layout.weight(model, cfg.layer)  # measured before a resume moves the weights
-    w0_norm = float(w0.double().norm())
-    unedited = {"batch": -1, "n_edits": 0, **weight_health(w0_norm, w0, torch.zeros_like(w0, dtype=torch.float32))}
-    state = _resume(run_dir, identity, model, layout, cfg, solver, remembers)
-    state.unedited = unedited
+    w0 = {layer: layout.weight(model, layer) for layer in layers}  # measured before a resume moves the weights
+    w0_norms = {layer: float(w.double().norm()) for layer, w in w0.items()}
+    state = _resume(run_dir, identity, model, layout, layers, solvers, remembers)
+    state.unedited = {"batch": -1, "n_edits": 0, **_health(w0_norms, w0, {l: torch.zeros_like(w, dtype=torch.float32)
+                                                                          for l, w in w0.items()})}
     batches = [facts[i : i + batch_size] for i in range(0, len(facts), batch_size)]
     for b in range(state.batches_done, len(batches)):
         known = first_batch if b == 0 else None
-        edit = edit_batch(model, tokenizer, layout, cfg, batches[b], templates, solver, memory=state.memory,
-                          known=known)
-        _add(state, model, layout, cfg.layer, edit.delta)
-        if remembers:
-            state.memory.absorb(edit.keys, edit.TK)
-        health = weight_health(w0_norm, layout.weight(model, cfg.layer), state.total)
-        state.diagnostics.append({"batch": b, "n_edits": sum(map(len, batches[: b + 1])), **edit.diagnostics,
-                                  **health})
+        edits = edit_window(model, tokenizer, layout, cfg, layers, batches[b], templates, solvers,
+                            memories=state.memories, known=known)
+        for layer, edit in edits.items():
+            _add(state, model, layout, layer, edit.delta)
+            if remembers:
+                state.memories[layer].absorb(edit.keys, edit.TK)
+        health = _health(w0_norms, {layer: layout.weight(model, layer) for layer in layers}, state.totals)
+        diagnostics = _diagnostics(edits)
+        state.diagnostics.append({"batch": b, "n_edits": sum(map(len, batches[: b + 1])), **diagnostics, **health})
         # Evaluation first: a batch counts as done only once its results are recorded, so a run
         # killed in between redoes the batch (deterministically) rather than losing them.
         if after_batch is not None:
             after_batch(b, batches[b])
-        tensors = {"A": edit.A, "B": edit.B, **({"keys": edit.keys} if remembers else {})}
+        tensors = {f"layer{layer}.{name}": t for layer, edit in edits.items()
+                   for name, t in (("A", edit.A), ("B", edit.B), *((("keys", edit.keys),) if remembers else ()))}
         artifacts.write_safetensors(tensors, run_dir / f"batch-{b:05d}.safetensors",
                                     metadata={"identity": identity, "diagnostics": json.dumps(state.diagnostics[-1])})
         state.batches_done = b + 1
         if state.batches_done % snapshot_every == 0 and state.batches_done < len(batches):
-            weight = layout.weight(model, cfg.layer)
-            artifacts.write_safetensors({"weight": weight}, run_dir / "snapshot.safetensors",
+            weights = {f"layer{layer}.weight": layout.weight(model, layer) for layer in layers}
+            artifacts.write_safetensors(weights, run_dir / "snapshot.safetensors",
                                         metadata={"identity": identity, "batches_done": state.batches_done})
     return state
+
+
+def _diagnostics(edits: dict) -> dict:
+    """A single layer's diagnostics as they are; a window's per layer (`L<l>.<name>`), and the
+    value optimisation's (shared by the window's layers) once."""
+    if len(edits) == 1:
+        return next(iter(edits.values())).diagnostics
+    shared = ("n", "value_loss", "value_steps", "converged")
+    first = next(iter(edits.values())).diagnostics
+    out = {k: first[k] for k in shared if k in first}
+    for layer, edit in edits.items():
+        out.update({f"L{layer}.{k}": v for k, v in edit.diagnostics.items() if k not in shared})
+    return out
+
+
+def _health(w0_norms: dict, weights: dict, totals: dict) -> dict:
+    """`weight_health` of a single layer; of a window, each layer's (`L<l>.<name>`) and the
+    window's ‖ΔW‖ / ‖W₀‖ over all its layers together (Frobenius)."""
+    if len(weights) == 1:
+        (layer,) = weights
+        return weight_health(w0_norms[layer], weights[layer], totals[layer])
+    out = {"delta_relative": sum(float(totals[l].double().norm()) ** 2 for l in weights) ** 0.5
+           / sum(n ** 2 for n in w0_norms.values()) ** 0.5}
+    for layer in weights:
+        out.update({f"L{layer}.{k}": v for k, v in weight_health(w0_norms[layer], weights[layer],
+                                                                 totals[layer]).items()})
+    return out
 
 
 def _add(state: SequentialState, model, layout, layer: int, delta: torch.Tensor, *, to_weight: bool = True) -> None:
     """The one way a batch's ΔW reaches the weights and the running total, in a run and in a replay."""
     if to_weight:
         apply_delta(model, layout, layer, delta)
-    state.total = delta.float().clone() if state.total is None else state.total.add_(delta.float())
+    total = state.totals.get(layer)
+    state.totals[layer] = delta.float().clone() if total is None else total.add_(delta.float())
 
 
-def _resume(run_dir: Path, identity: str, model, layout, cfg: EditConfig, solver: Prepared,
+def _resume(run_dir: Path, identity: str, model, layout, layers: list, solvers: dict,
             remembers: bool) -> SequentialState:
-    state = SequentialState(memory=KeyMemory() if remembers else None)
+    state = SequentialState(memories={layer: KeyMemory() for layer in layers} if remembers else {})
     done = _batch_files(run_dir)
     found = {artifacts.read_metadata(p).get("identity") for p in done}
     snapshot = run_dir / "snapshot.safetensors"
@@ -129,17 +182,23 @@ def _resume(run_dir: Path, identity: str, model, layout, cfg: EditConfig, solver
         meta = artifacts.read_metadata(snapshot)
         if int(meta["batches_done"]) <= len(done):
             start = int(meta["batches_done"])
-            weight = layout.weight(model, cfg.layer)
+            saved = artifacts.read_tensors(snapshot)
             with torch.no_grad():
-                weight.copy_(artifacts.read_tensors(snapshot)["weight"].to(weight.device, weight.dtype))
+                for layer in layers:
+                    weight = layout.weight(model, layer)
+                    weight.copy_(saved[f"layer{layer}.weight"].to(weight.device, weight.dtype))
     log.info("resuming %s after batch %d (snapshot after %d, %d replayed)", run_dir, len(done), start,
              len(done) - start)
     for b, path in enumerate(done):
-        tensors = artifacts.read_tensors(path, device=solver.T.device)
-        # Batches before the snapshot are in its weight already; they still count in the total.
-        _add(state, model, layout, cfg.layer, tensors["A"] @ tensors["B"].T, to_weight=b >= start)
-        if remembers:
-            state.memory.absorb(tensors["keys"], solver.transform(tensors["keys"]))
+        for layer in layers:
+            solver = solvers[layer]
+            tensors = artifacts.read_tensors(path, device=solver.T.device)
+            # Batches before the snapshot are in its weight already; they still count in the total.
+            _add(state, model, layout, layer, tensors[f"layer{layer}.A"] @ tensors[f"layer{layer}.B"].T,
+                 to_weight=b >= start)
+            if remembers:
+                keys = tensors[f"layer{layer}.keys"]
+                state.memories[layer].absorb(keys, solver.transform(keys))
         state.diagnostics.append(json.loads(artifacts.read_metadata(path)["diagnostics"]))
     state.batches_done = len(done)
     return state
@@ -154,7 +213,9 @@ def _batch_files(run_dir: Path) -> list[Path]:
 
 
 def stored_edits(run_dir: str | Path) -> dict:
-    """Every stored batch's factors side by side: ΔW_total = A Bᵀ with A (d_out, N), B (d_in, N)."""
+    """Every stored batch's factors side by side, per layer l: ΔW_total = A Bᵀ with
+    `layer<l>.A` (d_out, N) and `layer<l>.B` (d_in, N), as an `editor.Edit` stores them."""
     parts = [artifacts.read_tensors(p) for p in _batch_files(Path(run_dir))]
-    return {"A": torch.cat([p["A"] for p in parts], 1), "B": torch.cat([p["B"] for p in parts], 1),
-            "batch_sizes": torch.tensor([p["A"].shape[1] for p in parts])}
+    names = [k for k in parts[0] if k.endswith((".A", ".B"))]
+    out = {name: torch.cat([p[name] for p in parts], 1) for name in names}
+    return {**out, "batch_sizes": torch.tensor([p[names[0]].shape[1] for p in parts])}
