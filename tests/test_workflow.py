@@ -166,3 +166,27 @@ def test_zsre_runs_every_experiment_and_names_its_metrics(tmp_path):
     findings = pd.read_parquet(run / "summary" / "findings.parquet")
     assert any(claim.startswith("b. Specificity falls as B grows") for claim in findings.claim)
     assert not any("NS" in claim for claim in findings.claim)
+
+
+def test_a_window_runs_the_batch_and_sequential_experiments(tmp_path):
+    """layer: [0, 1] spreads every batch and sequential edit over layers 0 and 1: paths name the
+    window, the tables carry it, C comes from the one statistics pass, and weight health is
+    reported per layer and for the window."""
+    work = tiny_workflow(tmp_path / "window", layer=[0, 1], sweep={"algorithms": []},
+                         sequential={"algorithms": ["memit", "alphaedit"], "sizes": [2, 4], "n": 4})
+    done = snakemake(work)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = work / run_dir(work)
+    assert sorted(p.name for p in (run / "batch").glob("*.cases.parquet")) == [
+        f"{a}-layer0-1-b{b}.cases.parquet" for a in ("emmet", "memit") for b in (2, 4)]
+    assert (run / "sequential" / "alphaedit-layer0-1-b2.edits.safetensors").exists()
+    batch = pd.read_parquet(run / "summary" / "batch.parquet")
+    assert set(batch.layers) == {"0-1"} and set(batch.layer) == {1}
+    health = pd.read_parquet(run / "summary" / "health.parquet")
+    assert {"delta_relative", "L0.delta_relative", "L1.delta_relative"} <= set(health.columns)
+    from editscale import artifacts
+
+    edits = artifacts.read_tensors(run / "sequential" / "memit-layer0-1-b2.edits.safetensors")
+    assert {"layer0.A", "layer0.B", "layer1.A", "layer1.B"} <= set(edits)
+    values = sorted(p.parent.name for p in (run / "values").rglob("*.safetensors"))
+    assert set(values) == {"layer1"}  # a window's values are its last layer's

@@ -152,7 +152,7 @@ class Resources:
 class Settings:
     results: str = "results"
     threads: int = 1
-    layer: Any = "auto"
+    layer: Any = "auto"  # a layer, a window of layers (a list, or "4-8"), or auto: the sweep's best layer
     model: Model = field(default_factory=Model)
     data: Data = field(default_factory=Data)
     templates: Templates = field(default_factory=Templates)
@@ -168,6 +168,28 @@ class Settings:
     resources: Resources = field(default_factory=Resources)
 
 
+def window(layer) -> list[int]:
+    """A `layer` setting or path name as the layers it edits, ascending: 3 -> [3]; [5, 4] -> [4, 5];
+    "4-8" -> [4, 5, 6, 7, 8]; "4+6" -> [4, 6]."""
+    if isinstance(layer, (list, tuple)):
+        return sorted(int(x) for x in layer)
+    text = str(layer)
+    if "-" in text:
+        low, high = (int(x) for x in text.split("-"))
+        if high < low:
+            raise ValueError(f"layer window {text!r} runs backwards; write it low-high, e.g. 4-8")
+        return list(range(low, high + 1))
+    return sorted(int(x) for x in text.split("+"))
+
+
+def layer_name(layer) -> str:
+    """The name of a layer or window in artifact paths: "3", "4-8" for consecutive layers, "4+6"."""
+    layers = window(layer)
+    if len(layers) > 1 and layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}-{layers[-1]}"
+    return "+".join(map(str, layers))
+
+
 def parse(config: dict) -> Settings:
     """Typed settings from a (schema-validated) config dict; missing keys take the defaults above."""
     top = {}
@@ -175,6 +197,8 @@ def parse(config: dict) -> Settings:
         if f.name not in config:
             continue
         value = config[f.name]
+        if f.name == "layer" and value != "auto":
+            value = window(value)[0] if len(window(value)) == 1 else tuple(window(value))
         section = f.default_factory if f.default_factory is not dataclasses.MISSING else None
         top[f.name] = _section(section, value) if section is not None else value
     unknown = set(config) - {f.name for f in fields(Settings)}
@@ -279,7 +303,12 @@ def check(s: Settings, *, n_layers: int | None = None, model_exists: bool | None
     if s.layer == "auto" and not s.sweep.algorithms:
         problems.append("layer: auto takes the sweep's best layer, but sweep.algorithms is empty; name a layer or "
                         "an algorithm to sweep")
-    layers = [*s.sweep.layers, *([s.layer] if s.layer != "auto" else [])]
+    if s.layer != "auto" and len(window(s.layer)) > 1:
+        for key, algos in (("batch", s.batch.algorithms), ("sequential", s.sequential.algorithms)):
+            if "rome" in algos:
+                problems.append(f"layer = {list(window(s.layer))} is a window, but {key}.algorithms has rome, which "
+                                f"edits one layer; drop it there, or name one layer")
+    layers = [*s.sweep.layers, *(window(s.layer) if s.layer != "auto" else [])]
     if n_layers is not None:
         beyond = sorted({layer for layer in layers if layer >= n_layers})
         if beyond:

@@ -1,10 +1,14 @@
 rule batch:
-    """N edits in independent batches of B, each solved against the unedited model."""
+    """N edits in independent batches of B, each solved against the unedited model, at the chosen
+    layer or spread over the chosen window."""
+    wildcard_constraints:
+        layer=LAYER_NAME,
     input:
         model=MODEL_MANIFEST,
         records=RECORDS,
         values=lambda w: value_files(w.layer, SETTINGS.data.n),
-        stats=STATS,
+        stats=window_stats,
+        templates=TEMPLATES,
         baseline=f"{BASELINE}.nll.parquet",  # the unedited predictions, for metrics read against them
     output:
         nll=f"{BATCH}.nll.parquet",

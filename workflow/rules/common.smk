@@ -29,12 +29,13 @@ RECORDS = f"{RESULTS}/records/{SELECTION}.parquet"
 TEMPLATES = f"{MODEL_DIR}/templates-seed{SETTINGS.templates.seed}.yaml"
 STATS_ID = stats_id(SETTINGS.stats)  # every setting that changes C
 STATS = f"{MODEL_DIR}/stats/{STATS_ID}/layer{{layer}}.safetensors"
-# One statistics pass fills every layer a run can edit: the sweep's, and a fixed `layer` if given.
+# One statistics pass fills every layer a run can edit: the sweep's, and a fixed layer's or window's.
 STATS_LAYERS = sorted(
     set(SETTINGS.sweep.layers)
-    | ({int(SETTINGS.layer)} if SETTINGS.layer != "auto" else set())
+    | (set(S.window(SETTINGS.layer)) if SETTINGS.layer != "auto" else set())
 )
 VALUES = f"{RUN_DIR}/values/layer{{layer}}/records{{start}}-{{end}}.safetensors"
+LAYER_NAME = r"\d+(?:-\d+|(?:\+\d+)+)?"  # a layer (3) or a window (4-8, 4+6): settings.layer_name
 SWEEP = f"{RUN_DIR}/sweep/{{algorithm}}-layer{{layer}}"
 BEST_LAYER = f"{RUN_DIR}/sweep/best_layer.yaml"
 BATCH = f"{RUN_DIR}/batch/{{algorithm}}-layer{{layer}}-b{{size}}"
@@ -69,13 +70,19 @@ VALUE_CUTS = sorted(
 
 
 def value_files(layer, n):
-    """The value files holding records [0, n) at `layer` (the last may hold more)."""
+    """The value files holding records [0, n) at `layer` (the last may hold more); a window's are
+    its last layer's, where v* is optimised."""
     starts = [0, *VALUE_CUTS[:-1]]
     return [
-        VALUES.format(layer=layer, start=s, end=e)
+        VALUES.format(layer=S.window(layer)[-1], start=s, end=e)
         for s, e in zip(starts, VALUE_CUTS)
         if s < n
     ]
+
+
+def window_stats(wildcards):
+    """C of every layer the job edits: one file a layer, all from one statistics pass."""
+    return [STATS.format(layer=layer) for layer in S.window(wildcards.layer)]
 
 
 def edit_params(wildcards):
@@ -120,10 +127,11 @@ LIGHT = dict(
 
 
 def chosen_layer():
-    """`layer: auto` takes the sweep's best layer (a checkpoint); a number overrides it."""
+    """The path name of the layer or window the batch and sequential experiments edit: `layer: auto`
+    takes the sweep's best layer (a checkpoint); a number or a window overrides it."""
     if SETTINGS.layer != "auto":
-        return int(SETTINGS.layer)
-    return read_layer(checkpoints.best_layer.get().output[0])
+        return S.layer_name(SETTINGS.layer)
+    return S.layer_name(read_layer(checkpoints.best_layer.get().output[0]))
 
 
 def sweep_cases(wildcards=None):

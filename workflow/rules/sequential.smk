@@ -2,11 +2,13 @@ rule sequential:
     """Batches of B applied one after another to the same model, each recorded as it finishes:
     a killed run continues where it stopped. The first batch reuses the cached values.
     """
+    wildcard_constraints:
+        layer=LAYER_NAME,
     input:
         model=MODEL_MANIFEST,
         records=RECORDS,
         templates=TEMPLATES,
-        stats=STATS,
+        stats=window_stats,
         baseline=f"{BASELINE}.nll.parquet",  # the unedited predictions, for metrics read against them
         values=lambda w: value_files(w.layer, min(int(w.size), N_SEQ)),  # the first batch's, on the unedited model
     output:

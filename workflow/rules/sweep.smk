@@ -4,7 +4,8 @@ rule sweep:
         model=MODEL_MANIFEST,
         records=RECORDS,
         values=lambda w: value_files(w.layer, N_SWEEP),
-        stats=STATS,
+        stats=window_stats,
+        templates=TEMPLATES,
         baseline=f"{BASELINE}.nll.parquet",  # the unedited predictions, for metrics read against them
     output:
         nll=f"{SWEEP}.nll.parquet",

@@ -12,6 +12,7 @@ rule values:
     benchmark:
         f"{RUN_DIR}/benchmarks/values/layer{{layer}}-records{{start}}-{{end}}.tsv"
     wildcard_constraints:
+        layer=r"\d+",  # one layer: a window's values are its last layer's
         start=r"\d+",
         end=r"\d+",
     conda:

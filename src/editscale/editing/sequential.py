@@ -141,15 +141,18 @@ def _diagnostics(edits: dict) -> dict:
 
 def _health(w0_norms: dict, weights: dict, totals: dict) -> dict:
     """`weight_health` of a single layer; of a window, each layer's (`L<l>.<name>`) and the
-    window's ‖ΔW‖ / ‖W₀‖ over all its layers together (Frobenius)."""
+    window's: ‖ΔW‖ / ‖W₀‖ over all its layers together (Frobenius), and the largest layer's
+    spectral norm of ΔW and condition number of W."""
+    per_layer = {layer: weight_health(w0_norms[layer], weights[layer], totals[layer]) for layer in weights}
     if len(weights) == 1:
-        (layer,) = weights
-        return weight_health(w0_norms[layer], weights[layer], totals[layer])
+        return next(iter(per_layer.values()))
     out = {"delta_relative": sum(float(totals[l].double().norm()) ** 2 for l in weights) ** 0.5
-           / sum(n ** 2 for n in w0_norms.values()) ** 0.5}
-    for layer in weights:
-        out.update({f"L{layer}.{k}": v for k, v in weight_health(w0_norms[layer], weights[layer],
-                                                                 totals[layer]).items()})
+           / sum(n ** 2 for n in w0_norms.values()) ** 0.5,
+           "delta_spectral": max(h["delta_spectral"] for h in per_layer.values()),
+           "weight_norm": sum(h["weight_norm"] ** 2 for h in per_layer.values()) ** 0.5,
+           "weight_condition": max(h["weight_condition"] for h in per_layer.values())}
+    for layer, health in per_layer.items():
+        out.update({f"L{layer}.{k}": v for k, v in health.items()})
     return out
 
 

@@ -29,12 +29,13 @@ def prompt_table(records: pd.DataFrame) -> pd.DataFrame:
 
 def score(model, tokenizer, records: pd.DataFrame, *, layout=None, batch_size: int = Evaluation.batch_size,
           max_tokens: int = Evaluation.max_tokens,
-          edits: LowRankEdits | None = None, case_edit: dict | None = None, layer: int | None = None,
+          edits: LowRankEdits | dict | None = None, case_edit: dict | None = None, layer: int | None = None,
           progress: bool = False) -> pd.DataFrame:
     """The long scored table for `records`: NLL, top-1 accuracy and top-1 tokens of every row.
 
-    With `edits`, each case is scored under its own edit `case_edit[case_id]` at `layer`
-    (independent edits evaluated together, none applied to the model).
+    With `edits`, each case is scored under its own edit `case_edit[case_id]` at `layer`, or at
+    every layer of a window when `edits` maps layers to their LowRankEdits (independent edits
+    evaluated together, none applied to the model).
     """
     if layout is None:
         from editscale.models.layout import layout_for

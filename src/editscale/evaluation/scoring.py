@@ -86,18 +86,21 @@ def target_nll(model, tokenizer, layout, pairs: Sequence[tuple[str, str]], **kw)
     return score_pairs(model, tokenizer, layout, pairs, **kw).nll
 
 
-def score_pairs(model, tokenizer, layout, pairs: Sequence[tuple[str, str]], *, batch_size: int = Evaluation.batch_size,
-                max_tokens: int = Evaluation.max_tokens, edits: LowRankEdits | None = None, row_edit: Sequence[int] | None = None,
+def score_pairs(model, tokenizer, layout, pairs: Sequence[tuple[str, str]], *,
+                batch_size: int = Evaluation.batch_size, max_tokens: int = Evaluation.max_tokens,
+                edits: LowRankEdits | dict | None = None, row_edit: Sequence[int] | None = None,
                 layer: int | None = None, progress: bool = False) -> PairScores:
     """NLL, top-1 accuracy and top-1 tokens of each continuation after its prompt.
 
-    With `edits`, pair i is scored under edit `row_edit[i]` (−1 for none) at `layer`.
+    With `edits`, pair i is scored under edit `row_edit[i]` (−1 for none) at `layer`; `edits` may
+    also map each layer of a window to its LowRankEdits (edit e is then every layer's e-th).
     """
-    if edits is not None and (row_edit is None or layer is None):
+    if edits is not None and (row_edit is None or (layer is None and not isinstance(edits, dict))):
         raise ValueError("scoring under edits needs row_edit (one edit index per pair) and the edited layer")
     device = next(model.parameters()).device
     norm, head = layout.head(model)
-    module = layout.edited_module(model, layer) if edits is not None else None
+    per_layer = {} if edits is None else edits if isinstance(edits, dict) else {layer: edits}
+    modules = {layout.edited_module(model, at): at_edits for at, at_edits in per_layer.items()}
     spans = [continuation_span(tokenizer, prompt, target) for prompt, target in pairs]
     row_edit = list(row_edit) if row_edit is not None else [-1] * len(spans)
     inputs_of = shared_rows([s.ids[: s.end - 1] for s in spans], row_edit)
@@ -117,7 +120,9 @@ def score_pairs(model, tokenizer, layout, pairs: Sequence[tuple[str, str]], *, b
         seen = {}
         handle = norm.register_forward_hook(lambda _m, _a, out: seen.__setitem__("h", out))
         try:
-            with per_row_edits(module, edits, row_edit_t[idx]):
+            with contextlib.ExitStack() as stack:
+                for module, at_edits in modules.items():
+                    stack.enter_context(per_row_edits(module, at_edits, row_edit_t[idx]))
                 forward_until(model, norm, **inputs)
         finally:
             handle.remove()

@@ -22,7 +22,7 @@ from editscale.editing.sequential import run_identity, stored_edits
 from editscale.editing.sequential import sequential as run_sequential
 from editscale.evaluation import fluency, metrics
 from editscale.evaluation.scoring import LowRankEdits
-from editscale.settings import EditSettings, Execution, ValueSettings
+from editscale.settings import EditSettings, Execution, ValueSettings, layer_name
 from editscale.workflow.stages import load_model, read_values
 
 log = logging.getLogger(__name__)
@@ -68,28 +68,48 @@ def _label(table: pd.DataFrame, **columns) -> pd.DataFrame:
     return table
 
 
-def independent(*, model: dict, edit: dict, run: Execution, records_path, value_paths, stats_path, baseline_nll,
-                algorithm: str, layer: int, batch_size: int, n: int, out_nll, out_cases) -> None:
+def independent(*, model: dict, edit: dict, run: Execution, records_path, value_paths, stats_paths: list,
+                templates_path, baseline_nll, algorithm: str, layers: list, batch_size: int, n: int, out_nll,
+                out_cases) -> None:
     """N edits in batches of `batch_size`, each batch solved against the unedited model, all
-    evaluated together with per-row low-rank edits (nothing is applied to the model)."""
+    evaluated together with per-row low-rank edits (nothing is applied to the model). At one layer
+    every batch is solved from the value files at once; over a window each batch is spread over
+    the layers in turn (`editing.edit_window`), its keys recomputed above the first."""
     loaded, tokenizer, layout = load_model(model, run)
     records = data.read_records(records_path).head(n)
     facts = records.to_dict("records")
     editing.check_conflicts([facts[i : i + batch_size] for i in range(0, n, batch_size)], run.allow_conflicts)
     cached = _cached_values(value_paths, records, records_path)
-    C, _ = load_stats(stats_path, device=run.device)
-    solver = editing.prepare(edit_config(edit, algorithm, layer, run), C)
-    solved = editing.independent_batches(solver, cached["keys"].T, cached["residual"].T, batch_size,
-                                         labels=list(records.case_id))
-    edits = LowRankEdits([e.A for e in solved], [e.B for e in solved])
+    layer = layers[-1]
+    cfg = edit_config(edit, algorithm, layer, run)
+    solvers = {at: editing.prepare(cfg, load_stats(path, device=run.device)[0]) for at, path in zip(layers, stats_paths)}
+    if len(layers) == 1:
+        solved = editing.independent_batches(solvers[layer], cached["keys"].T, cached["residual"].T, batch_size,
+                                             labels=list(records.case_id))
+        edits = LowRankEdits([e.A for e in solved], [e.B for e in solved])
+    else:
+        from editscale.editing.keys import load_templates
+        from editscale.editing.values import Values
+
+        templates, per_layer = load_templates(templates_path), {at: ([], []) for at in layers}
+        for start in range(0, n, batch_size):
+            cols = slice(start, start + batch_size)
+            known = (None, Values(*(cached[f][cols] for f in Values.__dataclass_fields__)))
+            spread = editing.edit_window(loaded, tokenizer, layout, cfg, layers, facts[cols], templates, solvers,
+                                         known=known)
+            for at, batch in spread.items():
+                per_layer[at][0].append(batch.A)
+                per_layer[at][1].append(batch.B)
+        edits = {at: LowRankEdits(A, B) for at, (A, B) in per_layer.items()}
     case_edit = {case: i // batch_size for i, case in enumerate(records.case_id)}
     nll = _score(loaded, tokenizer, layout, records, run, edits=edits, case_edit=case_edit, layer=layer, progress=True)
     # The value files are in record order (checked by _cached_values), so the losses join as a column.
     case_info = records[INFO].assign(value_loss=cached["loss"].numpy())
     cases = _per_case(nll, records, baseline_nll).merge(case_info, on="case_id")
-    _log_headline(f"{algorithm} layer {layer}, batches of {batch_size}", cases, records)
+    name = layer_name(layers)
+    _log_headline(f"{algorithm} layer {name}, batches of {batch_size}", cases, records)
     for table in (nll, cases):
-        _label(table, algorithm=algorithm, layer=layer, batch_size=batch_size)
+        _label(table, algorithm=algorithm, layer=layer, layers=name, batch_size=batch_size)
     artifacts.write_parquet(nll, out_nll)
     artifacts.write_parquet(cases, out_cases)
 
@@ -130,7 +150,7 @@ def read_layer(path) -> int:
 
 
 def sequential(*, model: dict, edit: dict, values: dict, evaluation: dict, run: Execution, records_path, templates_path,
-               stats_path, baseline_nll, value_paths: list, algorithm: str, layer: int, batch_size: int, n: int,
+               stats_paths: list, baseline_nll, value_paths: list, algorithm: str, layers: list, batch_size: int, n: int,
                retained_every_edits: int, out_immediate, out_retained, out_quality, out_batches, out_edits) -> None:
     """Batches applied one after another; each batch recorded as it finishes, so a killed run
     resumes. The first batch edits the unedited model, so its keys and values come from the value files.
@@ -145,15 +165,18 @@ def sequential(*, model: dict, edit: dict, values: dict, evaluation: dict, run: 
     facts = records.to_dict("records")
     editing.check_conflicts([facts[i : i + batch_size] for i in range(0, n, batch_size)], run.allow_conflicts)
     templates = load_templates(templates_path)
-    C, _ = load_stats(stats_path, device=run.device)
+    layer = layers[-1]
     cfg = edit_config(edit, algorithm, layer, run, values)
+    solvers = {at: editing.prepare(cfg, load_stats(path, device=run.device)[0]) for at, path in zip(layers, stats_paths)}
     n_batches = -(-n // batch_size)
     # Retained evaluation after the same numbers of edits in every run (multiples of max(B, k)), and at the end.
     retained_at = sorted({b for b in range(n_batches) if ((b + 1) * batch_size) % retained_every_edits == 0}
                          | {n_batches - 1})
     # Everything the results depend on: a run folder is only ever resumed by the very same run.
-    identity = run_identity(cfg, facts, templates, batch_size, extra={
-        "model": model, "C": artifacts.sha256(stats_path), "evaluation": evaluation, "retained_at": retained_at})
+    digests = [artifacts.sha256(path) for path in stats_paths]
+    identity = run_identity(cfg, facts, templates, batch_size, layers=layers if len(layers) > 1 else None, extra={
+        "model": model, "C": digests[0] if len(digests) == 1 else digests, "evaluation": evaluation,
+        "retained_at": retained_at})
     out = Path(out_immediate)
     run_dir = out.parent / f".{out.name.split('.')[0]}.{identity}.parts"
     for stale in out.parent.glob(f".{out.name.split('.')[0]}.*.parts"):
@@ -177,11 +200,13 @@ def sequential(*, model: dict, edit: dict, values: dict, evaluation: dict, run: 
         log.info("batch %d/%d done (%d edits)", b + 1, n_batches, done)
 
     cached = _cached_values(value_paths, records.head(batch_size), records_path)
-    first_batch = (cached["keys"], Values(*(cached[f] for f in Values.__dataclass_fields__)))
-    state = run_sequential(loaded, tokenizer, layout, cfg, facts, templates, editing.prepare(cfg, C), batch_size,
-                           run_dir, identity=identity, snapshot_every=run.snapshot_every, after_batch=after_batch,
-                           first_batch=first_batch)
-    labels = dict(algorithm=algorithm, layer=layer, batch_size=batch_size)
+    # The value files hold keys at the window's last layer: the first layer's are cached only for one layer.
+    first_batch = (cached["keys"] if len(layers) == 1 else None,
+                   Values(*(cached[f] for f in Values.__dataclass_fields__)))
+    state = run_sequential(loaded, tokenizer, layout, cfg, facts, templates, solvers, batch_size, run_dir,
+                           identity=identity, snapshot_every=run.snapshot_every, after_batch=after_batch,
+                           first_batch=first_batch, layers=layers)
+    labels = dict(algorithm=algorithm, layer=layer, layers=layer_name(layers), batch_size=batch_size)
     formats = records[INFO]
     for kind, path in (("immediate", out_immediate), ("retained", out_retained), ("quality", out_quality)):
         parts = [artifacts.read_parquet(p) for p in sorted(run_dir.glob(f"{kind}-*.parquet"))]

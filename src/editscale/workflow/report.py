@@ -16,10 +16,10 @@ from editscale.workflow import findings
 log = logging.getLogger(__name__)
 
 GROUPS = {
-    "sweep": ["algorithm", "layer"],
-    "batch": ["algorithm", "layer", "batch_size"],
-    "immediate": ["algorithm", "layer", "batch_size"],
-    "retained": ["algorithm", "layer", "batch_size", "n_edits"],
+    "sweep": ["algorithm", "layer", "layers"],  # layer: where v* is (a window's last); layers: its name
+    "batch": ["algorithm", "layer", "layers", "batch_size"],
+    "immediate": ["algorithm", "layer", "layers", "batch_size"],
+    "retained": ["algorithm", "layer", "layers", "batch_size", "n_edits"],
     "baseline": [],
 }
 
@@ -40,12 +40,13 @@ def summarise(kind: str, case_paths: list, out_parquet, baseline_path=None, *, n
 
 
 def _unedited_start(retained: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame:
-    runs = retained.groupby(["algorithm", "layer", "batch_size"])
+    runs = retained.groupby(["algorithm", "layer", "layers", "batch_size"])
     parts = []
-    for (algorithm, layer, size), run in runs:
+    for (algorithm, layer, layers, size), run in runs:
         final = run[run.n_edits == run.n_edits.max()]
         start = baseline[baseline.case_id.isin(final.case_id)]
-        parts.append(start.assign(algorithm=algorithm, layer=layer, batch_size=size, batch=-1, n_edits=0))
+        parts.append(start.assign(algorithm=algorithm, layer=layer, layers=layers, batch_size=size, batch=-1,
+                                  n_edits=0))
     return pd.concat(parts, ignore_index=True)[retained.columns.intersection(parts[0].columns)]
 
 
