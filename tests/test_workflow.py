@@ -190,3 +190,27 @@ def test_a_window_runs_the_batch_and_sequential_experiments(tmp_path):
     assert {"layer0.A", "layer0.B", "layer1.A", "layer1.B"} <= set(edits)
     values = sorted(p.parent.name for p in (run / "values").rglob("*.safetensors"))
     assert set(values) == {"layer1"}  # a window's values are its last layer's
+
+
+def test_finding_f_compares_one_layer_with_a_window(tmp_path):
+    """window: {layers: [0, 1]} beside layer: 1 adds the window's runs at the largest B and the
+    longest sequential run, (f)'s rows (NS and Score, window minus one layer, paired) and its
+    figure; claims (b)–(e) still read the single-layer runs only."""
+    work = tiny_workflow(tmp_path / "f", layer=1, window={"layers": [0, 1]}, sweep={"algorithms": []},
+                         batch={"algorithms": ["memit"], "sizes": [2, 4]},
+                         sequential={"algorithms": ["memit"], "sizes": [2, 4], "n": 4})
+    done = snakemake(work)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = work / run_dir(work)
+    assert sorted(p.name for p in (run / "batch").glob("*.cases.parquet")) == [
+        "memit-layer0-1-b4.cases.parquet", "memit-layer1-b2.cases.parquet", "memit-layer1-b4.cases.parquet"]
+    assert sorted(p.name for p in (run / "sequential").glob("*.retained.parquet")) == [
+        "memit-layer0-1-b2.retained.parquet", "memit-layer1-b2.retained.parquet", "memit-layer1-b4.retained.parquet"]
+    table = pd.read_parquet(run / "summary" / "findings.parquet")
+    f = table[table.claim.str.startswith("f. ")]
+    assert len(f) == 4 and set(f.verdict) <= {"reproduced", "contradicted", "inconclusive at this n"}
+    assert any("NS(layers 0-1) − NS(layer 1), B = 4" in s for s in f.statistic)
+    assert any("sequential edits in batches of 2" in s for s in f.statistic)
+    b = table[table.claim.str.startswith("b. ")]
+    assert len(b) and all("B = 2 to 4" in d or d == "" for d in b.detail)  # the single-layer grid only
+    assert (run / "plots" / "window.png").stat().st_size > 1000

@@ -110,6 +110,15 @@ class Sequential:
 
 
 @dataclass(frozen=True)
+class Window:
+    """Finding (f): single-layer editing against a window of layers (MEMIT's spread), at the largest
+    batch and at the end of the longest sequential run. `layers` names the window; else `size` > 0
+    takes the `size` layers ending at the chosen layer; neither: no comparison."""
+    layers: tuple = ()
+    size: int = 0
+
+
+@dataclass(frozen=True)
 class Evaluation:
     fluency_cases: int = 2
     fluency_tokens: int = 30
@@ -162,6 +171,7 @@ class Settings:
     sweep: Sweep = field(default_factory=Sweep)
     batch: Batch = field(default_factory=Batch)
     sequential: Sequential = field(default_factory=Sequential)
+    window: Window = field(default_factory=Window)
     evaluation: Evaluation = field(default_factory=Evaluation)
     findings: Findings = field(default_factory=Findings)
     plots: Plots = field(default_factory=Plots)
@@ -171,7 +181,7 @@ class Settings:
 def window(layer) -> list[int]:
     """A `layer` setting or path name as the layers it edits, ascending: 3 -> [3]; [5, 4] -> [4, 5];
     "4-8" -> [4, 5, 6, 7, 8]; "4+6" -> [4, 6]."""
-    if isinstance(layer, (list, tuple)):
+    if not isinstance(layer, (str, int)):
         return sorted(int(x) for x in layer)
     text = str(layer)
     if "-" in text:
@@ -188,6 +198,18 @@ def layer_name(layer) -> str:
     if len(layers) > 1 and layers == list(range(layers[0], layers[-1] + 1)):
         return f"{layers[0]}-{layers[-1]}"
     return "+".join(map(str, layers))
+
+
+def compared_window(w: Window, chosen) -> str | None:
+    """Finding (f)'s window as a path name, for the chosen layer `chosen` (a layer or its name), or
+    None: `w.layers`, else the `w.size` layers ending at the chosen layer."""
+    if w.layers:
+        return layer_name(w.layers)
+    if w.size:
+        end = window(chosen)[-1]
+        layers = range(max(0, end - w.size + 1), end + 1)
+        return layer_name(layers) if len(layers) > 1 else None  # at layer 0 there is no window below
+    return None
 
 
 def parse(config: dict) -> Settings:
@@ -303,12 +325,19 @@ def check(s: Settings, *, n_layers: int | None = None, model_exists: bool | None
     if s.layer == "auto" and not s.sweep.algorithms:
         problems.append("layer: auto takes the sweep's best layer, but sweep.algorithms is empty; name a layer or "
                         "an algorithm to sweep")
+    if s.window.layers or s.window.size:
+        if s.layer != "auto" and len(window(s.layer)) > 1:
+            problems.append(f"window compares one layer with a window, but layer = {list(window(s.layer))} is a "
+                            f"window already; name one layer (or auto), or drop window")
+        if s.window.layers and len(s.window.layers) < 2 or s.window.size == 1:
+            problems.append("window.layers needs two or more layers (or window.size two or more); one layer is "
+                            "the single-layer edit")
     if s.layer != "auto" and len(window(s.layer)) > 1:
         for key, algos in (("batch", s.batch.algorithms), ("sequential", s.sequential.algorithms)):
             if "rome" in algos:
                 problems.append(f"layer = {list(window(s.layer))} is a window, but {key}.algorithms has rome, which "
                                 f"edits one layer; drop it there, or name one layer")
-    layers = [*s.sweep.layers, *(window(s.layer) if s.layer != "auto" else [])]
+    layers = [*s.sweep.layers, *(window(s.layer) if s.layer != "auto" else []), *s.window.layers]
     if n_layers is not None:
         beyond = sorted({layer for layer in layers if layer >= n_layers})
         if beyond:

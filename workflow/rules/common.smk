@@ -29,10 +29,15 @@ RECORDS = f"{RESULTS}/records/{SELECTION}.parquet"
 TEMPLATES = f"{MODEL_DIR}/templates-seed{SETTINGS.templates.seed}.yaml"
 STATS_ID = stats_id(SETTINGS.stats)  # every setting that changes C
 STATS = f"{MODEL_DIR}/stats/{STATS_ID}/layer{{layer}}.safetensors"
-# One statistics pass fills every layer a run can edit: the sweep's, and a fixed layer's or window's.
+WINDOW = SETTINGS.window  # finding (f): the chosen layer against a window
+# One statistics pass fills every layer a run can edit: the sweep's, a fixed layer's or window's,
+# and (f)'s window: named, or `size` layers ending at the chosen layer, which auto picks among the sweep's.
+_ENDS = S.window(SETTINGS.layer)[-1:] if SETTINGS.layer != "auto" else list(SETTINGS.sweep.layers)
 STATS_LAYERS = sorted(
     set(SETTINGS.sweep.layers)
     | (set(S.window(SETTINGS.layer)) if SETTINGS.layer != "auto" else set())
+    | set(WINDOW.layers)
+    | {l for end in _ENDS for l in range(max(0, end - WINDOW.size + 1), end + 1) if WINDOW.size}
 )
 VALUES = f"{RUN_DIR}/values/layer{{layer}}/records{{start}}-{{end}}.safetensors"
 LAYER_NAME = r"\d+(?:-\d+|(?:\+\d+)+)?"  # a layer (3) or a window (4-8, 4+6): settings.layer_name
@@ -134,6 +139,11 @@ def chosen_layer():
     return S.layer_name(read_layer(checkpoints.best_layer.get().output[0]))
 
 
+def compared_window():
+    """(f)'s window as a path name, or None (settings.compared_window)."""
+    return S.compared_window(WINDOW, chosen_layer()) if (WINDOW.layers or WINDOW.size) else None
+
+
 def sweep_cases(wildcards=None):
     return [
         f"{SWEEP.format(algorithm=a, layer=l)}.cases.parquet"
@@ -142,22 +152,28 @@ def sweep_cases(wildcards=None):
     ]
 
 
-def batch_cases(wildcards=None):
+def _with_window(runs, sizes):
+    """The runs at the chosen layer, and (f)'s at its window: every algorithm but ROME, at `sizes`."""
+    window = compared_window()
+    extra = [(a, window, b) for a in runs["algorithms"] if a != "rome" for b in sizes] if window else []
     layer = chosen_layer()
+    return [(a, layer, b) for a in runs["algorithms"] for b in runs["sizes"]] + extra
+
+
+def batch_cases(wildcards=None):
+    runs = {"algorithms": SETTINGS.batch.algorithms, "sizes": SETTINGS.batch.sizes}
     return [
         f"{BATCH.format(algorithm=a, layer=layer, size=b)}.cases.parquet"
-        for a in SETTINGS.batch.algorithms
-        for b in SETTINGS.batch.sizes
+        for a, layer, b in _with_window(runs, [max(SETTINGS.batch.sizes)])  # (f): the largest B
     ]
 
 
 def sequential_outputs(kind):
     def outputs(wildcards=None):
-        layer = chosen_layer()
+        runs = {"algorithms": SETTINGS.sequential.algorithms, "sizes": SETTINGS.sequential.sizes}
         return [
             f"{SEQUENTIAL.format(algorithm=a, layer=layer, size=b)}.{kind}.parquet"
-            for a in SETTINGS.sequential.algorithms
-            for b in SETTINGS.sequential.sizes
+            for a, layer, b in _with_window(runs, [min(SETTINGS.sequential.sizes)])  # the longest run
         ]
 
     return outputs

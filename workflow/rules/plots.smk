@@ -2,6 +2,7 @@ rule plots:
     """The figures from the summary tables alone: seconds, and never the model."""
     input:
         **{kind: SUMMARY.format(kind=kind) for kind in SUMMARY_KINDS},
+        best=[BEST_LAYER] if SETTINGS.layer == "auto" else [],  # which runs are at the chosen layer
     output:
         **{
             name: report(
@@ -27,5 +28,7 @@ rule plots:
         **LIGHT,
     params:
         style=S.results(SETTINGS.plots),
+        layer=S.layer_name(SETTINGS.layer) if SETTINGS.layer != "auto" else "auto",
+        window=S.results(SETTINGS.window),
     script:
         "../scripts/plot.py"

@@ -74,6 +74,7 @@ rule findings:
         batch=batch_cases,
         retained=sequential_outputs("retained"),
         model=MODEL_MANIFEST,
+        best=[BEST_LAYER] if SETTINGS.layer == "auto" else [],  # which runs are at the chosen layer
     output:
         table=FINDINGS,
         csv=report(
@@ -92,5 +93,7 @@ rule findings:
         **LIGHT,
     params:
         findings=S.results(SETTINGS.findings),
+        layer=S.layer_name(SETTINGS.layer) if SETTINGS.layer != "auto" else "auto",
+        window=S.results(SETTINGS.window),
     script:
         "../scripts/findings.py"

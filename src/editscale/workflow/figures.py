@@ -17,7 +17,7 @@ from editscale import artifacts
 from editscale.data import DATASETS
 from editscale.data.records import dataset_of
 
-FIGURES = ["sweep", "batch", "sequential", "immediate_vs_retained", "weight_health"]
+FIGURES = ["sweep", "batch", "sequential", "immediate_vs_retained", "weight_health", "window"]
 PERCENT = {"Score", *(m for d in DATASETS.values() for m in d.metrics)}  # on the fixed 0–100 axis
 NAMES = {"Score": "Score", **{m: label for d in DATASETS.values() for m, label in d.labels.items()},
          "drift_perplexity": "drift perplexity", "fluency": "generation entropy",
@@ -209,12 +209,54 @@ def _nothing(name: str, out, formats) -> None:
     _save(fig, out, formats, "")
 
 
-def plot_all(summary: dict, style: dict, outputs: dict) -> None:
+def window(batch: pd.DataFrame, retained: pd.DataFrame, layer: str, spread: str, colors, out, formats) -> None:
+    """Finding (f): one layer against a window, at the largest B and at the end of the longest
+    sequential run, specificity and Score with their 95% CIs, a pair of points per algorithm."""
+    final = retained[retained.n_edits == retained.n_edits.max()] if len(retained) else retained
+    cases = []
+    for experiment, table, pick in (("batch", batch, max), ("sequential", final, min)):
+        if not len(table):
+            continue
+        table = table[table["layers"].astype(str).isin([layer, spread])]
+        both = [b for b in table.batch_size.unique() if table[table.batch_size == b]["layers"].nunique() == 2]
+        if both:
+            cases.append((experiment, table[table.batch_size == pick(both)]))
+    headline = _headline(batch if len(batch) else retained)
+    metrics = [headline[-1], "Score"]
+    fig, axes = _grid(1, len(metrics), width=3.6)
+    for ax, metric in zip(axes[0], metrics):
+        ticks = []
+        for experiment, table in cases:
+            for algorithm in sorted(table.algorithm.unique()):
+                ticks.append(f"{algorithm}\n{experiment} B = {int(table.batch_size.iloc[0])}")
+                for shift, color, name in ((-0.12, colors[0], layer), (0.12, colors[1], spread)):
+                    row = table[(table.algorithm == algorithm) & (table.metric == metric)
+                                & (table["layers"].astype(str) == name)]
+                    ax.errorbar([len(ticks) - 1 + shift], row["mean"], yerr=[row["mean"] - row.ci_low,
+                                row.ci_high - row["mean"]], fmt="o", ms=4, capsize=2, color=color,
+                                label=f"layer {name}" if "-" not in name and "+" not in name else f"layers {name}")
+        _metric_axis(ax, metric)
+        ax.set_xticks(range(len(ticks)), ticks, fontsize=7)
+    _save(fig, out, formats, f"One layer against a window of layers, mean and 95% CI {_note(batch)}")
+
+
+def plot_all(summary: dict, style: dict, outputs: dict, *, layer="auto", best_layer_path=None,
+             window_settings: dict | None = None) -> None:
     """Every figure; `summary` maps a kind (sweep, batch, immediate, retained, baseline, quality, health) to its
-    summary Parquet and `outputs` a figure name to its PNG path (other formats go beside it)."""
+    summary Parquet and `outputs` a figure name to its PNG path (other formats go beside it). The
+    experiments' figures show the runs at the chosen layer (`layer`, or the sweep's best); the
+    window figure compares them with finding (f)'s window."""
+    from editscale.workflow.report import chosen_and_window
+
     sns = _style(style)
     formats = style.get("formats", ["png", "pdf"])
     tables = {kind: artifacts.read_parquet(path) for kind, path in summary.items()}
+    main, spread = chosen_and_window(layer, best_layer_path, window_settings)
+    full = dict(tables)
+    for kind in ("batch", "immediate", "retained", "health"):
+        table = tables[kind]
+        if main != "auto" and len(table) and "layers" in table:
+            tables[kind] = table[table["layers"].astype(str) == main]
     colors = sns.color_palette(n_colors=10)
     drawn = {
         "sweep": (len(tables["sweep"]), lambda: sweep(tables["sweep"], tables["baseline"], colors, outputs["sweep"],
@@ -229,6 +271,8 @@ def plot_all(summary: dict, style: dict, outputs: dict) -> None:
             tables["immediate"], tables["retained"], colors, outputs["immediate_vs_retained"], formats)),
         "weight_health": (len(tables["health"]), lambda: weight_health(
             tables["health"], tables["retained"], colors, outputs["weight_health"], formats)),
+        "window": (spread is not None and (len(full["batch"]) or len(full["retained"])), lambda: window(
+            full["batch"], full["retained"], main, spread, colors, outputs["window"], formats)),
     }
     for name, (rows, draw) in drawn.items():
         if rows:

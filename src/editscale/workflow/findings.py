@@ -255,6 +255,43 @@ def retention(retained: pd.DataFrame, options: Findings) -> list[dict]:
                  "(not in the paper)", algos.n, detail)]
 
 
+def window_vs_layer(batch: pd.DataFrame, retained: pd.DataFrame, layer: str, window: str,
+                    options: Findings) -> list[dict]:
+    """(f), beyond the paper: one layer against a window of layers ending there (MEMIT's spread), at
+    the largest batch size both were run at, and at the end of the longest sequential run (the
+    smallest B): NS (the dataset's specificity) and Score, window minus one layer, paired over the
+    same cases. The verdict is read against the hypothesis that spreading keeps NS better."""
+    rows = []
+    for experiment, table, pick in (("batch", batch, max), ("sequential", retained, min)):
+        if not len(table) or "layers" not in table:
+            continue
+        table = table[table["layers"].astype(str).isin([layer, window])]
+        for algorithm in sorted(table.algorithm.unique()):
+            runs = table[table.algorithm == algorithm]
+            sizes = [b for b in runs.batch_size.unique()
+                     if set(runs[runs.batch_size == b]["layers"].astype(str)) == {layer, window}]
+            if not sizes:
+                continue
+            size = pick(sizes)
+            runs = runs[runs.batch_size == size]
+            if experiment == "sequential":
+                runs = runs[runs.n_edits == runs.n_edits.max()]
+            n_edits = int(runs.n_edits.max()) if "n_edits" in runs and runs.n_edits.notna().any() else None
+            pair = Paired(runs.assign(layers=runs["layers"].astype(str)), "layers", options)
+            where = (f"B = {size}, {pair.n} edits" if experiment == "batch" else
+                     f"{n_edits} sequential edits in batches of {size}")
+            for metric in (pair.specificity, "Score"):
+                spread, one = pair.mean(window, metric), pair.mean(layer, metric)
+                ci = _ci(spread[1] - one[1])
+                claim = (f"keeps {pair.specificity} better" if metric == pair.specificity else "scores better")
+                rows.append(_row(f"f. a window {claim} than one layer ({algorithm}, {experiment})",
+                                 f"{metric}(layers {window}) − {metric}(layer {layer}), {where}",
+                                 spread[0] - one[0], ci, _direction(*ci, +1),
+                                 "(not in the paper; MEMIT spreads edits over layers)", pair.n,
+                                 f"{metric} {spread[0]:.1f} over layers {window} against {one[0]:.1f} at layer {layer}"))
+    return rows
+
+
 def findings(sweep: pd.DataFrame, batch: pd.DataFrame, retained: pd.DataFrame, n_layers: int,
              options: Findings) -> pd.DataFrame:
     rows = [*(best_layer(sweep, n_layers, options) if len(sweep) else []),

@@ -56,20 +56,43 @@ def collect(paths_: list, out_parquet) -> None:
     write_table(pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(), out_parquet)
 
 
-def write_findings(case_paths: dict, manifest_path, options: dict, out_parquet) -> None:
-    """The findings table (findings.{parquet,csv,md}) from the sweep, batch and retained per-case tables."""
+def write_findings(case_paths: dict, manifest_path, options: dict, out_parquet, *, layer="auto", best_layer_path=None,
+                   window: dict | None = None) -> None:
+    """The findings table (findings.{parquet,csv,md}) from the sweep, batch and retained per-case tables.
+
+    Claims (b)–(e) read the runs at the chosen layer (`layer`, or the sweep's best from
+    `best_layer_path`); (f) compares them with the runs at the `window` (settings.Window), if any."""
     tables = {kind: pd.concat([artifacts.read_parquet(p) for p in paths], ignore_index=True) if paths else
-              pd.DataFrame(columns=["case_id", "algorithm", "layer", "batch_size", "n_edits", "ES", "PS", "NS"])
+              pd.DataFrame(columns=["case_id", "algorithm", "layer", "layers", "batch_size", "n_edits", "ES", "PS",
+                                    "NS"])
               for kind, paths in case_paths.items()}
     with open(manifest_path) as f:
         n_layers = int(yaml.safe_load(f)["n_layers"])
     settings = Findings(**options)
-    table = findings.findings(tables["sweep"], tables["batch"], tables["retained"], n_layers, settings)
+    main, spread = chosen_and_window(layer, best_layer_path, window)
+    at_main = {kind: t if kind == "sweep" or main == "auto" else t[t["layers"].astype(str) == main]
+               for kind, t in tables.items()}
+    table = findings.findings(at_main["sweep"], at_main["batch"], at_main["retained"], n_layers, settings)
+    if spread is not None:
+        table = pd.concat([table, pd.DataFrame(findings.window_vs_layer(tables["batch"], tables["retained"], main,
+                                                                        spread, settings), columns=findings.COLUMNS)],
+                          ignore_index=True)
     for row in table.itertuples(index=False):
         log.info("%s: %s = %.2f [%.2f, %.2f] -> %s", row.claim, row.statistic, row.value, row.ci_low, row.ci_high,
                  row.verdict)
     layers = findings.layer_scores(tables["sweep"], settings) if len(tables["sweep"]) else None
     write_table(table, out_parquet, findings.markdown(table, layers))
+
+
+def chosen_and_window(layer, best_layer_path, window: dict | None) -> tuple[str, str | None]:
+    """The path names of the chosen layer (`layer`, or the sweep's best from `best_layer_path`) and of
+    finding (f)'s window (None without one)."""
+    from editscale.settings import Window, compared_window, layer_name
+    from editscale.workflow.experiments import read_layer
+
+    main = layer_name(read_layer(best_layer_path)) if layer == "auto" and best_layer_path else str(layer)
+    settings = Window(**{k: tuple(v) if isinstance(v, list) else v for k, v in (window or {}).items()})
+    return main, compared_window(settings, main) if main != "auto" else None
 
 
 def write_table(table: pd.DataFrame, out_parquet, text: str | None = None) -> None:
