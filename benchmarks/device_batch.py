@@ -101,8 +101,8 @@ def main() -> None:
             stem = out / f"batch-{algorithm}-b{size}"
             t = time.perf_counter()
             step(f"batch {algorithm} B = {size}", experiments.independent, model=model, edit=params, run=run,
-                 records_path=records, value_paths=value_paths, stats_path=stats, algorithm=algorithm, layer=layer,
-                 batch_size=size, n=edited, out_nll=f"{stem}.nll.parquet", out_cases=f"{stem}.cases.parquet")
+                 records_path=records, value_paths=value_paths, stats_paths=[stats], templates_path=templates,
+                 baseline_nll=None, algorithm=algorithm, layers=[layer], batch_size=size, n=edited, out_nll=f"{stem}.nll.parquet", out_cases=f"{stem}.cases.parquet")
             last = time.perf_counter() - t
             cases.append(f"{stem}.cases.parquet")
     if cases:

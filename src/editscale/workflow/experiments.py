@@ -74,7 +74,8 @@ def independent(*, model: dict, edit: dict, run: Execution, records_path, value_
     """N edits in batches of `batch_size`, each batch solved against the unedited model, all
     evaluated together with per-row low-rank edits (nothing is applied to the model). At one layer
     every batch is solved from the value files at once; over a window each batch is spread over
-    the layers in turn (`editing.edit_window`), its keys recomputed above the first."""
+    the layers in turn (`editing.edit_window`), its keys recomputed above the first. `baseline_nll`
+    is the unedited model's scored table, for metrics read against it (None: CounterFact needs none)."""
     loaded, tokenizer, layout = load_model(model, run)
     records = data.read_records(records_path).head(n)
     facts = records.to_dict("records")
