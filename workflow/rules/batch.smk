@@ -1,8 +1,6 @@
 rule batch:
     """N edits in independent batches of B, each solved against the unedited model, at the chosen
     layer or spread over the chosen window."""
-    wildcard_constraints:
-        layer=LAYER_NAME,
     input:
         model=MODEL_MANIFEST,
         records=RECORDS,
@@ -17,6 +15,8 @@ rule batch:
         f"{RUN_DIR}/logs/batch/{{algorithm}}-layer{{layer}}-b{{size}}.log",
     benchmark:
         f"{RUN_DIR}/benchmarks/batch/{{algorithm}}-layer{{layer}}-b{{size}}.tsv"
+    wildcard_constraints:
+        layer=LAYER_NAME,
     conda:
         ENV
     threads: THREADS

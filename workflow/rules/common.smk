@@ -32,12 +32,21 @@ STATS = f"{MODEL_DIR}/stats/{STATS_ID}/layer{{layer}}.safetensors"
 WINDOW = SETTINGS.window  # finding (f): the chosen layer against a window
 # One statistics pass fills every layer a run can edit: the sweep's, a fixed layer's or window's,
 # and (f)'s window: named, or `size` layers ending at the chosen layer, which auto picks among the sweep's.
-_ENDS = S.window(SETTINGS.layer)[-1:] if SETTINGS.layer != "auto" else list(SETTINGS.sweep.layers)
+_ENDS = (
+    S.window(SETTINGS.layer)[-1:]
+    if SETTINGS.layer != "auto"
+    else list(SETTINGS.sweep.layers)
+)
 STATS_LAYERS = sorted(
     set(SETTINGS.sweep.layers)
     | (set(S.window(SETTINGS.layer)) if SETTINGS.layer != "auto" else set())
     | set(WINDOW.layers)
-    | {l for end in _ENDS for l in range(max(0, end - WINDOW.size + 1), end + 1) if WINDOW.size}
+    | {
+        l
+        for end in _ENDS
+        for l in range(max(0, end - WINDOW.size + 1), end + 1)
+        if WINDOW.size
+    }
 )
 VALUES = f"{RUN_DIR}/values/layer{{layer}}/records{{start}}-{{end}}.safetensors"
 LAYER_NAME = r"\d+(?:-\d+|(?:\+\d+)+)?"  # a layer (3) or a window (4-8, 4+6): settings.layer_name
@@ -141,7 +150,11 @@ def chosen_layer():
 
 def compared_window():
     """(f)'s window as a path name, or None (settings.compared_window)."""
-    return S.compared_window(WINDOW, chosen_layer()) if (WINDOW.layers or WINDOW.size) else None
+    return (
+        S.compared_window(WINDOW, chosen_layer())
+        if (WINDOW.layers or WINDOW.size)
+        else None
+    )
 
 
 def sweep_cases(wildcards=None):
@@ -155,7 +168,11 @@ def sweep_cases(wildcards=None):
 def _with_window(runs, sizes):
     """The runs at the chosen layer, and (f)'s at its window: every algorithm but ROME, at `sizes`."""
     window = compared_window()
-    extra = [(a, window, b) for a in runs["algorithms"] if a != "rome" for b in sizes] if window else []
+    extra = (
+        [(a, window, b) for a in runs["algorithms"] if a != "rome" for b in sizes]
+        if window
+        else []
+    )
     layer = chosen_layer()
     return [(a, layer, b) for a in runs["algorithms"] for b in runs["sizes"]] + extra
 
@@ -164,16 +181,23 @@ def batch_cases(wildcards=None):
     runs = {"algorithms": SETTINGS.batch.algorithms, "sizes": SETTINGS.batch.sizes}
     return [
         f"{BATCH.format(algorithm=a, layer=layer, size=b)}.cases.parquet"
-        for a, layer, b in _with_window(runs, [max(SETTINGS.batch.sizes)])  # (f): the largest B
+        for a, layer, b in _with_window(
+            runs, [max(SETTINGS.batch.sizes)]
+        )  # (f): the largest B
     ]
 
 
 def sequential_outputs(kind):
     def outputs(wildcards=None):
-        runs = {"algorithms": SETTINGS.sequential.algorithms, "sizes": SETTINGS.sequential.sizes}
+        runs = {
+            "algorithms": SETTINGS.sequential.algorithms,
+            "sizes": SETTINGS.sequential.sizes,
+        }
         return [
             f"{SEQUENTIAL.format(algorithm=a, layer=layer, size=b)}.{kind}.parquet"
-            for a, layer, b in _with_window(runs, [min(SETTINGS.sequential.sizes)])  # the longest run
+            for a, layer, b in _with_window(
+                runs, [min(SETTINGS.sequential.sizes)]
+            )  # the longest run
         ]
 
     return outputs

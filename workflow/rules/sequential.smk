@@ -2,8 +2,6 @@ rule sequential:
     """Batches of B applied one after another to the same model, each recorded as it finishes:
     a killed run continues where it stopped. The first batch reuses the cached values.
     """
-    wildcard_constraints:
-        layer=LAYER_NAME,
     input:
         model=MODEL_MANIFEST,
         records=RECORDS,
@@ -21,6 +19,8 @@ rule sequential:
         f"{RUN_DIR}/logs/sequential/{{algorithm}}-layer{{layer}}-b{{size}}.log",
     benchmark:
         f"{RUN_DIR}/benchmarks/sequential/{{algorithm}}-layer{{layer}}-b{{size}}.tsv"
+    wildcard_constraints:
+        layer=LAYER_NAME,
     conda:
         ENV
     threads: THREADS
