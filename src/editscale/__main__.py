@@ -47,7 +47,8 @@ def edit(args) -> None:
         raise SystemExit(f"{args.facts}: {err}")
     out.mkdir(parents=True, exist_ok=True)
     made.save(out / "edit.safetensors")
-    print(f"wrote {out / 'edit.safetensors'}: {len(facts)} facts, {args.algorithm} at layer {editor.layer}")
+    where = f"layer {editor.layer}" if len(editor.layers) == 1 else f"layers {', '.join(map(str, editor.layers))}"
+    print(f"wrote {out / 'edit.safetensors'}: {len(facts)} facts, {args.algorithm} at {where}")
     if args.export:
         made.apply(model)
         editscale.export(model, tok, out)
