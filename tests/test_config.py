@@ -81,7 +81,7 @@ def test_schema_knows_every_registered_algorithm_and_setting():
     assert schema["definitions"]["algorithms"]["items"]["enum"] == list(algorithms.ALGORITHMS)
     sections = {f.name: f.default_factory for f in settings.dataclasses.fields(settings.Settings)
                 if f.default_factory is not settings.dataclasses.MISSING}
-    assert len(sections) == 13 and set(schema["properties"]) == set(settings.Settings.__dataclass_fields__)
+    assert set(schema["properties"]) == set(settings.Settings.__dataclass_fields__)  # every section, no more
     for section, cls in sections.items():
         assert set(schema["properties"][section]["properties"]) == set(cls.__dataclass_fields__), section
 
