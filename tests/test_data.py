@@ -239,14 +239,14 @@ def test_official_url_uses_a_verified_cache_and_rejects_a_bad_download(tmp_path,
     def no_network(url, timeout):
         raise AssertionError("a verified cache must not be downloaded again")
 
-    monkeypatch.setattr(data.urllib.request, "urlopen", no_network)
+    monkeypatch.setattr("urllib.request.urlopen", no_network)
     assert data.load_counterfact(data.OFFICIAL_URL).case_id.tolist() == [5]
 
     def truncated_download(url, timeout):
-        assert timeout == data.DOWNLOAD_TIMEOUT  # a stalled server cannot hang the run
+        assert timeout == records.DOWNLOAD_TIMEOUT  # a stalled server cannot hang the run
         return io.BytesIO(b"[]")
 
-    monkeypatch.setattr(data.urllib.request, "urlopen", truncated_download)
+    monkeypatch.setattr("urllib.request.urlopen", truncated_download)
     stale = json.dumps([full_record(6)])
     cached.write_text(stale)  # no longer matches, so it is fetched again
     with pytest.raises(CounterFactError) as err:

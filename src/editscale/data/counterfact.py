@@ -8,22 +8,18 @@ list of these. The full ROME format and EasyEdit's reduced format are both read;
 
 from __future__ import annotations
 
-import json
 import os
 import reprlib
-import shutil
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from editscale import artifacts, paths
-from editscale.data.records import COLUMNS, RecordError, select
+from editscale.data.records import COLUMNS, RecordError, download, read_json_records, select
 
 OFFICIAL_URL = "https://rome.baulab.info/data/dsets/counterfact.json"
 OFFICIAL_SHA256 = "d017056125178a13728594e66a801357a8db9ed7973a7425554bb4271de9fc6f"
-DOWNLOAD_TIMEOUT = 120  # seconds without a byte before a download is given up
 _LISTS = ["paraphrase_prompts", "neighborhood_prompts", "generation_prompts"]  # as the files spell them
 # What makes two records the same edit. The prompt lists are compared too, but only
 # between two full records: EasyEdit keeps 1 of each list by design.
@@ -71,7 +67,7 @@ def load_counterfact(sources, n: int | None = None, seed: int = 0, unique_subjec
     files = _files(sources)
     rows: dict[int, tuple[dict, Path]] = {}
     for file in files:
-        for index, record in enumerate(_read_json(file)):
+        for index, record in enumerate(read_json_records(file, CounterFactError, "CounterFact")):
             _merge(rows, _normalise(record, file, index), file)
     if not rows:
         raise CounterFactError(f"no CounterFact records in {_names(files)}; point the sources at non-empty JSON files")
@@ -119,25 +115,7 @@ def _download(url: str) -> Path:
     if target.is_file() and artifacts.sha256(target) == OFFICIAL_SHA256:
         return target
     # The download only replaces the cache once its hash is right; a bad one leaves the cache untouched.
-    with artifacts.atomic_path(target) as tmp:
-        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response, open(tmp, "wb") as out:
-            shutil.copyfileobj(response, out, 1 << 20)
-        digest = artifacts.sha256(tmp)
-        if digest != OFFICIAL_SHA256:
-            raise CounterFactError(f"download of {url} has sha256 {digest}, expected {OFFICIAL_SHA256}; the file "
-                                   f"changed or the download was cut short: retry, or use the offline files")
-    return target
-
-
-def _read_json(file: Path) -> list[dict]:
-    try:
-        records = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CounterFactError(f"{file} is not JSON ({exc}); a CounterFact file is a JSON list of records") from exc
-    if not isinstance(records, list) or not all(isinstance(record, dict) for record in records):
-        found = "a list with non-object items" if isinstance(records, list) else f"a JSON {type(records).__name__}"
-        raise CounterFactError(f"{file} must hold a JSON list of record objects, found {found}")
-    return records
+    return download(url, target, CounterFactError, sha256=OFFICIAL_SHA256)
 
 
 def _normalise(record: dict, file: Path, index: int) -> dict:

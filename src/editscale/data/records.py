@@ -20,11 +20,17 @@ a case's metrics follow from its scored prompts is the dataset's business (`data
 
 from __future__ import annotations
 
+import json
+import shutil
+import urllib.request
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
 from editscale import artifacts
 
+DOWNLOAD_TIMEOUT = 120  # seconds without a byte before a download is given up
 KINDS = ("paraphrase", "neighborhood", "portability")
 LIST_COLUMNS = ["paraphrase_prompts", "paraphrase_answers", "neighborhood_prompts", "neighborhood_answers",
                 "portability_prompts", "portability_answers", "generation_prompts"]
@@ -34,6 +40,31 @@ COLUMNS = ["case_id", *STRING_COLUMNS, *LIST_COLUMNS]
 
 class RecordError(ValueError):
     """Unusable dataset input; the message names the file, the case and the field, and how to fix it."""
+
+
+def read_json_records(file: Path, error: type[RecordError], name: str) -> list[dict]:
+    """The JSON list of record objects in `file`, or `error` naming the file and what it holds instead."""
+    try:
+        records = json.loads(Path(file).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{file} is not JSON ({exc}); a {name} file is a JSON list of records") from exc
+    if not isinstance(records, list) or not all(isinstance(record, dict) for record in records):
+        found = "a list with non-object items" if isinstance(records, list) else f"a JSON {type(records).__name__}"
+        raise error(f"{file} must hold a JSON list of record objects, found {found}")
+    return records
+
+
+def download(url: str, target: Path, error: type[RecordError], sha256: str | None = None) -> Path:
+    """`url` into `target`, atomically: an interrupted download, or with `sha256` one of another
+    hash, leaves `target` as it was."""
+    with artifacts.atomic_path(target) as tmp:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response, open(tmp, "wb") as out:
+            shutil.copyfileobj(response, out, 1 << 20)
+        digest = artifacts.sha256(tmp) if sha256 is not None else None
+        if digest != sha256:
+            raise error(f"download of {url} has sha256 {digest}, expected {sha256}; the file changed or the "
+                        f"download was cut short: retry, or use the offline files")
+    return target
 
 
 def write_records(frame: pd.DataFrame, path) -> None:

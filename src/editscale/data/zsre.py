@@ -11,23 +11,19 @@ Case ids are record positions, as in memit (`case_id: i`); a second file's conti
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from editscale import artifacts, paths
-from editscale.data.records import COLUMNS, RecordError, select
+from editscale import paths
+from editscale.data.records import COLUMNS, RecordError, download, read_json_records, select
 
 # kmeng01/memit's copy (util/globals.yml REMOTE_ROOT_URL + dsets/zsre.py): 19,086 records, no portability.
 OFFICIAL_URL = "https://memit.baulab.info/data/dsets/zsre_mend_eval.json"
 OFFLINE = {"auto": "zsre_mend_eval_portability_gpt4.json", "auto-knowedit": "knowedit_ZsRE-test-all.json"}
 TARGETS = ("answers", "alt")
-DOWNLOAD_TIMEOUT = 120
 
 
 class ZsreError(RecordError):
@@ -63,7 +59,7 @@ def load(sources, n: int | None = None, seed: int = 0, unique_subjects: bool = T
     files = _files(sources)
     rows = []
     for file in files:
-        records = _read_json(file)
+        records = read_json_records(file, ZsreError, "zsRE")
         rows += [_normalise(record, file, i, len(rows) + i, target) for i, record in enumerate(records)]
     if not rows:
         raise ZsreError(f"no zsRE records in {', '.join(map(str, files))}; point data.source at a non-empty file")
@@ -89,21 +85,7 @@ def _download(url: str) -> Path:
     if url != OFFICIAL_URL:
         raise ZsreError(f"unknown zsRE URL {url}; the one known is {OFFICIAL_URL}")
     target = paths.cache_dir("zsre") / Path(url).name
-    if not target.is_file():  # the download only lands once complete
-        with artifacts.atomic_path(target) as tmp:
-            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response, open(tmp, "wb") as out:
-                shutil.copyfileobj(response, out, 1 << 20)
-    return target
-
-
-def _read_json(file: Path) -> list[dict]:
-    try:
-        records = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ZsreError(f"{file} is not JSON ({exc}); a zsRE file is a JSON list of records") from exc
-    if not isinstance(records, list) or not all(isinstance(record, dict) for record in records):
-        raise ZsreError(f"{file} must hold a JSON list of record objects")
-    return records
+    return target if target.is_file() else download(url, target, ZsreError)  # it only lands once complete
 
 
 def _normalise(record: dict, file: Path, index: int, case_id: int, target: str) -> dict:

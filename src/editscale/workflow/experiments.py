@@ -49,10 +49,13 @@ def _score(model, tokenizer, layout, records, run: Execution, **edits) -> pd.Dat
                          max_tokens=run.eval_max_tokens, **edits)
 
 
-def _per_case(nll: pd.DataFrame, records: pd.DataFrame, reference_path=None) -> pd.DataFrame:
+def _per_case(nll: pd.DataFrame, records: pd.DataFrame, reference: pd.DataFrame | None = None) -> pd.DataFrame:
     """The dataset's per-case metrics, read against the baseline's scored table where they need it."""
-    reference = artifacts.read_parquet(reference_path) if reference_path is not None else None
     return metrics.per_case(nll, dataset=dataset_of(records), reference=reference)
+
+
+def _reference(baseline_nll) -> pd.DataFrame | None:
+    return artifacts.read_parquet(baseline_nll) if baseline_nll is not None else None
 
 
 def _log_headline(what: str, cases: pd.DataFrame, records: pd.DataFrame) -> None:
@@ -106,7 +109,7 @@ def independent(*, model: dict, edit: dict, run: Execution, records_path, value_
     nll = _score(loaded, tokenizer, layout, records, run, edits=edits, case_edit=case_edit, layer=layer, progress=True)
     # The value files are in record order (checked by _cached_values), so the losses join as a column.
     case_info = records[INFO].assign(value_loss=cached["loss"].numpy())
-    cases = _per_case(nll, records, baseline_nll).merge(case_info, on="case_id")
+    cases = _per_case(nll, records, _reference(baseline_nll)).merge(case_info, on="case_id")
     name = layer_name(layers)
     _log_headline(f"{algorithm} layer {name}, batches of {batch_size}", cases, records)
     for table in (nll, cases):
@@ -166,6 +169,7 @@ def sequential(*, model: dict, edit: dict, values: dict, evaluation: dict, run: 
     facts = records.to_dict("records")
     editing.check_conflicts([facts[i : i + batch_size] for i in range(0, n, batch_size)], run.allow_conflicts)
     templates = load_templates(templates_path)
+    reference = _reference(baseline_nll)  # read once, for every batch's evaluation
     layer = layers[-1]
     cfg = edit_config(edit, algorithm, layer, run, values)
     solvers = {at: editing.prepare(cfg, load_stats(path, device=run.device)[0]) for at, path in zip(layers, stats_paths)}
@@ -189,11 +193,11 @@ def sequential(*, model: dict, edit: dict, values: dict, evaluation: dict, run: 
         done = min((b + 1) * batch_size, n)
         ids = [f["case_id"] for f in batch_facts]
         nll = _score(loaded, tokenizer, layout, records[records.case_id.isin(ids)], run)
-        cases = _label(_per_case(nll, records, baseline_nll), batch=b, n_edits=done)
+        cases = _label(_per_case(nll, records, reference), batch=b, n_edits=done)
         artifacts.write_parquet(cases, run_dir / f"immediate-{b:05d}.parquet")
         if b in retained_at:
             nll = _score(loaded, tokenizer, layout, records.head(done), run)
-            retained = _per_case(nll, records, baseline_nll)
+            retained = _per_case(nll, records, reference)
             _log_headline(f"retained after {done} edits", retained, records)
             artifacts.write_parquet(_label(retained, batch=b, n_edits=done), run_dir / f"retained-{b:05d}.parquet")
             quality = {"batch": b, "n_edits": done, **_quality(loaded, tokenizer, records, evaluation)}
