@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -140,6 +141,24 @@ def tiny_workflow(root: Path, **sections) -> Path:
     (root / "config").mkdir(exist_ok=True)
     (root / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """The tiny workflow run once, cold, for every test that starts from or compares with a clean
+    run (end to end, faults, SLURM): (its folder, its wall seconds, its results). A test that
+    changes anything works on a copy (`copy_run`), never on this folder."""
+    workdir = tiny_workflow(tmp_path_factory.mktemp("tiny-run"))
+    start = time.monotonic()
+    run = snakemake(workdir)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return workdir, time.monotonic() - start, results(workdir)
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    """A finished workflow folder copied with its mtimes and Snakemake's records, so it is up to date."""
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
 
 
 def workflow_config(workdir: Path) -> dict:

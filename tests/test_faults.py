@@ -38,19 +38,10 @@ def kill_at(workdir: Path, seconds: float) -> bool:
         return True
 
 
-@pytest.fixture(scope="module")
-def clean(tmp_path_factory):
-    workdir = tiny_workflow(tmp_path_factory.mktemp("clean"))
-    start = time.monotonic()
-    run = snakemake(workdir)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return workdir, time.monotonic() - start, results(workdir)
-
-
-def test_kills_at_random_moments_then_resume_to_the_clean_results(clean, tmp_path):
+def test_kills_at_random_moments_then_resume_to_the_clean_results(tiny_run, tmp_path):
     """Killed three times at seeded random moments; each time the README's steps (unlock, run
     again) continue; the final tables and edits are bit-identical to an uninterrupted run's."""
-    source, wall, want = clean
+    source, wall, want = tiny_run
     workdir = tmp_path / "killed"
     workdir.mkdir()
     copy_model(source, workdir)
@@ -67,10 +58,10 @@ def test_kills_at_random_moments_then_resume_to_the_clean_results(clean, tmp_pat
     assert not list((workdir / "results").rglob("*.parts"))  # no half-done run left behind
 
 
-def test_a_changed_setting_never_resumes_a_stale_run(clean, tmp_path):
+def test_a_changed_setting_never_resumes_a_stale_run(tiny_run, tmp_path):
     """A sequential run killed half-way, then stats.max_tokens changed (so C changes): the rerun must
     start over, not continue from the old C, and equal a clean run with the new setting."""
-    source, _, _ = clean
+    source, _, _ = tiny_run
     target_name = "emmet-layer1-b1"
 
     def target(workdir):

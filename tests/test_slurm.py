@@ -56,10 +56,8 @@ def job_fields(job_id: int) -> dict:
     return dict(re.findall(r"(\w+)=(\S*)", shown))
 
 
-def test_the_tiny_workflow_through_slurm(slurm, tmp_path):
-    local = tiny_workflow(tmp_path / "local")
-    run = snakemake(local)
-    assert run.returncode == 0, run.stderr[-3000:]
+def test_the_tiny_workflow_through_slurm(slurm, tiny_run, tmp_path):
+    local, _, local_results = tiny_run  # the same config, run here without SLURM
     rules_run = sorted(p.stem for p in (local / "results").rglob("logs/**/*.log"))
 
     cluster = tmp_path / "cluster"
@@ -84,7 +82,7 @@ def test_the_tiny_workflow_through_slurm(slurm, tmp_path):
         assert fields["MinMemoryNode"] == (f"{1200 if rule in model_rules else 600}M"), (rule, fields)
         assert ("gres:gpu:1" in fields.get("TresPerJob", "")) == gpu, (rule, fields.get("TresPerJob"))
     # The same tables as the local run, bit for bit.
-    assert_identical(results(cluster), results(local))
+    assert_identical(results(cluster), local_results)
 
 
 def test_a_failing_job_is_reported_and_nothing_downstream_runs(slurm, tmp_path):

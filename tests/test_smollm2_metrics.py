@@ -1,4 +1,4 @@
-"""The unedited SmolLM2 on all 520 full-format CounterFact records: what must hold for any sane model."""
+"""The unedited SmolLM2 on real full-format CounterFact records: what must hold for any sane model."""
 
 import numpy as np
 import pytest
@@ -14,8 +14,10 @@ pytestmark = [pytest.mark.smollm2, pytest.mark.slow,
 def test_unedited_baseline(smollm2):
     model, tokenizer, layout = smollm2
     records = data.load_counterfact(SHARED / "counterfact" / "full", unique_subjects=False)
+    assert len(records) == 520
+    records = records.iloc[::4].reset_index(drop=True)  # 130 of them: all 520 cost 4x and check no more
     table = metrics.score(model, tokenizer, records, layout=layout, batch_size=128)
-    assert len(table) == 2 * 520 * (1 + 2 + 10)
+    assert len(table) == 2 * len(records) * (1 + 2 + 10)
     summary = metrics.aggregate(metrics.per_case(table)).set_index("metric")["mean"]
     assert np.isfinite(summary).all()
     # Before editing, the true answers are the likelier ones: neighbours keep them, rewrites lack the new ones.
