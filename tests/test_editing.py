@@ -132,6 +132,7 @@ def test_sequential_resumes_to_the_same_weights(tiny, tmp_path, algorithm):
     assert seen == [1, 2]  # only the batches that were left
     assert torch.equal(layout.weight(model, 1), w_full) and torch.equal(resumed.total, full.total)
     assert [d["batch"] for d in resumed.diagnostics] == [0, 1, 2]
+    assert resumed.unedited == full.unedited  # W₀'s health, not that of the weights the resume replayed
     if algorithm == "alphaedit":
         assert resumed.memory.size == len(FACTS)
         assert torch.equal(resumed.memory.gram, full.memory.gram)

@@ -151,6 +151,7 @@ def test_a_window_sequential_run_resumes_bit_identically(tiny, tmp_path, algorit
     for layer in WINDOW:
         assert torch.equal(layout.weight(model, layer), after[layer])
         assert torch.equal(resumed.totals[layer], full.totals[layer])
+    assert resumed.unedited == full.unedited and resumed.diagnostics == full.diagnostics
     if algorithm == "alphaedit":
         assert all(resumed.memories[layer].size == len(FACTS) for layer in WINDOW)
         assert all(torch.equal(resumed.memories[l].gram, full.memories[l].gram) for l in WINDOW)

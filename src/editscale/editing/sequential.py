@@ -93,11 +93,13 @@ def sequential(model, tokenizer, layout, cfg: EditConfig, facts, templates, solv
     layers = sorted(layers) if layers else [cfg.layer]
     solvers = solver if isinstance(solver, dict) else {layers[0]: solver}
     remembers = algorithms.get(cfg.algorithm).remembers
-    w0 = {layer: layout.weight(model, layer) for layer in layers}  # measured before a resume moves the weights
+    # The unedited weights' health is measured here, before a resume replays the done batches into
+    # the same tensors (`layout.weight` is the live parameter, not a copy).
+    w0 = {layer: layout.weight(model, layer) for layer in layers}
     w0_norms = {layer: float(w.double().norm()) for layer, w in w0.items()}
+    unedited = _health(w0_norms, w0, {layer: torch.zeros_like(w, dtype=torch.float32) for layer, w in w0.items()})
     state = _resume(run_dir, identity, model, layout, layers, solvers, remembers)
-    state.unedited = {"batch": -1, "n_edits": 0, **_health(w0_norms, w0, {l: torch.zeros_like(w, dtype=torch.float32)
-                                                                          for l, w in w0.items()})}
+    state.unedited = {"batch": -1, "n_edits": 0, **unedited}
     batches = [facts[i : i + batch_size] for i in range(0, len(facts), batch_size)]
     for b in range(state.batches_done, len(batches)):
         known = first_batch if b == 0 else None
