@@ -125,27 +125,33 @@ def test_execution_settings_and_key_order_rerun_nothing(workdir):
 
 
 def test_killed_sequential_run_resumes_where_it_stopped(workdir):
-    target = f"{run_dir(workdir)}/sequential/emmet-layer1-b1.immediate.parquet"
+    """A sequential job of the clean run (2 batches of 2) killed after its first batch, then
+    resumed: it picks up after batch 1 and writes the uninterrupted run's tables, byte for byte."""
+    target = f"{run_dir(workdir)}/sequential/emmet-layer0-b2.immediate.parquet"
     folder = workdir / f"{run_dir(workdir)}/sequential"
+    clean = {p.name: p.read_bytes() for p in folder.glob("emmet-layer0-b2.*.parquet")}  # the uninterrupted run's
+    assert len(clean) == 4, sorted(clean)
     (workdir / target).unlink(missing_ok=True)
     process = snakemake(workdir, target, popen=dict(start_new_session=True))
     deadline = time.time() + 240
-    while not list(folder.glob(".emmet-layer1-b1.*.parts/batch-*.safetensors")) and process.poll() is None \
+    while not list(folder.glob(".emmet-layer0-b2.*.parts/batch-*.safetensors")) and process.poll() is None \
             and time.time() < deadline:
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)  # a crash: no clean-up of any kind
     process.wait()
-    (parts,) = folder.glob(".emmet-layer1-b1.*.parts")
+    (parts,) = folder.glob(".emmet-layer0-b2.*.parts")
     done = len(list(parts.glob("batch-*.safetensors")))
-    assert 1 <= done < 4, f"the run was not caught mid-way (batches done: {done})"
+    assert done == 1, f"the run was not caught mid-way (batches done: {done})"
     snakemake(workdir, "--unlock")  # the README's steps: unlock, then run again
     rerun = snakemake(workdir, target)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    log = (workdir / f"{run_dir(workdir)}/logs/sequential/emmet-layer1-b1.log").read_text()
-    assert f"after batch {done}" in log
+    log = (workdir / f"{run_dir(workdir)}/logs/sequential/emmet-layer0-b2.log").read_text()
+    assert "after batch 1" in log
     immediate = pd.read_parquet(workdir / target)
-    assert sorted(immediate.batch) == [0, 1, 2, 3] and immediate.case_id.is_unique
+    assert sorted(immediate.batch) == [0, 0, 1, 1] and immediate.case_id.is_unique
     assert not parts.exists()  # the tables are written, the run folder is gone
+    for name, table in clean.items():  # results, quality and weight health, byte for byte
+        assert (folder / name).read_bytes() == table, name
 
 
 def test_zsre_runs_every_experiment_and_names_its_metrics(tmp_path):
