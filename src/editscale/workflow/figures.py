@@ -8,6 +8,7 @@ line, at 0 edits).
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +73,8 @@ def _metric_axis(ax, metric: str) -> None:
 def _save(fig, out_png, formats, title: str) -> None:
     import matplotlib.pyplot as plt
 
-    fig.suptitle(title)
+    # Wrapped to the panels' width: a longer title runs off the canvas and under the legend.
+    fig.suptitle(textwrap.fill(title, width=max(30, int(8 * fig.get_figwidth()))))
     handles = {}
     for ax in fig.axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
@@ -237,6 +239,7 @@ def window(batch: pd.DataFrame, retained: pd.DataFrame, layer: str, spread: str,
                                 label=f"layer {name}" if "-" not in name and "+" not in name else f"layers {name}")
         _metric_axis(ax, metric)
         ax.set_xticks(range(len(ticks)), ticks, fontsize=7)
+        ax.set_xlim(-0.5, len(ticks) - 0.5)  # each pair centred on its tick, clear of the frame
     _save(fig, out, formats, f"One layer against a window of layers, mean and 95% CI {_note(batch)}")
 
 
