@@ -224,3 +224,38 @@ def test_nearly_parallel_keys_are_named_even_when_well_conditioned(caplog):
         out = solver("memit", C).solve(K, R, labels=[5, 6, 7])
     assert torch.isfinite(out.B).all() and out.diagnostics["condition"] < 1e6
     assert "nearly parallel" in caplog.text and "records 5 and 7" in caplog.text
+
+
+def test_a_variant_names_its_overrides_one_way_and_refuses_what_its_algorithm_does_not_read():
+    emmet, overrides = algorithms.variant("emmet@emmet_lambda=1")
+    assert emmet is algorithms.ALGORITHMS["emmet"] and overrides == {"emmet_lambda": 1.0}
+    assert algorithms.variant("memit") == (algorithms.ALGORITHMS["memit"], {})
+    assert algorithms.variant_name("encore", {"update_norm_lambda": 1, "mom2_update_weight": 50.0}) \
+        == "encore@mom2_update_weight=50,update_norm_lambda=1"  # name order, %g values
+    with pytest.raises(ValueError, match="written 'emmet@emmet_lambda=1'"):
+        algorithms.variant("emmet@emmet_lambda=1.0")  # the same setting, another path: refused
+    with pytest.raises(ValueError, match="memit reads .*mom2_update_weight"):
+        algorithms.variant("memit@emmet_lambda=1")  # MEMIT never reads ε
+    with pytest.raises(ValueError, match="rome reads .*no edit settings"):
+        algorithms.variant("rome@mom2_update_weight=1")
+    with pytest.raises(ValueError, match="is not a number"):
+        algorithms.variant("emmet@emmet_lambda=big")
+    with pytest.raises(ValueError, match="not one of"):
+        algorithms.variant("memitt@mom2_update_weight=1")
+
+
+def test_emmet_at_unit_epsilon_is_memits_update():
+    """EMMET's ridge is λε on KᵀC⁻¹K and MEMIT's is λ (Woodbury: (λC + KKᵀ)⁻¹K = C⁻¹K(KᵀC⁻¹K + λI)⁻¹),
+    so emmet@emmet_lambda=1 must give the textbook MEMIT ΔW, and the default ε = 0.1 must not."""
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(D_IN, 4 * D_IN, generator=g, dtype=torch.float64)
+    C = X @ X.T / X.shape[1]
+    K, R = torch.randn(D_IN, 12, generator=g, dtype=torch.float64), torch.randn(D_OUT, 12, generator=g,
+                                                                                   dtype=torch.float64)
+    want = dense.memit(K, R, C, mom2_update_weight=15.0)
+    algorithm, overrides = algorithms.variant("emmet@emmet_lambda=1")
+    settings = {**SETTINGS, **overrides}
+    got = prepare(algorithm, C, {k: settings[k] for k in algorithm.settings}).solve(K, R)
+    assert rel(got.A @ got.B.T, want) < 1e-10
+    default = prepare(algorithm, C, {k: SETTINGS[k] for k in algorithm.settings}).solve(K, R)
+    assert rel(default.A @ default.B.T, want) > 1e-3

@@ -48,6 +48,19 @@ def test_each_cross_key_contradiction_is_named(sections, keys):
     assert all(k in str(err.value) for k in keys), str(err.value)
 
 
+def test_variants_of_an_algorithm_are_checked_by_its_registry_entry():
+    good = changed(batch={"algorithms": ["memit", "emmet", "emmet@emmet_lambda=10"]})
+    settings.check(good, n_layers=30, model_exists=True, max_batch=MAX_BATCH, variant=algorithms.variant)
+    cases = [(dict(batch={"algorithms": ["emmet@emmet_lambda=10.0"]}), ["batch.algorithms", "'emmet@emmet_lambda=10'"]),
+             (dict(sequential={"algorithms": ["memit@emmet_lambda=1"]}), ["sequential.algorithms", "memit reads"]),
+             (dict(batch={"algorithms": ["rome@mom2_update_weight=1"]}), ["batch.algorithms", "rome reads"])]
+    for sections, keys in cases:
+        with pytest.raises(ConfigError) as err:
+            settings.check(changed(**sections), n_layers=30, model_exists=True, max_batch=MAX_BATCH,
+                           variant=algorithms.variant)
+        assert all(k in str(err.value) for k in keys), str(err.value)
+
+
 def test_layers_beyond_the_model_and_missing_model_paths_are_named(tmp_path):
     with pytest.raises(ConfigError, match=r"layers \[30, 31\].*30 layers"):
         settings.check(changed(sweep={"layers": [1, 30]}, layer=31), n_layers=30, max_batch=MAX_BATCH)
@@ -78,7 +91,12 @@ def test_params_are_canonical_and_hold_no_execution_settings():
 
 def test_schema_knows_every_registered_algorithm_and_setting():
     schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
-    assert schema["definitions"]["algorithms"]["items"]["enum"] == list(algorithms.ALGORITHMS)
+    pattern = schema["definitions"]["algorithms"]["items"]["pattern"]
+    assert re.match(r"\^\(([a-z|]+)\)", pattern).group(1).split("|") == list(algorithms.ALGORITHMS)
+    for name in ("emmet@emmet_lambda=1", "encore@mom2_update_weight=50,update_norm_lambda=1", "memit"):
+        assert re.fullmatch(pattern, name), name  # variants pass the schema; settings.check reads them
+    for name in ("emmet@", "emmet@emmet_lambda", "emmet@@emmet_lambda=1", "memitt", "emmet@emmet_lambda=1,"):
+        assert not re.fullmatch(pattern, name), name
     sections = {f.name: f.default_factory for f in settings.dataclasses.fields(settings.Settings)
                 if f.default_factory is not settings.dataclasses.MISSING}
     assert set(schema["properties"]) == set(settings.Settings.__dataclass_fields__)  # every section, no more

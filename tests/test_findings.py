@@ -96,6 +96,20 @@ def test_memit_emmet_equivalence_verdicts(emmet_shift, verdict):
     assert rows[0]["verdict"] == verdict, rows
 
 
+def test_each_emmet_variant_gets_its_own_d_row_and_leaves_emmets_unchanged():
+    """A λ sweep (emmet@emmet_lambda=…) beside EMMET: one (d) row per variant, at the sizes it ran, and
+    EMMET's own row exactly as without the variants (its pairing and resamples do not see them)."""
+    plain = batch({16: 0, 64: 0}, noise=1.0, emmet_shift=-20.0)
+    far = plain[plain.algorithm == "memit"].assign(algorithm="emmet@emmet_lambda=1")  # as MEMIT: ≈ holds
+    near = plain[(plain.algorithm == "emmet") & (plain.batch_size == 64)].assign(algorithm="emmet@emmet_lambda=0.01")
+    rows = findings.memit_vs_emmet(pd.concat([plain, far, near], ignore_index=True), OPTIONS)
+    assert rows[0] == findings.memit_vs_emmet(plain, OPTIONS)[0]
+    assert [r["claim"] for r in rows] == ["d. MEMIT ≈ EMMET", "d. MEMIT ≈ EMMET (emmet_lambda=0.01)",
+                                          "d. MEMIT ≈ EMMET (emmet_lambda=1)"]
+    assert [r["verdict"] for r in rows] == [CONTRADICTED, CONTRADICTED, REPRODUCED]
+    assert rows[1]["statistic"].endswith("at B = 64") and rows[2]["value"] == 0.0
+
+
 def retained(es_ps: dict, ns: dict | None = None, n=64, algorithms=("memit",), noise=2.0):
     """Final retained rows per batch size with ES and PS shifted by es_ps[B] and NS by ns[B]."""
     base = cases(n=N, spread=15)

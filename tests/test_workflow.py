@@ -58,6 +58,13 @@ def test_end_to_end_then_nothing_to_do(workdir):
     assert (summary["sweep"]["format"] == "full").all()
     best = yaml.safe_load((run / "sweep" / "best_layer.yaml").read_text())["layer"]
     assert best in sweep.layers and set(summary["batch"].layer) == {best}
+    # A variant's override reaches its job: EMMET at ε = 1 is MEMIT's update, so its cases score as
+    # MEMIT's to rounding, while EMMET at the default ε = 0.1 does not.
+    cases = {a: pd.concat([pd.read_parquet(run / "batch" / f"{a}-layer{best}-b{b}.cases.parquet") for b in batch.sizes])
+             for a in ("memit", "emmet", "emmet@emmet_lambda=1")}
+    metrics = ["ES", "PS", "NS", "EM", "PM", "NM"]
+    assert (cases["emmet@emmet_lambda=1"][metrics] - cases["memit"][metrics]).abs().max().max() < 1e-6
+    assert (cases["emmet"][metrics] - cases["memit"][metrics]).abs().max().max() > 1e-6
     for kind in ("sweep", "batch", "immediate", "retained"):
         for suffix in (".csv", ".md"):
             assert (run / "summary" / f"{kind}{suffix}").stat().st_size > 0

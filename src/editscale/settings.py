@@ -283,12 +283,21 @@ class ConfigError(ValueError):
 
 
 def check(s: Settings, *, n_layers: int | None = None, model_exists: bool | None = None,
-          max_batch: dict | None = None, datasets: dict | None = None) -> None:
+          max_batch: dict | None = None, datasets: dict | None = None, variant=None) -> None:
     """Cross-key checks, before any job starts. `n_layers` (the model's depth, when it is known
     without loading it), `model_exists` (False when model.spec names a missing local path),
-    `max_batch` ({algorithm: largest batch it edits}) and `datasets` ({name: its edit targets, the
-    default first}) come from the caller, which can look."""
+    `max_batch` ({algorithm: largest batch it edits}), `datasets` ({name: its edit targets, the
+    default first}) and `variant` (algorithms.variant: a name -> (algorithm, overrides), ValueError
+    for a bad one) come from the caller, which can look."""
     problems = []
+    base = {}  # every algorithm or variant named in the config -> its algorithm's name
+    for key in ("sweep", "batch", "sequential"):
+        for name in getattr(s, key).algorithms:
+            try:
+                base[name] = variant(name)[0].name if variant else name.partition("@")[0]
+            except ValueError as error:
+                problems.append(f"{key}.algorithms: {error}")
+                base[name] = name
     if datasets is not None:
         if s.data.dataset not in datasets:
             problems.append(f"data.dataset = {s.data.dataset!r} is no dataset editscale knows; use one of "
@@ -312,7 +321,7 @@ def check(s: Settings, *, n_layers: int | None = None, model_exists: bool | None
     for key, algos, sizes in (("batch", s.batch.algorithms, s.batch.sizes),
                               ("sequential", s.sequential.algorithms, s.sequential.sizes)):
         for algorithm in algos:
-            limit = (max_batch or {}).get(algorithm)
+            limit = (max_batch or {}).get(base[algorithm])
             if limit is not None and max(sizes) > limit:
                 problems.append(f"{key}.algorithms has {algorithm}, which edits {limit} fact at a time, but "
                                 f"{key}.sizes goes up to {max(sizes)}; drop it there (the sweep runs it)")
@@ -334,7 +343,7 @@ def check(s: Settings, *, n_layers: int | None = None, model_exists: bool | None
                             "the single-layer edit")
     if s.layer != "auto" and len(window(s.layer)) > 1:
         for key, algos in (("batch", s.batch.algorithms), ("sequential", s.sequential.algorithms)):
-            if "rome" in algos:
+            if "rome" in {base[a] for a in algos}:
                 problems.append(f"layer = {list(window(s.layer))} is a window, but {key}.algorithms has rome, which "
                                 f"edits one layer; drop it there, or name one layer")
     layers = [*s.sweep.layers, *(window(s.layer) if s.layer != "auto" else []), *s.window.layers]

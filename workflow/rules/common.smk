@@ -3,7 +3,7 @@
 # settings only, in canonical form (settings.results); execution settings reach scripts through
 # the config and rerun nothing.
 from editscale import settings as S
-from editscale.algorithms import ALGORITHMS
+from editscale.algorithms import ALGORITHMS, variant
 from editscale.data import DATASETS
 from editscale.workflow.experiments import read_layer
 from editscale.workflow.figures import FIGURES
@@ -15,6 +15,7 @@ S.check(
     SETTINGS,
     **dict(zip(("model_exists", "n_layers"), inspect_local(SETTINGS.model.spec))),
     max_batch={name: a.max_batch for name, a in ALGORITHMS.items()},
+    variant=variant,
     datasets={name: d.targets for name, d in DATASETS.items()},
 )
 RESULTS = SETTINGS.results
@@ -100,13 +101,14 @@ def window_stats(wildcards):
 
 
 def edit_params(wildcards):
-    """The edit settings the job's algorithm reads, and no others."""
-    from editscale.algorithms import get
+    """The edit settings the job's algorithm reads, and no others; a variant's overrides replace
+    the config's (emmet@emmet_lambda=1: algorithms.registry)."""
+    from editscale.algorithms import variant
 
-    edit = S.results(SETTINGS.edit)
+    algorithm, overrides = variant(wildcards.algorithm)
+    edit = {**S.results(SETTINGS.edit), **overrides}
     return {
-        name: edit[name]
-        for name in (*get(wildcards.algorithm).settings, "on_ill_conditioned")
+        name: edit[name] for name in (*algorithm.settings, "on_ill_conditioned")
     }
 
 

@@ -64,3 +64,43 @@ def get(name: str) -> Algorithm:
     if name not in ALGORITHMS:
         raise ValueError(f"algorithm {name!r} is not one of {', '.join(ALGORITHMS)}")
     return ALGORITHMS[name]
+
+
+# A variant is an algorithm with some of its own edit settings overridden, so that one config can
+# compare settings side by side (EMMET's λ at one B): "emmet@emmet_lambda=1", or several as
+# "encore@mom2_update_weight=50,update_norm_lambda=1". The name goes into artifact paths as the
+# algorithm, so it is written one way only: settings in name order, values as `format(value, "g")`.
+VARIANT, SEPARATOR = "@", ","
+
+
+def variant_name(algorithm: str, overrides: dict) -> str:
+    """The one spelling of a variant: variant_name("emmet", {"emmet_lambda": 1.0}) == "emmet@emmet_lambda=1"."""
+    if not overrides:
+        return algorithm
+    return algorithm + VARIANT + SEPARATOR.join(f"{key}={float(overrides[key]):g}" for key in sorted(overrides))
+
+
+def variant(name: str) -> tuple[Algorithm, dict]:
+    """An algorithm or variant name as (the algorithm, {setting: value} it overrides); ValueError, with the
+    fix, for an unknown algorithm, a setting the algorithm does not read, a value that is no number, or a
+    name not written as `variant_name` writes it."""
+    base, _, rest = name.partition(VARIANT)
+    algorithm = get(base)
+    if not rest:
+        return algorithm, {}
+    overrides = {}
+    for item in rest.split(SEPARATOR):
+        key, equals, value = item.partition("=")
+        if not equals or key not in algorithm.settings:
+            readable = ", ".join(algorithm.settings) or "no edit settings"
+            raise ValueError(f"algorithm variant {name!r}: {item!r} is not <setting>=<number> for a setting "
+                             f"{base} reads ({readable})")
+        try:
+            overrides[key] = float(value)
+        except ValueError:
+            raise ValueError(f"algorithm variant {name!r}: {key} = {value!r} is not a number") from None
+    canonical = variant_name(base, overrides)
+    if name != canonical:
+        raise ValueError(f"algorithm variant {name!r} is written {canonical!r}: a variant has one spelling, "
+                         f"because it names its artifacts")
+    return algorithm, overrides

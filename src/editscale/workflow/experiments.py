@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from editscale import artifacts, data, editing
+from editscale import algorithms, artifacts, data, editing
 from editscale.data.records import dataset_of
 from editscale.data.registry import get as get_dataset
 from editscale.editing.covariance import load_stats
@@ -30,8 +30,10 @@ INFO = ["case_id", "dataset", "format"]  # what every per-case table carries fro
 
 
 def edit_config(edit: dict, algorithm: str, layer: int, run: Execution, values: dict | None = None):
-    """The EditConfig of one job from its params (`edit` may hold only the algorithm's own settings)."""
-    return editing.EditConfig(algorithm=algorithm, layer=layer, edit=EditSettings(**edit),
+    """The EditConfig of one job from its params (`edit` may hold only the algorithm's own settings, a
+    variant's overrides already in it: common.smk's edit_params). Tables keep the variant's name."""
+    base, _ = algorithms.variant(algorithm)
+    return editing.EditConfig(algorithm=base.name, layer=layer, edit=EditSettings(**edit),
                               values=ValueSettings(**(values or {})), value_batch_size=run.value_batch_size)
 
 

@@ -126,8 +126,17 @@ def batch(summary: pd.DataFrame, baseline: pd.DataFrame, colors, out, formats) -
     _save(fig, out, formats, f"Batch editing from the unedited model, mean and 95% CI {_note(summary)}")
 
 
+def _one_batch(ax, part: pd.DataFrame, label: str, color) -> None:
+    """A run of one batch of every edit, as the reference line (and CI band) the sequential runs are read against."""
+    last = part.sort_values("n_edits").iloc[-1]
+    ax.axhline(last["mean"], ls=":", lw=1.4, color=color, label=label, zorder=1)
+    if {"ci_low", "ci_high"} <= set(part) and np.isfinite(last.get("ci_low", np.nan)):
+        ax.axhspan(last.ci_low, last.ci_high, color=color, alpha=0.12, lw=0, zorder=0)
+
+
 def sequential(retained: pd.DataFrame, quality: pd.DataFrame, baseline: pd.DataFrame, colors, out, formats) -> None:
-    """Retained metrics of every edit so far against edits, one line per B, from the unedited model at 0."""
+    """Retained metrics of every edit so far against edits, one line per B, from the unedited model at 0.
+    A B that edits every record in one batch is drawn as a horizontal reference line at its end."""
     algorithms = sorted(retained.algorithm.unique())
     headline = _headline(retained)
     columns = [*headline, "drift_perplexity"]
@@ -137,6 +146,7 @@ def sequential(retained: pd.DataFrame, quality: pd.DataFrame, baseline: pd.DataF
     runs = quality[quality.n_edits > 0]
     for row, algorithm in zip(axes, algorithms):
         mine = retained[retained.algorithm == algorithm]
+        n = int(mine.n_edits.max()) if len(mine) else 0
         for ax, metric in zip(row, columns):
             for color, size in zip(colors, sizes):
                 if metric in headline:
@@ -144,7 +154,10 @@ def sequential(retained: pd.DataFrame, quality: pd.DataFrame, baseline: pd.DataF
                 else:
                     part = runs[(runs.algorithm == algorithm) & (runs.batch_size == size)]
                     part = pd.concat([unedited_quality, part]).assign(mean=lambda q: q[metric])[["n_edits", "mean"]]
-                _band(ax, part, "n_edits", f"B = {size}", color)
+                if size == n and len(sizes) > 1 and len(part[part.n_edits > 0]):
+                    _one_batch(ax, part[part.n_edits > 0], f"one batch of {n}", color)
+                else:
+                    _band(ax, part, "n_edits", f"B = {size}", color)
             if metric in headline:  # the runs' own start: the unedited model on the same records
                 start = mine[(mine.metric == metric) & (mine.n_edits == 0)]["mean"]
                 _unedited(ax, float(start.iloc[0]) if len(start) else _baseline_of(baseline, metric))
