@@ -107,9 +107,7 @@ def edit_params(wildcards):
 
     algorithm, overrides = variant(wildcards.algorithm)
     edit = {**S.results(SETTINGS.edit), **overrides}
-    return {
-        name: edit[name] for name in (*algorithm.settings, "on_ill_conditioned")
-    }
+    return {name: edit[name] for name in (*algorithm.settings, "on_ill_conditioned")}
 
 
 def partition(name):
