@@ -138,6 +138,11 @@ def test_sequential_verdicts_for_every_batch_size(es_ps, ns, noise, verdicts):
     assert [r["verdict"] for r in rows] == verdicts, rows
     assert [r["statistic"] for r in rows[:2]] == ["NS(B = 4 × 16) − NS(one batch of 64)",
                                                   "NS(B = 16 × 4) − NS(one batch of 64)"]
+    # The detail carries the paired ES and Score gaps: ES moves by es_ps[B] − es_ps[64] (noise aside).
+    for row, size in zip(rows[:2], (4, 16)):
+        es = float(row["detail"].split("ES ")[1].split(" ")[0])
+        assert es == pytest.approx(es_ps[size] - es_ps[64], abs=noise + 1), row["detail"]
+        assert "Score " in row["detail"]
     assert "P(best)" in rows[2]["detail"] and "best B = " in rows[2]["detail"]
 
 
