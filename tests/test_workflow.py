@@ -192,7 +192,7 @@ def test_a_window_runs_the_batch_and_sequential_experiments(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     run = work / run_dir(work)
     assert sorted(p.name for p in (run / "batch").glob("*.cases.parquet")) == [
-        f"{a}-layer0-1-b{b}.cases.parquet" for a in ("emmet", "memit") for b in (2, 4)]
+        f"{a}-layer0-1-b{b}.cases.parquet" for a in ("emmet", "emmet@emmet_lambda=1", "memit") for b in (2, 4)]
     assert (run / "sequential" / "alphaedit-layer0-1-b2.edits.safetensors").exists()
     batch = pd.read_parquet(run / "summary" / "batch.parquet")
     assert set(batch.layers) == {"0-1"} and set(batch.layer) == {1}
