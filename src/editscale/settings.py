@@ -294,7 +294,7 @@ def check(s: Settings, *, n_layers: int | None = None, model_exists: bool | None
     for key in ("sweep", "batch", "sequential"):
         for name in getattr(s, key).algorithms:
             try:
-                base[name] = variant(name)[0].name if variant else name.partition("@")[0]
+                base[name] = variant(name)[0].name if variant else name
             except ValueError as error:
                 problems.append(f"{key}.algorithms: {error}")
                 base[name] = name

@@ -17,6 +17,7 @@ import logging
 import numpy as np
 import pandas as pd
 
+from editscale import algorithms
 from editscale.data.records import dataset_of
 from editscale.data.registry import get as get_dataset
 from editscale.settings import Findings
@@ -233,10 +234,11 @@ def memit_vs_emmet(batch: pd.DataFrame, options: Findings) -> list[dict]:
     and one for each EMMET variant in the grid (emmet@emmet_lambda=1: its λ), at the sizes both ran."""
     if "memit" not in set(batch.algorithm):
         return []
-    emmets = sorted(a for a in batch.algorithm.unique() if a == "emmet" or a.startswith("emmet@"))
+    emmets = sorted(a for a in batch.algorithm.unique() if algorithms.variant(a)[0].name == "emmet")
     rows = []
     for emmet_name in emmets:
-        label = "EMMET" if emmet_name == "emmet" else f"EMMET ({emmet_name.partition('@')[2]})"
+        overrides = algorithms.variant(emmet_name)[1]
+        label = "EMMET" + (f" ({', '.join(f'{k}={v:g}' for k, v in overrides.items())})" if overrides else "")
         gaps = []
         both = set(batch.batch_size[batch.algorithm == "memit"]) & set(batch.batch_size[batch.algorithm == emmet_name])
         for size in sorted(both):
