@@ -1,5 +1,8 @@
 """Keys and values on tiny random models: batching and the fast path change nothing."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -120,7 +123,6 @@ def test_fast_step_equals_plain_full_forward(tiny):
     aligned at the subject, logits only where scored) gives the plain path's logits and ∂loss/∂δ."""
     model, tok, layout = tiny
     plan = values._Plan(tok, FACTS, TEMPLATES, CONFIG.kl_prompt)
-    rows, cols = plan.scored()
     bare = torch.arange(len(FACTS)) * plan.per_fact
     for layer in (0, 1, 2):
         fast = values._Fast(model, layout, layer, plan, tok.pad_token_id, "cpu")
@@ -128,11 +130,11 @@ def test_fast_step_equals_plain_full_forward(tiny):
         torch.testing.assert_close(fast.at_lookup(plan, bare), plain.at_lookup(plan, bare), rtol=1e-6, atol=1e-6)
         # δ at the scale of h (norm ≈ 0.1 in these models), where the loss still responds to it.
         delta = 0.01 * torch.randn(len(FACTS), model.config.hidden_size, generator=torch.Generator().manual_seed(layer))
-        _, _, init_kl = plan.losses(plain.logits(plan, torch.zeros_like(delta), rows, cols), None)
+        _, _, init_kl = plan.losses(plain.logits(plan, torch.zeros_like(delta)), None)
         outputs = []
         for runner in (fast, plain):
             d = delta.clone().requires_grad_(True)
-            logits = runner.logits(plan, d, rows, cols)
+            logits = runner.logits(plan, d)
             nll, kl, _ = plan.losses(logits, init_kl)
             (grad,) = torch.autograd.grad((nll + kl).sum(), d)
             outputs.append((logits, grad))
@@ -168,20 +170,65 @@ def test_width_groups_give_the_one_padded_groups_step(tiny):
     for keep in (None, torch.tensor([True, False, True, True])):
         if keep is not None:
             plan, seq_rows = plan.subset(keep)
-            grouped.select(seq_rows)
-            one.select(seq_rows)
+            grouped.select(seq_rows, plan)
+            one.select(seq_rows, plan)
             delta = delta[keep]
-        rows, cols = plan.scored()
         outputs = []
         for runner in (grouped, one):
             d = delta.clone().requires_grad_(True)
-            logits = runner.logits(plan, d, rows, cols)
+            logits = runner.logits(plan, d)
             (grad,) = torch.autograd.grad(logits.square().sum(), d)
             outputs.append((logits, grad))
         torch.testing.assert_close(outputs[0][0], outputs[1][0], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(outputs[0][1], outputs[1][1], rtol=1e-4, atol=1e-7)
         bare = torch.arange(plan.n_facts) * plan.per_fact
         torch.testing.assert_close(grouped.at_lookup(plan, bare), one.at_lookup(plan, bare))
+
+
+PINNED = Path(__file__).parent / "data" / "values-00d1c10.json"
+# How a GPU meets the host (values.POLICIES["cuda"]), and one that reads the host every step but
+# never drops a finished fact: finished facts ride along, masked, in one padded group.
+MASKED = [values.StepPolicy(check_every=5, compact_at=0.5, overhead=None),
+          values.StepPolicy(check_every=1, compact_at=1.0, overhead=None), values.StepPolicy(check_every=3)]
+
+
+@pytest.mark.parametrize("case", ["loss", "mixed", "mpes"])
+def test_values_equal_those_pinned_before_the_loop_kept_its_state_on_the_device(tiny, case, request):
+    """v* of the loop as it was at commit 00d1c10 (host reads every step, finished facts dropped
+    at once), pinned in tests/data: the device-resident loop gives them under every policy, the
+    CPU's and the GPU's. "mixed" has facts that stop at their first evaluation beside facts that
+    run all 8 steps; "loss" and "mpes" run every fact to the end."""
+    model, tok, layout = tiny
+    pinned = json.loads(PINNED.read_text())[f"{request.node.callspec.params['tiny']}/{case}"]
+    config = ValueSettings(steps=8, loss_threshold=pinned["loss_threshold"], early_stop=pinned["early_stop"],
+                           most_probable_hold=pinned["most_probable_hold"])
+    expected = torch.tensor(pinned["v_star"])
+    for policy in (None, *MASKED):
+        out = values.compute_values(model, tok, layout, 1, FACTS, TEMPLATES, config, batch_size=4, policy=policy)
+        assert out.steps.tolist() == pinned["steps"] and out.converged.tolist() == pinned["converged"], policy
+        error = ((out.v_star - expected).norm(dim=1) / expected.norm(dim=1)).max()
+        assert error <= 1e-5, (policy, error)
+        torch.testing.assert_close(out.loss, torch.tensor(pinned["loss"]), rtol=1e-5, atol=1e-6)
+    assert case != "mixed" or 0 < sum(pinned["converged"]) < len(FACTS)
+
+
+def test_masked_facts_keep_the_state_they_stopped_with(tiny):
+    """Under a policy that never drops finished facts, a fact that stops keeps its δ, loss and
+    step count while the others go on, exactly as when it is optimised alone."""
+    model, tok, layout = tiny
+    probe = values.compute_values(model, tok, layout, 1, FACTS, TEMPLATES, CONFIG, batch_size=4)
+    config = ValueSettings(steps=6, loss_threshold=float(probe.loss.median()))
+    masked = values.compute_values(model, tok, layout, 1, FACTS, TEMPLATES, config, batch_size=4, policy=MASKED[1])
+    single = values.compute_values(model, tok, layout, 1, FACTS, TEMPLATES, config, batch_size=1, policy=MASKED[1])
+    assert masked.converged.any() and not masked.converged.all()
+    assert torch.equal(masked.steps, single.steps) and torch.equal(masked.converged, single.converged)
+    torch.testing.assert_close(masked.v_star, single.v_star, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(masked.loss, single.loss, rtol=1e-4, atol=1e-5)
+
+
+def test_each_device_type_has_a_policy():
+    assert values.policy_for("cpu") == values.StepPolicy()
+    assert values.policy_for("cuda:0").overhead is None and values.policy_for("cuda").check_every > 1
 
 
 def test_length_buckets_cover_every_row_once_and_trade_padding_for_passes():

@@ -53,24 +53,29 @@ class Values:
 
 
 def compute_values(model, tokenizer, layout, layer: int, facts, templates, config: ValueSettings = ValueSettings(),
-                   *, batch_size: int, path: str = "fast", progress: bool = False) -> Values:
+                   *, batch_size: int, path: str = "fast", policy: StepPolicy | None = None,
+                   progress: bool = False) -> Values:
     """v* and r for `facts` (mappings with prompt, subject, target_new), `batch_size` facts per forward.
 
     `path` is how each step runs: "fast" (the default), or for tests and benchmarks the two it
     must equal: "aligned" (the fast path with all rows in one padded group) and "plain" (a full
-    forward per step)."""
+    forward per step). `policy` is how the loop meets the host; by default the device's own
+    (`POLICIES`); it changes speed, not v*."""
     if path not in RUNNERS:
         raise ValueError(f"unknown values path {path!r}; one of {sorted(RUNNERS)}")
     chunks = range(0, len(facts), batch_size)
     parts = [
-        _optimise(model, tokenizer, layout, layer, facts[i : i + batch_size], templates, config, path)
+        _optimise(model, tokenizer, layout, layer, facts[i : i + batch_size], templates, config, path, policy)
         for i in tqdm(chunks, desc=f"values L{layer}", unit="batch", disable=not progress)
     ]
     return Values.cat(parts)
 
 
 class _Plan:
-    """Token bookkeeping for a batch of facts: which rows, positions and tokens are scored."""
+    """Token bookkeeping for a batch of facts: which rows, positions and tokens are scored.
+
+    Built on the host, then moved once to the model's device (`to`): every step reads only
+    tensors that are already there, so a step never waits for the host."""
 
     def __init__(self, tokenizer, facts, templates, kl_prompt):
         sequences, seq_fact, seq_lookup, seq_is_kl = [], [], [], []
@@ -106,6 +111,23 @@ class _Plan:
         self.tok_checked = t(tok_checked, torch.bool)
         self.n_facts = len(facts)
         self.per_fact = len(templates) + 1  # rewrite prompts (the first is bare) and the KL prompt
+        self._derive()
+
+    def _derive(self):
+        """Index tensors every step needs, computed once per plan (on the plan's device)."""
+        self.kl_rows = torch.nonzero(self.seq_is_kl).squeeze(1)  # (n_facts,) each fact's KL sequence
+        self.rewrite_rows = torch.nonzero(~self.seq_is_kl).squeeze(1)  # (n_facts·(per_fact−1),)
+        self.tok_fact = self.seq_fact[self.tok_seq]  # (n_tok,) the fact each target token belongs to
+        self.seq_count = torch.bincount(self.tok_seq, minlength=len(self.seq_fact)).clamp(min=1)
+        # Scored positions: the target tokens (teacher-forced), then each fact's KL position.
+        self.rows = torch.cat([self.tok_seq, self.kl_rows])
+        self.cols = torch.cat([self.tok_pos, self.seq_lookup[self.kl_rows]])
+
+    def to(self, device) -> "_Plan":
+        for name in ("seq_fact", "seq_lookup", "seq_is_kl", "tok_seq", "tok_pos", "tok_id", "tok_checked"):
+            setattr(self, name, getattr(self, name).to(device))
+        self._derive()
+        return self
 
     def subset(self, keep: torch.Tensor) -> tuple["_Plan", torch.Tensor]:
         """The plan for the facts where `keep` is True, and the sequence rows it keeps."""
@@ -120,36 +142,31 @@ class _Plan:
         sub.tok_seq, sub.tok_pos, sub.tok_id = new_seq[self.tok_seq[tok_keep]], self.tok_pos[tok_keep], self.tok_id[tok_keep]
         sub.tok_checked = self.tok_checked[tok_keep]
         sub.n_facts, sub.per_fact = int(keep.sum()), self.per_fact
+        sub._derive()
         return sub, torch.nonzero(seq_keep).squeeze(1)
 
     def scored(self):
         """(rows, positions) of the target tokens, then of each fact's KL position."""
-        kl_rows = torch.nonzero(self.seq_is_kl).squeeze(1)
-        rows = torch.cat([self.tok_seq, kl_rows])
-        return rows, torch.cat([self.tok_pos, self.seq_lookup[kl_rows]])
+        return self.rows, self.cols
 
     def losses(self, logits: torch.Tensor, init_kl: torch.Tensor | None):
         """Per-fact NLL and KL from the logits at `scored()` positions; also the KL log-probs."""
-        logp = torch.log_softmax(logits.float(), dim=-1)
+        logp = torch.log_softmax(logits.float(), dim=-1)  # (scored, vocab)
         n_tok = len(self.tok_seq)
-        tok_nll = -logp[:n_tok].gather(1, self.tok_id.to(logp.device)[:, None]).squeeze(1)
-        seq_count = torch.bincount(self.tok_seq, minlength=len(self.seq_fact)).to(logp.device)
-        seq_nll = torch.zeros(len(self.seq_fact), device=logp.device).index_add(0, self.tok_seq.to(logp.device), tok_nll)
-        seq_nll = seq_nll / seq_count.clamp(min=1)
-        rewrite = ~self.seq_is_kl
-        fact_of = self.seq_fact[rewrite].to(logp.device)
-        fact_nll = torch.zeros(self.n_facts, device=logp.device).index_add(0, fact_of, seq_nll[rewrite.to(logp.device)])
-        fact_nll = fact_nll / (self.per_fact - 1)
-        kl_logp = logp[n_tok:]
+        tok_nll = -logp[:n_tok].gather(1, self.tok_id[:, None]).squeeze(1)  # (n_tok,)
+        seq_nll = logp.new_zeros(len(self.seq_fact)).index_add(0, self.tok_seq, tok_nll) / self.seq_count
+        fact_nll = logp.new_zeros(self.n_facts).index_add(0, self.seq_fact[self.rewrite_rows],
+                                                          seq_nll[self.rewrite_rows])
+        fact_nll = fact_nll / (self.per_fact - 1)  # (n_facts,) mean over the rewrite prompts
+        kl_logp = logp[n_tok:]  # (n_facts, vocab)
         init = kl_logp.detach() if init_kl is None else init_kl
         return fact_nll, kl_current_initial(kl_logp, init), kl_logp.detach()
 
     def most_probable(self, logits: torch.Tensor) -> torch.Tensor:
         """Per fact: is every target token the top-1 prediction (teacher-forced) on every checked prompt?"""
         n_tok = len(self.tok_seq)
-        right = logits[:n_tok].argmax(-1).cpu() == self.tok_id
-        wrong = (~right & self.tok_checked).float()
-        return torch.zeros(self.n_facts).index_add(0, self.seq_fact[self.tok_seq], wrong) == 0
+        wrong = ((logits[:n_tok].argmax(-1) != self.tok_id) & self.tok_checked).float()
+        return logits.new_zeros(self.n_facts, dtype=torch.float32).index_add(0, self.tok_fact, wrong) == 0
 
 
 def kl_current_initial(current: torch.Tensor, initial: torch.Tensor) -> torch.Tensor:
@@ -162,70 +179,105 @@ def kl_current_initial(current: torch.Tensor, initial: torch.Tensor) -> torch.Te
     return (current.exp() * (current - initial)).sum(-1)
 
 
-def _optimise(model, tokenizer, layout, layer, facts, templates, config: ValueSettings, path: str) -> Values:
+@dataclass(frozen=True)
+class StepPolicy:
+    """How the loop meets the host; v* is the same under any policy (tests/test_values.py).
+
+    check_every: steps between reads of the finished facts on the host (on a GPU each read waits
+        for the queue to drain);
+    compact_at: finished share of the replayed facts above which they are dropped from the replay
+        (until then they ride along, masked: no update, no change of state);
+    overhead: the replay's fixed cost per pass, in positions (`length_buckets`); None: one group."""
+    check_every: int = 1
+    compact_at: float = 0.0
+    overhead: int | None = 48
+
+
+# A CPU's cost is arithmetic, and one more pass costs about as much as 48 more positions
+# (per-op dispatch): drop finished facts at once, group rows by width. A GPU at these sizes
+# is bound by launches and host reads, not arithmetic (an H200 took 0.5 s a step at batch 64
+# and at 256 alike): one group, the host reads every 5 steps, finished facts stay in until
+# half are done. `benchmarks/values.py --policies` measures both on any device.
+POLICIES = {"cpu": StepPolicy(), "cuda": StepPolicy(check_every=5, compact_at=0.5, overhead=None)}
+
+
+def policy_for(device) -> StepPolicy:
+    return POLICIES.get(torch.device(device).type, POLICIES["cuda"])
+
+
+def _optimise(model, tokenizer, layout, layer, facts, templates, config: ValueSettings, path: str,
+              policy: StepPolicy | None) -> Values:
     assert templates[0] == "{}", "the first context template must be the bare prompt"
     device = next(model.parameters()).device
+    policy = policy or policy_for(device)
     plan = _Plan(tokenizer, facts, templates, config.kl_prompt)
-    runner = RUNNERS[path](model, layout, layer, plan, tokenizer.pad_token_id, device)
-    h = runner.at_lookup(plan, torch.arange(len(facts)) * plan.per_fact).float()
+    runner = RUNNERS[path](model, layout, layer, plan, tokenizer.pad_token_id, device, policy.overhead)
+    plan = plan.to(device)
+    h = runner.at_lookup(plan, torch.arange(len(facts)) * plan.per_fact).float()  # (n, d)
     h_norm = h.norm(dim=1)
 
     n, d = h.shape
     delta = torch.zeros(n, d, device=device)
     adam_m, adam_v = torch.zeros_like(delta), torch.zeros_like(delta)
+    # Per-fact state, all on the device; a fact's state changes only while it is live.
     final_loss = torch.full((n,), float("nan"), device=device)
-    steps = torch.zeros(n, dtype=torch.long)
-    converged = torch.zeros(n, dtype=torch.bool)
-    top1_count = torch.zeros(n, dtype=torch.long)  # evaluations at which the target was the top prediction
-    active = torch.arange(n)
+    steps = torch.zeros(n, dtype=torch.long, device=device)
+    converged = torch.zeros(n, dtype=torch.bool, device=device)
+    top1_count = torch.zeros(n, dtype=torch.long, device=device)  # evaluations with the target on top
+    live = torch.ones(n, dtype=torch.bool, device=device)  # still optimising
+    active = torch.arange(n, device=device)  # facts in the replay: the live ones and, masked, some finished
     init_kl = None
     for it in range(config.steps):
-        d_active = delta[active.to(device)].clone().requires_grad_(True)
-        rows, cols = plan.scored()
-        logits = runner.logits(plan, d_active, rows, cols)
+        d_active = delta[active].requires_grad_(True)  # (m, d), a copy
+        logits = runner.logits(plan, d_active)  # (scored, vocab)
         nll, kl, kl_logp = plan.losses(logits, init_kl)
         if init_kl is None:
             init_kl = kl_logp
-        decay = config.weight_decay * d_active.norm(dim=1) / h_norm[active.to(device)] ** 2
-        loss = nll + config.kl_factor * kl + decay
-        final_loss[active.to(device)] = loss.detach()
-        done = (loss.detach() < config.loss_threshold).cpu()
+        decay = config.weight_decay * d_active.norm(dim=1) / h_norm[active] ** 2
+        loss = nll + config.kl_factor * kl + decay  # (m,)
+        running = live[active]
+        final_loss[active] = torch.where(running, loss.detach(), final_loss[active])
+        done = running & (loss.detach() < config.loss_threshold)
         if config.early_stop == "most_probable":  # MPES: the loss rule stands, this one may stop sooner
-            top1_count[active] += plan.most_probable(logits.detach()).long()
-            done |= top1_count[active] >= config.most_probable_hold
-        converged[active[done]] = True
-        if it == config.steps - 1 or done.all():
+            top1_count[active] += (running & plan.most_probable(logits.detach())).long()
+            done |= running & (top1_count[active] >= config.most_probable_hold)
+        converged[active] |= done
+        running = running & ~done
+        live[active] = running
+        if it == config.steps - 1:
+            break
+        check = (it + 1) % policy.check_every == 0
+        if check and not running.any():  # the host reads here, and only here
             break
         (grad,) = torch.autograd.grad(loss.sum(), d_active)
-        keep = ~done
-        idx = active[keep].to(device)
-        _adam_step(delta, adam_m, adam_v, grad[keep.to(device)], idx, it + 1, config.lr)
-        limit = config.clamp_factor * h_norm[idx]
-        norms = delta[idx].norm(dim=1)
-        delta[idx] *= torch.where(norms > limit, limit / norms, torch.ones_like(norms))[:, None]
-        steps[active[keep]] += 1
-        if done.any():
-            plan, seq_rows = plan.subset(keep)
-            runner.select(seq_rows.to(device))
-            init_kl = init_kl[keep.to(device)]
-            active = active[keep]
+        _adam_step(delta, adam_m, adam_v, grad, active, running, it + 1, config.lr,
+                   config.clamp_factor * h_norm[active])
+        steps[active] += running.long()
+        if check:
+            finished = len(active) - int(running.sum())
+            if finished > policy.compact_at * len(active):
+                plan, seq_rows = plan.subset(running)
+                runner.select(seq_rows, plan)
+                init_kl = init_kl[running]
+                active = active[running]
     # On a single edited layer the output at the bare prompt is h, so r = v* − h = δ.
-    return Values(v_star=(h + delta).cpu(), residual=delta.cpu(), loss=final_loss.cpu(), steps=steps,
-                  converged=converged)
+    return Values(v_star=(h + delta).cpu(), residual=delta.cpu(), loss=final_loss.cpu(), steps=steps.cpu(),
+                  converged=converged.cpu())
 
 
-def _adam_step(param, m, v, grad, idx, t, lr, betas=(0.9, 0.999), eps=1e-8):
-    """torch.optim.Adam's update, on rows `idx` only (every active row has taken t steps)."""
+def _adam_step(param, m, v, grad, idx, running, t, lr, limit, betas=(0.9, 0.999), eps=1e-8):
+    """torch.optim.Adam's update on rows `idx` where `running` (every running row has taken t
+    steps), then each updated row clamped to norm `limit`; other rows are left as they are."""
     b1, b2 = betas
-    m[idx] = b1 * m[idx] + (1 - b1) * grad
-    v[idx] = b2 * v[idx] + (1 - b2) * grad * grad
-    denom = (v[idx].sqrt() / (1 - b2**t) ** 0.5) + eps
-    param[idx] -= (lr / (1 - b1**t)) * m[idx] / denom
-
-
-# A pass through the upper blocks costs about as much as replaying this many more positions
-# (per-op dispatch on a CPU); `length_buckets` trades padding against passes with it.
-BUCKET_OVERHEAD = 48
+    r = running[:, None]
+    m_new = torch.where(r, b1 * m[idx] + (1 - b1) * grad, m[idx])
+    v_new = torch.where(r, b2 * v[idx] + (1 - b2) * grad * grad, v[idx])
+    denom = (v_new.sqrt() / (1 - b2**t) ** 0.5) + eps
+    p = param[idx]
+    p_new = p - (lr / (1 - b1**t)) * m_new / denom
+    norms = p_new.norm(dim=1)
+    p_new = p_new * torch.where(norms > limit, limit / norms, torch.ones_like(norms))[:, None]
+    m[idx], v[idx], param[idx] = m_new, v_new, torch.where(r, p_new, p)
 
 
 class _Fast:
@@ -233,12 +285,12 @@ class _Fast:
     above L from the subject on, and the head at scored positions. Rows are aligned at the
     subject's last token, so it sits in column 0 of what is replayed.
 
-    Rows are replayed in groups of similar width (`length_buckets`), each with its own
+    On a CPU rows are replayed in groups of similar width (`length_buckets`), each with its own
     UpperStack: padded positions cost as much as real ones, and one padded block would be
     about 40% padding on CounterFact (the KL prompt is short, continuations vary). Each row's
     numbers do not depend on which rows share its pass. `overhead=None` keeps one group."""
 
-    def __init__(self, model, layout, layer, plan, pad_id, device, overhead: int | None = BUCKET_OVERHEAD):
+    def __init__(self, model, layout, layer, plan, pad_id, device, overhead: int | None = StepPolicy.overhead):
         self.norm, self.head = layout.head(model)
         lookup = plan.seq_lookup.tolist()
         widths = [len(seq) - pos for seq, pos in zip(plan.sequences, lookup)]
@@ -248,35 +300,44 @@ class _Fast:
             inputs, column = pad_aligned([plan.sequences[r] for r in rows], [lookup[r] for r in rows], pad_id, device)
             stack = UpperStack(model, layout.block_list(model), layer, prefix=column, **inputs)
             self.stacks.append((torch.tensor(rows), stack))
-        self._locate()
+        self._index(plan)
 
-    def _locate(self):
-        """For every plan row: its group and its index inside the group."""
+    def _index(self, plan):
+        """Device index tensors for the plan's scored positions: per group, the facts of its rows
+        and where its scored positions sit; and the order that puts them back in `scored()` order."""
         n = sum(len(rows) for rows, _ in self.stacks)
         self.group_of, self.index_in = torch.empty(n, dtype=torch.long), torch.empty(n, dtype=torch.long)
         for g, (rows, _) in enumerate(self.stacks):
             self.group_of[rows], self.index_in[rows] = g, torch.arange(len(rows))
+        rows, cols = plan.rows.cpu(), (plan.cols - plan.seq_lookup[plan.rows]).cpu()  # column in the replay
+        seq_fact = plan.seq_fact.cpu()
+        self.steps, order = [], []
+        for g, (group_rows, stack) in enumerate(self.stacks):
+            dev = stack.hidden.device
+            mine = torch.nonzero(self.group_of[rows] == g).squeeze(1)
+            at = (torch.arange(len(group_rows), device=dev), torch.zeros(len(group_rows), dtype=torch.long, device=dev))
+            pick = (self.index_in[rows[mine]].to(dev), cols[mine].to(dev))
+            self.steps.append((stack, seq_fact[group_rows].to(dev), at, pick))
+            order.append(mine)
+        self.order = torch.argsort(torch.cat(order)).to(self.stacks[0][1].hidden.device)
 
     def at_lookup(self, plan, rows):
+        rows = rows.cpu()
         return torch.stack([self.stacks[g][1].hidden[i, 0] for g, i in zip(self.group_of[rows].tolist(),
                                                                            self.index_in[rows].tolist())])
 
-    def logits(self, plan, delta, rows, cols):
-        cols = cols - plan.seq_lookup[rows]  # column in the replayed positions
-        picked, order = [], []
-        for g, (group_rows, stack) in enumerate(self.stacks):
+    def logits(self, plan, delta):
+        picked = []
+        for stack, facts, at, pick in self.steps:
             h = stack.hidden  # (rows in group, replayed positions, d)
-            first = torch.zeros(len(group_rows), dtype=torch.long, device=h.device)
-            at = (torch.arange(len(group_rows), device=h.device), first)
-            h = stack.run(h.index_put(at, delta[plan.seq_fact[group_rows].to(h.device)].to(h.dtype), accumulate=True))
-            mine = torch.nonzero(self.group_of[rows] == g).squeeze(1)
-            picked.append(h[self.index_in[rows[mine]].to(h.device), cols[mine].to(h.device)])
-            order.append(mine)
-        h = torch.cat(picked)[torch.argsort(torch.cat(order)).to(picked[0].device)]  # (scored, d), in `rows` order
+            h = stack.run(h.index_put(at, delta[facts].to(h.dtype), accumulate=True))
+            picked.append(h[pick])  # (scored in group, d)
+        h = torch.cat(picked)[self.order]  # (scored, d), in `plan.scored()` order
         return self.head(self.norm(h))
 
-    def select(self, seq_rows):
-        """Keep plan rows `seq_rows` (renumbered 0.. in that order); groups left empty are dropped."""
+    def select(self, seq_rows, plan):
+        """Keep plan rows `seq_rows` (renumbered 0.. in that order; `plan` is the plan they make);
+        groups left empty are dropped."""
         renumber = torch.full((len(self.group_of),), -1, dtype=torch.long)
         renumber[seq_rows.cpu()] = torch.arange(len(seq_rows))
         stacks = []
@@ -285,19 +346,20 @@ class _Fast:
             if len(keep):
                 stacks.append((renumber[rows[keep]], stack.select(keep.to(stack.hidden.device))))
         self.stacks = stacks
-        self._locate()
+        self._index(plan)
 
 
 class _Plain:
     """The plain path: a full forward per step with δ added by a hook, logits everywhere."""
 
-    def __init__(self, model, layout, layer, plan, pad_id, device):
+    def __init__(self, model, layout, layer, plan, pad_id, device, overhead=None):
         self.model, self.block = model, layout.block(model, layer)
         self.inputs = pad_batch(plan.sequences, pad_id, device)
         self.hidden = self._forward(None)[1]
 
     def at_lookup(self, plan, rows):
-        return self.hidden[rows.to(self.hidden.device), plan.seq_lookup[rows].to(self.hidden.device)]
+        rows = rows.to(self.hidden.device)
+        return self.hidden[rows, plan.seq_lookup.to(self.hidden.device)[rows]]
 
     def _forward(self, add):
         seen = {}
@@ -316,19 +378,18 @@ class _Plain:
             handle.remove()
         return logits, seen["h"]
 
-    def logits(self, plan, delta, rows, cols):
+    def logits(self, plan, delta):
         seq_rows = torch.arange(len(plan.seq_fact), device=delta.device)
-        lookup, fact = plan.seq_lookup.to(delta.device), plan.seq_fact.to(delta.device)
-        add = lambda h: h.index_put((seq_rows, lookup), delta[fact].to(h.dtype), accumulate=True)  # noqa: E731
+        add = lambda h: h.index_put((seq_rows, plan.seq_lookup), delta[plan.seq_fact].to(h.dtype), accumulate=True)  # noqa: E731
         logits, _ = self._forward(add)
-        return logits[rows.to(logits.device), cols.to(logits.device)]
+        return logits[plan.rows, plan.cols]
 
-    def select(self, seq_rows):
+    def select(self, seq_rows, plan):
         self.inputs = {k: v[seq_rows] for k, v in self.inputs.items()}
 
 
 RUNNERS = {
     "fast": _Fast,
-    "aligned": lambda *args: _Fast(*args, overhead=None),
+    "aligned": lambda *args: _Fast(*args[:-1], overhead=None),
     "plain": _Plain,
 }
