@@ -3,11 +3,13 @@
     python benchmarks/values.py --records 32 --sizes 8 16 32 --layer 3   # SmolLM2 on this machine
     python benchmarks/values.py --paths fast aligned plain --sizes 8     # today's path against the ones it must equal
     python benchmarks/values.py --device cuda --llama3-shape --sizes 8   # random Llama-3-8B-shaped model, bf16
+    python benchmarks/values.py --device cuda --policies cuda cpu        # how the loop meets the host (StepPolicy)
 
 Paths (`editscale.editing.values.RUNNERS`): "fast" replays the blocks above L from the subject
 on, rows grouped by width; "aligned" is the same in one padded group (the path before width
 groups); "plain" is a full forward per step. Every path runs the same facts in the same
-process, so the ratios are within one run; speed and v* of each run are compared with the
+process, so the ratios are within one run (and so does each `--policies` entry:
+values.POLICIES by device type, "cpu" being the one that drops finished facts at once); speed and v* of each run are compared with the
 first run's (the first batch size on the first path).
 FLOPs are counted by torch's FlopCounterMode (matmuls and attention, forward and backward; the
 elementwise ops it leaves out are a few percent), and the roofline is a matmul of the fast path's own shape timed here.
@@ -88,6 +90,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument("--records", type=int, default=32, help="records timed per batch size")
     parser.add_argument("--paths", nargs="+", default=["fast", "aligned"], choices=sorted(values.RUNNERS))
+    parser.add_argument("--policies", nargs="+", default=[None], choices=sorted(values.POLICIES),
+                        help="step policies to time (default: the device's own)")
     parser.add_argument("--no-flops", action="store_true", help="skip the profiler's FLOP count")
     args = parser.parse_args()
 
@@ -108,24 +112,26 @@ def main() -> None:
     print(f"# roofline: {peak:.1f} GFLOP/s ({p.dtype} matmul 256 × {model.config.hidden_size} × "
           f"{model.config.intermediate_size})")
     first = None  # every run is compared with the first: the first batch size on the first path
-    for size in args.sizes:
-        for path in args.paths:
-            run = lambda: values.compute_values(model, tok, layout, args.layer, facts, templates,  # noqa: E731
-                                                batch_size=size, path=path)
-            sync(args.device)
-            start = time.perf_counter()
-            out = run()
-            sync(args.device)
-            seconds = (time.perf_counter() - start) / len(facts)
-            first = first or (f"{path} at batch {size}", seconds, out)
-            rel = ((out.v_star - first[2].v_star).norm(dim=1) / first[2].v_star.norm(dim=1)).max().item()
-            line = (f"batch {size:>3} {path:>7}: {seconds:6.2f} s/fact  x{first[1] / seconds:5.2f} vs {first[0]}  "
-                    f"mean steps {out.steps.float().mean():.1f}, converged {int(out.converged.sum())}/{len(facts)}, "
-                    f"max |Δv*|/|v*| vs {first[0]} {rel:.1e}")
-            if not args.no_flops and args.device == "cpu":
-                gflop = counted_flops(run) / 1e9 / len(facts)
-                line += f"  {gflop:.0f} GFLOP/fact, {gflop / seconds:.1f} GFLOP/s = {gflop / seconds / peak:.0%} of roofline"
-            print(line, flush=True)
+    runs = [(size, path, policy) for size in args.sizes for path in args.paths for policy in args.policies]
+    for size, path, policy in runs:
+        label = path if policy is None else f"{path}/{policy}"
+        run = lambda: values.compute_values(model, tok, layout, args.layer, facts, templates,  # noqa: E731
+                                            batch_size=size, path=path,
+                                            policy=policy and values.POLICIES[policy])
+        sync(args.device)
+        start = time.perf_counter()
+        out = run()
+        sync(args.device)
+        seconds = (time.perf_counter() - start) / len(facts)
+        first = first or (f"{label} at batch {size}", seconds, out)
+        rel = ((out.v_star - first[2].v_star).norm(dim=1) / first[2].v_star.norm(dim=1)).max().item()
+        line = (f"batch {size:>3} {label:>7}: {seconds:6.2f} s/fact  x{first[1] / seconds:5.2f} vs {first[0]}  "
+                f"mean steps {out.steps.float().mean():.1f}, converged {int(out.converged.sum())}/{len(facts)}, "
+                f"max |Δv*|/|v*| vs {first[0]} {rel:.1e}")
+        if not args.no_flops and args.device == "cpu":
+            gflop = counted_flops(run) / 1e9 / len(facts)
+            line += f"  {gflop:.0f} GFLOP/fact, {gflop / seconds:.1f} GFLOP/s = {gflop / seconds / peak:.0%} of roofline"
+        print(line, flush=True)
 
 
 if __name__ == "__main__":
