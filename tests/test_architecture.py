@@ -10,11 +10,12 @@ ALLOWED = {
     "algorithms": set(),  # pure: tensors in, ΔW out
     "models": {"artifacts", "paths"},
     "data": {"artifacts", "paths"},
-    "editing": {"algorithms", "models", "settings", "artifacts"},
+    "editing": {"algorithms", "models", "data", "settings", "artifacts", "paths"},  # data: C's corpus
     "evaluation": {"models", "data", "paths", "settings"},
     "workflow": {"algorithms", "models", "data", "editing", "evaluation", "settings", "artifacts", "paths"},
-    # The library's front door and its command line: everything below, never the other way.
-    "editor": {"algorithms", "models", "data", "editing", "evaluation", "settings", "artifacts", "paths", "workflow"},
+    # The library's front door and its command line: the layers below, never the other way, and
+    # never the workflow (orchestration stands on the library, not the library on it).
+    "editor": {"algorithms", "models", "data", "editing", "evaluation", "settings", "artifacts", "paths"},
     "__main__": {"editor", "models", "settings"},
 }
 

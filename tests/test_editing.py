@@ -34,10 +34,16 @@ def config(algorithm, edit=SEQ):
     return EditConfig(algorithm=algorithm, layer=1, edit=edit, values=FAST)
 
 
-def run(tiny, cfg, facts, batch_size, run_dir, **kw):
+def run(tiny, cfg, facts, batch_size, run_dir, after_batch=None, **kw):
+    """A sequential run to the end, `after_batch(b, facts)` called on each applied batch as the
+    workflow evaluates it; its state."""
     model, tok, layout, C = tiny
-    return sequential.sequential(model, tok, layout, cfg, facts, TEMPLATES, editing.prepare(cfg, C), batch_size,
-                                 run_dir, **{"identity": "test", **kw})
+    edits = sequential.SequentialRun(model, tok, layout, cfg, facts, TEMPLATES, editing.prepare(cfg, C), batch_size,
+                                     run_dir, **{"identity": "test", **kw})
+    for b, batch_facts in edits:
+        if after_batch is not None:
+            after_batch(b, batch_facts)
+    return edits.state
 
 
 @pytest.fixture(params=["llama", "gpt2"])

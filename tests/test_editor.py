@@ -52,7 +52,7 @@ def test_the_readme_snippet_runs(tiny_llama_dir, tmp_path, monkeypatch):
     # C went into the workflow's own cache path, with the workflow's provenance.
     (stats,) = (tmp_path / "results").rglob("layer1.safetensors")
     from editscale.settings import Stats
-    from editscale.workflow.stages import stats_id
+    from editscale.editing.stats import stats_id
 
     assert stats.parent.name == stats_id(Stats()) and stats.parent.parent.name == "stats"
 

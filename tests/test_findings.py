@@ -175,9 +175,20 @@ def test_retention_names_the_algorithm_that_keeps_most_or_says_it_cannot_tell():
     assert row["verdict"] == INCONCLUSIVE
 
 
+def claims_table(seed: int) -> pd.DataFrame:
+    """Every registered experiment's claims on hand-made runs, at the chosen layer and no window."""
+    from editscale.workflow import experiments
+
+    runs = {"sweep": sweep({1: 5, 20: 0}), "batch": batch({16: 0, 64: -4}), "retained": retained({4: 0, 64: -5})}
+    runs["immediate"] = runs["retained"].iloc[:0]
+    return findings.table(findings.Runs(runs, runs, 30, "auto", None, Findings(n_boot=300, seed=seed)),
+                          experiments.claims())
+
+
 def test_the_table_is_seeded_and_renders():
-    tables = [findings.findings(sweep({1: 5, 20: 0}), batch({16: 0, 64: -4}), retained({4: 0, 64: -5}), 30,
-                                Findings(n_boot=300, seed=s)) for s in (3, 3, 4)]
+    tables = [claims_table(s) for s in (3, 3, 4)]
+    letters = [claim[0] for claim in tables[0].claim]
+    assert letters == sorted(letters) and {"a", "b", "c"} <= set(letters)  # each claim that applies, by letter
     pd.testing.assert_frame_equal(tables[0], tables[1])
     assert not np.allclose(tables[0].ci_low, tables[2].ci_low)
     text = findings.markdown(tables[0])

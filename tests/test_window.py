@@ -124,9 +124,13 @@ def test_a_window_sequential_run_resumes_bit_identically(tiny, tmp_path, algorit
     solvers = {layer: editing.prepare(cfg, stats[layer]) for layer in WINDOW}
     w0 = {layer: layout.weight(model, layer).clone() for layer in WINDOW}
 
-    def go(folder, **kw):
-        return sequential.sequential(model, tok, layout, cfg, FACTS, TEMPLATES, solvers, 1, tmp_path / folder,
-                                     identity="w", snapshot_every=2, layers=WINDOW, **kw)
+    def go(folder, after_batch=None):
+        edits = sequential.SequentialRun(model, tok, layout, cfg, FACTS, TEMPLATES, solvers, 1, tmp_path / folder,
+                                         identity="w", snapshot_every=2, layers=WINDOW)
+        for b, batch_facts in edits:
+            if after_batch is not None:
+                after_batch(b, batch_facts)
+        return edits.state
 
     def reset():
         for layer in WINDOW:

@@ -1,13 +1,18 @@
-"""Atomic artifact writes: every file appears whole or not at all."""
+"""Atomic artifact writes (every file appears whole or not at all), reads that name a damaged file,
+and the one resumable artifact (`Parts`)."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -90,3 +95,36 @@ def sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: stream.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+class Parts:
+    """The one resumable artifact: finished pieces of the work behind `out`, kept in a folder beside
+    it named by the identity of everything they depend on (`.<stem>.<identity>.parts`), so only the
+    very same work resumes them. A parts folder of any other identity is stale: opening removes it,
+    saying so. `clear()` once `out` is written whole.
+
+        parts = Parts(out, identity)
+        piece = parts / "chunk-0.safetensors"     # resumed when it exists, else written atomically
+        ...; write out from parts.paths("chunk-*"); parts.clear()
+    """
+
+    def __init__(self, out: str | os.PathLike, identity: str):
+        out = Path(out)
+        stem = out.name.split(".")[0]
+        self.folder = out.parent / f".{stem}.{identity}.parts"
+        for stale in sorted(out.parent.glob(f".{stem}.*.parts")):
+            if stale != self.folder:
+                log.info("removing %s, the unfinished work of other settings", stale)
+                shutil.rmtree(stale)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.folder / name
+
+    def paths(self, pattern: str) -> list[Path]:
+        """The finished pieces matching `pattern`, in name order."""
+        return sorted(self.folder.glob(pattern))
+
+    def clear(self) -> None:
+        """Remove the folder, with any temporary file a killed write left in it."""
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -27,8 +27,9 @@ import torch
 from editscale import artifacts, editing
 from editscale.algorithms import KeyMemory
 from editscale.editing import covariance, keys, values
+from editscale.editing import stats as store
 from editscale.models.layout import layout_for
-from editscale.settings import EditSettings, Stats, Templates, ValueSettings, results
+from editscale.settings import EditSettings, Stats, Templates, ValueSettings
 
 log = logging.getLogger(__name__)
 APPLIED = "editscale_edits"  # the attribute on a model listing the edits applied to it, in order
@@ -141,7 +142,7 @@ class Editor:
         self.memories = {layer: KeyMemory() for layer in layers}  # earlier keys of sequential edits, per layer
         self.unedited = self._weights()
         self.provenance = {"model": model_name(model), "algorithm": algorithm, "layers": layers,
-                           "edit": self.config.settings(), "values": results(value_settings),
+                           **{k: v for k, v in self.config.counted().items() if k in ("edit", "values")},
                            "templates": self.templates,
                            "C_sha256": self.stats_source[layers[0]] if len(layers) == 1 else
                            {str(layer): digest for layer, digest in self.stats_source.items()}}
@@ -157,12 +158,8 @@ class Editor:
                                  f"None to use the workflow's cache")
             stats = {self.layers[0]: stats}
         if stats is None:
-            from editscale.workflow.stages import stats_path
-
-            stats = {layer: stats_path(results_dir, model_name(self.model), settings, layer) for layer in self.layers}
-            missing = {layer: path for layer, path in stats.items() if not Path(path).exists()}
-            if missing:
-                self._compute_stats(settings, missing)
+            stats = store.cached(self.model, self.tokenizer, self.layout, settings, results_dir, self.layers,
+                                 model_name=model_name(self.model), progress=self.progress)
         if set(stats) != set(self.layers):
             raise ValueError(f"stats for layers {sorted(stats)}, but the editor edits layers {self.layers}")
         out = {}
@@ -172,23 +169,6 @@ class Editor:
             else:
                 out[layer] = (covariance.load_stats(given)[0], artifacts.sha256(given))
         return out
-
-    def _compute_stats(self, settings: Stats, paths: dict) -> None:
-        from editscale.data import corpus
-        from editscale.workflow.stages import corpus_source, stats_max_length
-
-        source = corpus_source(settings.corpus)
-        source_id = corpus.fingerprint(source)
-        max_length = stats_max_length(self.model, settings.max_length)
-        log.info("computing C at layers %s from %s (once, in one pass; later editors read it)", sorted(paths),
-                 source_id)
-        moments = covariance.second_moments(
-            self.model, self.tokenizer, self.layout, sorted(paths), corpus.iter_texts(source),
-            max_tokens=settings.max_tokens, max_length=max_length, skip_first_token=settings.skip_first_token,
-            batch_tokens=settings.batch_tokens, source_id=source_id, progress=self.progress)
-        covariance.write_stats(moments, paths, model_name=model_name(self.model), source_id=source_id,
-                               dtype=next(self.model.parameters()).dtype, max_length=max_length,
-                               skip_first_token=settings.skip_first_token)
 
     def edit(self, facts, *, sequential: bool = False) -> Edit:
         """An Edit for `facts` (mappings with prompt, subject, target_new; the prompt holds "{}" or

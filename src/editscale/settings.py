@@ -12,6 +12,8 @@ config must not look like a change.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -239,9 +241,17 @@ def _section(cls, value: dict):
     return cls(**{k: tuple(v) if isinstance(v, list) and k != "source" else v for k, v in value.items()})
 
 
-def results(section) -> dict:
-    """The section's result settings, in field order: the canonical form for rule params."""
-    return {f.name: _plain(getattr(section, f.name)) for f in fields(section) if not f.metadata.get("execution")}
+def results(section, only=None) -> dict:
+    """The settings of `section` that change results, in field order: the one rule for what counts,
+    used by the rules' params, the run folders' identities and an Edit's provenance. Execution
+    settings never count; `only` keeps just the named ones (an algorithm reads only its own)."""
+    return {f.name: _plain(getattr(section, f.name)) for f in fields(section)
+            if not f.metadata.get("execution") and (only is None or f.name in only)}
+
+
+def digest(value) -> str:
+    """The one digest of settings and what else a result depends on: sha256 of canonical JSON, 16 hex."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def as_dict(section) -> dict:

@@ -9,12 +9,11 @@ rule batch:
         templates=TEMPLATES,
         baseline=f"{BASELINE}.nll.parquet",  # the unedited predictions, for metrics read against them
     output:
-        nll=f"{BATCH}.nll.parquet",
-        cases=f"{BATCH}.cases.parquet",
+        **experiment_outputs("batch"),
     log:
-        f"{RUN_DIR}/logs/batch/{{algorithm}}-layer{{layer}}-b{{size}}.log",
+        experiment_path("batch", "logs") + ".log",
     benchmark:
-        f"{RUN_DIR}/benchmarks/batch/{{algorithm}}-layer{{layer}}-b{{size}}.tsv"
+        experiment_path("batch", "benchmarks") + ".tsv"
     wildcard_constraints:
         layer=LAYER_NAME,
     conda:
@@ -23,11 +22,9 @@ rule batch:
     resources:
         **model_resources(),
     params:
-        model=MODEL_PARAMS,
-        edit=edit_params,
-        n=SETTINGS.data.n,
+        settings=params("batch"),
     script:
-        "../scripts/independent_edits.py"
+        "../scripts/run.py"
 
 
 rule baseline:
@@ -49,7 +46,6 @@ rule baseline:
     resources:
         **model_resources(),
     params:
-        model=MODEL_PARAMS,
-        evaluation=S.results(SETTINGS.evaluation),
+        settings=params("baseline"),
     script:
-        "../scripts/baseline.py"
+        "../scripts/run.py"

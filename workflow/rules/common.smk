@@ -1,14 +1,16 @@
 # Settings, paths and names derived from config once, shared by every stage. An artifact path says
-# what made it: model, record selection, algorithm, layer, batch size. Rule params carry result
-# settings only, in canonical form (settings.results); execution settings reach scripts through
-# the config and rerun nothing.
+# what made it: model, record selection, algorithm, layer, batch size. Every rule runs one script
+# (scripts/run.py: its job, editscale.workflow.job) and has one param, the digest of the result
+# settings its stage counts; execution settings reach jobs through the config and rerun nothing.
+# The experiments' targets, summary kinds and figures come from their registry (EXPERIMENTS).
 from editscale import settings as S
 from editscale.algorithms import ALGORITHMS, variant
 from editscale.data import DATASETS
-from editscale.workflow.experiments import read_layer
-from editscale.workflow.figures import FIGURES
+from editscale.editing.stats import stats_id
 from editscale.models import inspect_local, slug
-from editscale.workflow.stages import resolve_data, selection_name, stats_id
+from editscale.workflow import experiments as X
+from editscale.workflow.job import params as job_params
+from editscale.workflow.stages import resolve_data, selection_name
 
 SETTINGS = S.parse(config)
 S.check(
@@ -51,21 +53,14 @@ STATS_LAYERS = sorted(
 )
 VALUES = f"{RUN_DIR}/values/layer{{layer}}/records{{start}}-{{end}}.safetensors"
 LAYER_NAME = r"\d+(?:-\d+|(?:\+\d+)+)?"  # a layer (3) or a window (4-8, 4+6): settings.layer_name
-SWEEP = f"{RUN_DIR}/sweep/{{algorithm}}-layer{{layer}}"
 BEST_LAYER = f"{RUN_DIR}/sweep/best_layer.yaml"
-BATCH = f"{RUN_DIR}/batch/{{algorithm}}-layer{{layer}}-b{{size}}"
-SEQUENTIAL = f"{RUN_DIR}/sequential/{{algorithm}}-layer{{layer}}-b{{size}}"
 BASELINE = f"{RUN_DIR}/baseline"
 SUMMARY = f"{RUN_DIR}/summary/{{kind}}.parquet"
-SUMMARY_KINDS = [
-    "sweep",
-    "batch",
-    "immediate",
-    "retained",
-    "baseline",
-    "quality",
-    "health",
-]
+SUMMARY_SOURCES = X.summary_sources()  # kind -> (experiment, output): summarised
+# kind -> (experiment, output): stacked as they are
+COLLECTED_SOURCES = X.collected_sources()
+SUMMARY_KINDS = [*X.summary_groups(), *COLLECTED_SOURCES]
+FIGURES = list(X.figures())
 FINDINGS = f"{RUN_DIR}/summary/findings.parquet"
 PLOT = f"{RUN_DIR}/plots/{{name}}.png"
 ENV = "../envs/editscale.yaml"  # relative to the rule files
@@ -100,14 +95,37 @@ def window_stats(wildcards):
     return [STATS.format(layer=layer) for layer in S.window(wildcards.layer)]
 
 
-def edit_params(wildcards):
-    """The edit settings the job's algorithm reads, and no others; a variant's overrides replace
-    the config's (emmet@emmet_lambda=1: algorithms.registry)."""
-    from editscale.algorithms import variant
+def params(rule):
+    """A rule's one param: the digest of the result settings its stage counts (job.params)."""
+    return lambda wildcards: job_params(rule, SETTINGS, wildcards)
 
-    algorithm, overrides = variant(wildcards.algorithm)
-    edit = {**S.results(SETTINGS.edit), **overrides}
-    return {name: edit[name] for name in (*algorithm.settings, "on_ill_conditioned")}
+
+def experiment_path(name, kind=None):
+    """The pattern of one job's files of experiment `name` (kind: its logs or benchmarks)."""
+    folder = f"{name}" if kind is None else f"{kind}/{name}"
+    return f"{RUN_DIR}/{folder}/{X.EXPERIMENTS[name].stem}"
+
+
+def experiment_outputs(name):
+    """A job's named outputs, as its registry entry declares them."""
+    return {
+        output: experiment_path(name) + suffix
+        for output, suffix in X.EXPERIMENTS[name].outputs.items()
+    }
+
+
+def outputs_of(name, output):
+    """The files `output` of every job of experiment `name` in this config."""
+
+    def files(wildcards=None):
+        entry = X.EXPERIMENTS[name]
+        pattern = experiment_path(name) + entry.outputs[output]
+        return [
+            pattern.format(**w)
+            for w in entry.jobs(SETTINGS, chosen_layer, compared_window)
+        ]
+
+    return files
 
 
 def partition(name):
@@ -145,7 +163,7 @@ def chosen_layer():
     takes the sweep's best layer (a checkpoint); a number or a window overrides it."""
     if SETTINGS.layer != "auto":
         return S.layer_name(SETTINGS.layer)
-    return S.layer_name(read_layer(checkpoints.best_layer.get().output[0]))
+    return S.layer_name(X.read_layer(checkpoints.best_layer.get().output[0]))
 
 
 def compared_window():
@@ -155,49 +173,3 @@ def compared_window():
         if (WINDOW.layers or WINDOW.size)
         else None
     )
-
-
-def sweep_cases(wildcards=None):
-    return [
-        f"{SWEEP.format(algorithm=a, layer=l)}.cases.parquet"
-        for a in SETTINGS.sweep.algorithms
-        for l in SETTINGS.sweep.layers
-    ]
-
-
-def _with_window(runs, sizes):
-    """The runs at the chosen layer, and (f)'s at its window: every algorithm but ROME, at `sizes`."""
-    window = compared_window()
-    extra = (
-        [(a, window, b) for a in runs["algorithms"] if a != "rome" for b in sizes]
-        if window
-        else []
-    )
-    layer = chosen_layer()
-    return [(a, layer, b) for a in runs["algorithms"] for b in runs["sizes"]] + extra
-
-
-def batch_cases(wildcards=None):
-    runs = {"algorithms": SETTINGS.batch.algorithms, "sizes": SETTINGS.batch.sizes}
-    return [
-        f"{BATCH.format(algorithm=a, layer=layer, size=b)}.cases.parquet"
-        for a, layer, b in _with_window(
-            runs, [max(SETTINGS.batch.sizes)]
-        )  # (f): the largest B
-    ]
-
-
-def sequential_outputs(kind):
-    def outputs(wildcards=None):
-        runs = {
-            "algorithms": SETTINGS.sequential.algorithms,
-            "sizes": SETTINGS.sequential.sizes,
-        }
-        return [
-            f"{SEQUENTIAL.format(algorithm=a, layer=layer, size=b)}.{kind}.parquet"
-            for a, layer, b in _with_window(
-                runs, [min(SETTINGS.sequential.sizes)]
-            )  # the longest run
-        ]
-
-    return outputs

@@ -3,7 +3,7 @@ rule data:
     input:
         model=MODEL_MANIFEST,  # the tokenizer and context length, to refuse prompts that do not fit
     output:
-        RECORDS,
+        records=RECORDS,
     log:
         f"{RESULTS}/records/logs/{SELECTION}.log",
     benchmark:
@@ -13,7 +13,6 @@ rule data:
     resources:
         **LIGHT,
     params:
-        data=DATA_PARAMS,
-        templates=S.results(SETTINGS.templates),
+        settings=params("data"),
     script:
-        "../scripts/select_records.py"
+        "../scripts/run.py"

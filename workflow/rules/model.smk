@@ -1,7 +1,7 @@
 rule model:
     """Make the model loadable offline (the embedded default is converted from its GGUF once)."""
     output:
-        MODEL_MANIFEST,
+        manifest=MODEL_MANIFEST,
     log:
         f"{MODEL_DIR}/logs/model.log",
     benchmark:
@@ -11,6 +11,6 @@ rule model:
     resources:
         **model_resources(gpus=0),  # conversion runs on the CPU
     params:
-        model=MODEL_PARAMS,
+        settings=params("model"),
     script:
-        "../scripts/prepare_model.py"
+        "../scripts/run.py"

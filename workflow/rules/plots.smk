@@ -27,8 +27,6 @@ rule plots:
     resources:
         **LIGHT,
     params:
-        style=S.results(SETTINGS.plots),
-        layer=S.layer_name(SETTINGS.layer) if SETTINGS.layer != "auto" else "auto",
-        window=S.results(SETTINGS.window),
+        settings=params("plots"),
     script:
-        "../scripts/plot.py"
+        "../scripts/run.py"

@@ -10,15 +10,11 @@ rule sequential:
         baseline=f"{BASELINE}.nll.parquet",  # the unedited predictions, for metrics read against them
         values=lambda w: value_files(w.layer, min(int(w.size), N_SEQ)),  # the first batch's, on the unedited model
     output:
-        immediate=f"{SEQUENTIAL}.immediate.parquet",
-        retained=f"{SEQUENTIAL}.retained.parquet",
-        quality=f"{SEQUENTIAL}.quality.parquet",
-        batches=f"{SEQUENTIAL}.batches.parquet",
-        edits=f"{SEQUENTIAL}.edits.safetensors",
+        **experiment_outputs("sequential"),
     log:
-        f"{RUN_DIR}/logs/sequential/{{algorithm}}-layer{{layer}}-b{{size}}.log",
+        experiment_path("sequential", "logs") + ".log",
     benchmark:
-        f"{RUN_DIR}/benchmarks/sequential/{{algorithm}}-layer{{layer}}-b{{size}}.tsv"
+        experiment_path("sequential", "benchmarks") + ".tsv"
     wildcard_constraints:
         layer=LAYER_NAME,
     conda:
@@ -27,11 +23,6 @@ rule sequential:
     resources:
         **model_resources(SETTINGS.resources.sequential_runtime),
     params:
-        model=MODEL_PARAMS,
-        edit=edit_params,
-        values=S.results(SETTINGS.values),
-        evaluation=S.results(SETTINGS.evaluation),
-        n=N_SEQ,
-        retained_every_edits=SETTINGS.sequential.retained_every_edits,
+        settings=params("sequential"),
     script:
-        "../scripts/sequential.py"
+        "../scripts/run.py"

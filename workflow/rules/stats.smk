@@ -2,9 +2,9 @@ rule stats:
     """C = E[k kᵀ] of the edited projection's input at every layer a run can edit, in one pass
     that stops after the deepest of them."""
     input:
-        MODEL_MANIFEST,
+        model=MODEL_MANIFEST,
     output:
-        expand(STATS, layer=STATS_LAYERS),
+        **{f"layer{layer}": STATS.format(layer=layer) for layer in STATS_LAYERS},
     log:
         f"{MODEL_DIR}/logs/stats/{STATS_ID}.log",
     benchmark:
@@ -15,8 +15,6 @@ rule stats:
     resources:
         **model_resources(),
     params:
-        model=MODEL_PARAMS,
-        stats=S.results(SETTINGS.stats),
-        layers=STATS_LAYERS,
+        settings=params("stats"),
     script:
-        "../scripts/compute_stats.py"
+        "../scripts/run.py"

@@ -1,8 +1,5 @@
 SUMMARY_INPUTS = {
-    "sweep": sweep_cases,
-    "batch": batch_cases,
-    "immediate": sequential_outputs("immediate"),
-    "retained": sequential_outputs("retained"),
+    **{kind: outputs_of(*source) for kind, source in SUMMARY_SOURCES.items()},
     "baseline": lambda w: [f"{BASELINE}.cases.parquet"],
 }
 
@@ -28,19 +25,20 @@ rule summary:
     resources:
         **LIGHT,
     params:
-        n_boot=SETTINGS.findings.n_boot,
-        seed=SETTINGS.findings.seed,
+        settings=params("summary"),
     script:
-        "../scripts/summarise.py"
+        "../scripts/run.py"
 
 
-COLLECTED = {
-    "quality": lambda w: [
-        f"{BASELINE}.quality.parquet",
-        *sequential_outputs("quality")(w),
-    ],
-    "health": sequential_outputs("batches"),
-}
+def collected(kind):
+    """The tables stacked into `kind`: the unedited model's fluency and drift lead the quality
+    table, at 0 edits."""
+
+    def files(wildcards):
+        lead = [f"{BASELINE}.quality.parquet"] if kind == "quality" else []
+        return lead + outputs_of(*COLLECTED_SOURCES[kind])(wildcards)
+
+    return files
 
 
 rule collect:
@@ -48,7 +46,7 @@ rule collect:
     checkpoint (quality), and every sequential batch's weight health and diagnostics (health).
     """
     input:
-        lambda w: COLLECTED[w.kind](w),
+        tables=lambda w: collected(w.kind)(w),
     output:
         table=SUMMARY,
         csv=SUMMARY.replace(".parquet", ".csv"),
@@ -58,21 +56,19 @@ rule collect:
     benchmark:
         f"{RUN_DIR}/benchmarks/summary/{{kind}}.tsv"
     wildcard_constraints:
-        kind="|".join(COLLECTED),
+        kind="|".join(COLLECTED_SOURCES),
     conda:
         ENV
     resources:
         **LIGHT,
     script:
-        "../scripts/collect.py"
+        "../scripts/run.py"
 
 
 rule findings:
     """The paper's claims as statistics with paired bootstrap CIs and a verdict each."""
     input:
-        sweep=sweep_cases,
-        batch=batch_cases,
-        retained=sequential_outputs("retained"),
+        **{kind: outputs_of(*source) for kind, source in SUMMARY_SOURCES.items()},
         model=MODEL_MANIFEST,
         best=[BEST_LAYER] if SETTINGS.layer == "auto" else [],  # which runs are at the chosen layer
     output:
@@ -92,8 +88,6 @@ rule findings:
     resources:
         **LIGHT,
     params:
-        findings=S.results(SETTINGS.findings),
-        layer=S.layer_name(SETTINGS.layer) if SETTINGS.layer != "auto" else "auto",
-        window=S.results(SETTINGS.window),
+        settings=params("findings"),
     script:
-        "../scripts/findings.py"
+        "../scripts/run.py"

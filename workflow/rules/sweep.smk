@@ -8,31 +8,28 @@ rule sweep:
         templates=TEMPLATES,
         baseline=f"{BASELINE}.nll.parquet",  # the unedited predictions, for metrics read against them
     output:
-        nll=f"{SWEEP}.nll.parquet",
-        cases=f"{SWEEP}.cases.parquet",
+        **experiment_outputs("sweep"),
     log:
-        f"{RUN_DIR}/logs/sweep/{{algorithm}}-layer{{layer}}.log",
+        experiment_path("sweep", "logs") + ".log",
     benchmark:
-        f"{RUN_DIR}/benchmarks/sweep/{{algorithm}}-layer{{layer}}.tsv"
+        experiment_path("sweep", "benchmarks") + ".tsv"
     conda:
         ENV
     threads: THREADS
     resources:
         **model_resources(),
     params:
-        model=MODEL_PARAMS,
-        edit=edit_params,
-        n=N_SWEEP,
+        settings=params("sweep"),
     script:
-        "../scripts/independent_edits.py"
+        "../scripts/run.py"
 
 
 checkpoint best_layer:
     """The layer with the best Score (harmonic mean of ES, PS, NS) over the sweep algorithms."""
     input:
-        sweep_cases,
+        cases=outputs_of("sweep", "cases"),
     output:
-        BEST_LAYER,
+        best=BEST_LAYER,
     log:
         f"{RUN_DIR}/logs/best_layer.log",
     benchmark:
@@ -41,5 +38,7 @@ checkpoint best_layer:
         ENV
     resources:
         **LIGHT,
+    params:
+        settings=params("best_layer"),
     script:
-        "../scripts/best_layer.py"
+        "../scripts/run.py"

@@ -1,9 +1,9 @@
 rule templates:
     """Context templates generated once by the unedited model (seeded), shared by every later stage."""
     input:
-        MODEL_MANIFEST,
+        model=MODEL_MANIFEST,
     output:
-        TEMPLATES,
+        templates=TEMPLATES,
     log:
         f"{MODEL_DIR}/logs/templates.log",
     benchmark:
@@ -14,7 +14,6 @@ rule templates:
     resources:
         **model_resources(),
     params:
-        model=MODEL_PARAMS,
-        templates=S.results(SETTINGS.templates),
+        settings=params("templates"),
     script:
-        "../scripts/make_templates.py"
+        "../scripts/run.py"

@@ -6,7 +6,7 @@ rule values:
         records=RECORDS,
         templates=TEMPLATES,
     output:
-        VALUES,
+        values=VALUES,
     log:
         f"{RUN_DIR}/logs/values/layer{{layer}}-records{{start}}-{{end}}.log",
     benchmark:
@@ -21,7 +21,6 @@ rule values:
     resources:
         **model_resources(),
     params:
-        model=MODEL_PARAMS,
-        values=S.results(SETTINGS.values),
+        settings=params("values"),
     script:
-        "../scripts/compute_values.py"
+        "../scripts/run.py"

@@ -6,6 +6,7 @@ from .batches import (
                       BatchEdit,
                       EditConfig,
                       apply_delta,
+                      batch_slices,
                       check_conflicts,
                       independent_batches,
                       prepare,
@@ -13,5 +14,5 @@ from .batches import (
 )
 from .window import edit_batch, edit_window
 
-__all__ = ["BatchEdit", "EditConfig", "apply_delta", "check_conflicts", "edit_batch", "edit_window",
+__all__ = ["BatchEdit", "EditConfig", "apply_delta", "batch_slices", "check_conflicts", "edit_batch", "edit_window",
            "independent_batches", "prepare", "revert_delta"]

@@ -15,7 +15,7 @@ import torch
 
 from editscale import algorithms
 from editscale.algorithms import Prepared
-from editscale.settings import EditSettings, ValueSettings
+from editscale.settings import EditSettings, ValueSettings, results
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,20 @@ class EditConfig:
 
     def settings(self) -> dict:
         """The edit settings this algorithm reads (nothing else changes its ΔW)."""
-        return {name: getattr(self.edit, name) for name in algorithms.get(self.algorithm).settings}
+        return results(self.edit, only=algorithms.get(self.algorithm).settings)
+
+    def counted(self) -> dict:
+        """Everything this edit's results depend on, as `settings.results` counts it: the algorithm, the
+        layer, its own edit settings with what it does to an ill-conditioned system, and the value
+        optimisation's. The one description behind the rules' params, run folders and an Edit's provenance."""
+        return {"algorithm": self.algorithm, "layer": self.layer,
+                "edit": results(self.edit, only=(*algorithms.get(self.algorithm).settings, "on_ill_conditioned")),
+                "values": results(self.values)}
+
+
+def batch_slices(n: int, batch_size: int) -> list[slice]:
+    """The one way N edits are cut into batches of B: [0, B), [B, 2B), … (the last may be shorter)."""
+    return [slice(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
 
 
 def prepare(cfg: EditConfig, C: torch.Tensor) -> Prepared:
@@ -97,8 +110,7 @@ def independent_batches(solver: Prepared, K: torch.Tensor, R: torch.Tensor, batc
     solve), so N single edits cost one O(d_in²·N) pass, not N of them."""
     TK_all = solver.transform(K)
     out = []
-    for start in range(0, K.shape[1], batch_size):
-        cols = slice(start, start + batch_size)
+    for cols in batch_slices(K.shape[1], batch_size):
         names = None if labels is None else list(labels[cols])
         solved = solver.solve(K[:, cols], R[:, cols], labels=names, TK=TK_all[:, cols])
         out.append(BatchEdit(solved.A, solved.B, K[:, cols], solved.TK, solved.diagnostics))

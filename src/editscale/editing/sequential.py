@@ -19,19 +19,18 @@ over and logs why.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Iterator
 
 import torch
 
 from editscale import algorithms, artifacts, settings
 from editscale.algorithms import KeyMemory
-from editscale.editing.batches import EditConfig, apply_delta
+from editscale.editing.batches import EditConfig, apply_delta, batch_slices
 from editscale.editing.health import weight_health
 from editscale.editing.values import Values
 from editscale.editing.window import edit_window
@@ -65,67 +64,73 @@ def _only(per_layer: dict):
 
 def run_identity(cfg: EditConfig, facts, templates, batch_size: int, extra=None, layers=None) -> str:
     """A digest of everything a sequential run's results depend on, and nothing that only changes
-    how it runs (batch sizes of the forwards); `extra` is what the caller adds (the statistics'
-    content hash, evaluation settings, ...)."""
-    edit = {"algorithm": cfg.algorithm, "layer": cfg.layer, "on_ill_conditioned": cfg.edit.on_ill_conditioned,
-            **cfg.settings(), "values": settings.results(cfg.values), **({"layers": list(layers)} if layers else {})}
-    described = json.dumps([edit, [dict(f) for f in facts], list(templates), batch_size, extra],
-                           sort_keys=True, default=str)
-    return hashlib.sha256(described.encode()).hexdigest()[:16]
+    how it runs: the edit as `EditConfig.counted` counts it, the facts, templates and B; `extra` is
+    what the caller adds (the statistics' content hash, evaluation settings, ...)."""
+    return settings.digest([{**cfg.counted(), **({"layers": list(layers)} if layers else {})},
+                            [dict(f) for f in facts], list(templates), batch_size, extra])
 
 
-def sequential(model, tokenizer, layout, cfg: EditConfig, facts, templates, solver, batch_size: int,
-               run_dir: str | Path, *, identity: str, snapshot_every: int = 256,
-               after_batch: Callable[[int, list], None] | None = None,
-               first_batch: tuple[torch.Tensor | None, Values] | None = None,
-               layers: list | None = None) -> SequentialState:
-    """Apply batches of `batch_size` facts one after another to the same (initially unedited) model,
-    at `cfg.layer` or spread over the window `layers` (`window.edit_window`; `solver` then maps each
-    layer to its prepared solver).
+class SequentialRun:
+    """Batches of `batch_size` facts applied one after another to the same (initially unedited)
+    model, at `cfg.layer` or spread over the window `layers` (`window.edit_window`; `solver` then
+    maps each layer to its prepared solver).
 
-    `after_batch(b, batch_facts)` runs after batch b is applied and before it is recorded
-    (immediate evaluation); it may run twice for a batch interrupted in between, so it must
-    overwrite, not append. `first_batch` is (keys at the first layer or None, Values at the last)
-    of batch 0 on the unedited model, e.g. from the cached value chunks: the model is unedited
-    only then. Weight health is measured at each layer and, for a window, over all of them.
+        run = SequentialRun(...)
+        for b, batch_facts in run:      # batch b is applied here, not yet recorded
+            evaluate(b, batch_facts)    # immediate evaluation; may run twice for a killed batch
+        run.state                       # totals, memories, diagnostics
+
+    A batch is recorded when the caller asks for the next one, so a run killed while the caller
+    evaluates it redoes the batch (deterministically) rather than losing its results; the caller
+    must overwrite what it writes, not append. Constructing the run resumes from `run_dir`.
+    `first_batch` is (keys at the first layer or None, Values at the last) of batch 0 on the
+    unedited model, e.g. from the value files: the model is unedited only then. Weight health is
+    measured at each layer and, for a window, over all of them.
     """
-    run_dir = Path(run_dir)
-    layers = sorted(layers) if layers else [cfg.layer]
-    solvers = solver if isinstance(solver, dict) else {layers[0]: solver}
-    remembers = algorithms.get(cfg.algorithm).remembers
-    # The unedited weights' health is measured here, before a resume replays the done batches into
-    # the same tensors (`layout.weight` is the live parameter, not a copy).
-    w0 = {layer: layout.weight(model, layer) for layer in layers}
-    w0_norms = {layer: float(w.double().norm()) for layer, w in w0.items()}
-    unedited = _health(w0_norms, w0, {layer: torch.zeros_like(w, dtype=torch.float32) for layer, w in w0.items()})
-    state = _resume(run_dir, identity, model, layout, layers, solvers, remembers)
-    state.unedited = {"batch": -1, "n_edits": 0, **unedited}
-    batches = [facts[i : i + batch_size] for i in range(0, len(facts), batch_size)]
-    for b in range(state.batches_done, len(batches)):
-        known = first_batch if b == 0 else None
-        edits = edit_window(model, tokenizer, layout, cfg, layers, batches[b], templates, solvers,
-                            memories=state.memories, known=known)
-        for layer, edit in edits.items():
-            _add(state, model, layout, layer, edit.delta)
-            if remembers:
-                state.memories[layer].absorb(edit.keys, edit.TK)
-        health = _health(w0_norms, {layer: layout.weight(model, layer) for layer in layers}, state.totals)
-        diagnostics = _diagnostics(edits)
-        state.diagnostics.append({"batch": b, "n_edits": sum(map(len, batches[: b + 1])), **diagnostics, **health})
-        # Evaluation first: a batch counts as done only once its results are recorded, so a run
-        # killed in between redoes the batch (deterministically) rather than losing them.
-        if after_batch is not None:
-            after_batch(b, batches[b])
-        tensors = {f"layer{layer}.{name}": t for layer, edit in edits.items()
-                   for name, t in (("A", edit.A), ("B", edit.B), *((("keys", edit.keys),) if remembers else ()))}
-        artifacts.write_safetensors(tensors, run_dir / f"batch-{b:05d}.safetensors",
-                                    metadata={"identity": identity, "diagnostics": json.dumps(state.diagnostics[-1])})
-        state.batches_done = b + 1
-        if state.batches_done % snapshot_every == 0 and state.batches_done < len(batches):
-            weights = {f"layer{layer}.weight": layout.weight(model, layer) for layer in layers}
-            artifacts.write_safetensors(weights, run_dir / "snapshot.safetensors",
-                                        metadata={"identity": identity, "batches_done": state.batches_done})
-    return state
+
+    def __init__(self, model, tokenizer, layout, cfg: EditConfig, facts, templates, solver, batch_size: int,
+                 run_dir: str | Path, *, identity: str, snapshot_every: int = 256,
+                 first_batch: tuple[torch.Tensor | None, Values] | None = None, layers: list | None = None):
+        self.model, self.tokenizer, self.layout, self.cfg, self.templates = model, tokenizer, layout, cfg, templates
+        self.run_dir, self.identity, self.snapshot_every, self.first_batch = Path(run_dir), identity, snapshot_every, first_batch
+        self.layers = sorted(layers) if layers else [cfg.layer]
+        self.solvers = solver if isinstance(solver, dict) else {self.layers[0]: solver}
+        self.remembers = algorithms.get(cfg.algorithm).remembers
+        self.batches = [facts[cut] for cut in batch_slices(len(facts), batch_size)]
+        # The unedited weights' health is measured here, before a resume replays the done batches into
+        # the same tensors (`layout.weight` is the live parameter, not a copy).
+        w0 = {layer: layout.weight(model, layer) for layer in self.layers}
+        self.w0_norms = {layer: float(w.double().norm()) for layer, w in w0.items()}
+        unedited = _health(self.w0_norms, w0,
+                           {layer: torch.zeros_like(w, dtype=torch.float32) for layer, w in w0.items()})
+        self.state = _resume(self.run_dir, identity, model, layout, self.layers, self.solvers, self.remembers)
+        self.state.unedited = {"batch": -1, "n_edits": 0, **unedited}
+
+    def __iter__(self) -> Iterator[tuple[int, list]]:
+        state, layers, model, layout = self.state, self.layers, self.model, self.layout
+        for b in range(state.batches_done, len(self.batches)):
+            known = self.first_batch if b == 0 else None
+            edits = edit_window(model, self.tokenizer, layout, self.cfg, layers, self.batches[b], self.templates,
+                                self.solvers, memories=state.memories, known=known)
+            for layer, edit in edits.items():
+                _add(state, model, layout, layer, edit.delta)
+                if self.remembers:
+                    state.memories[layer].absorb(edit.keys, edit.TK)
+            health = _health(self.w0_norms, {layer: layout.weight(model, layer) for layer in layers}, state.totals)
+            state.diagnostics.append({"batch": b, "n_edits": sum(map(len, self.batches[: b + 1])),
+                                      **_diagnostics(edits), **health})
+            yield b, self.batches[b]  # the caller evaluates the applied batch before it counts as done
+            tensors = {f"layer{layer}.{name}": t for layer, edit in edits.items()
+                       for name, t in (("A", edit.A), ("B", edit.B),
+                                       *((("keys", edit.keys),) if self.remembers else ()))}
+            artifacts.write_safetensors(tensors, self.run_dir / f"batch-{b:05d}.safetensors",
+                                        metadata={"identity": self.identity,
+                                                  "diagnostics": json.dumps(state.diagnostics[-1])})
+            state.batches_done = b + 1
+            if state.batches_done % self.snapshot_every == 0 and state.batches_done < len(self.batches):
+                weights = {f"layer{layer}.weight": layout.weight(model, layer) for layer in layers}
+                artifacts.write_safetensors(weights, self.run_dir / "snapshot.safetensors",
+                                            metadata={"identity": self.identity, "batches_done": state.batches_done})
 
 
 def _diagnostics(edits: dict) -> dict:

@@ -67,13 +67,17 @@ def per_case(scored: pd.DataFrame, *, dataset: str = "counterfact", reference: p
     return out
 
 
-def harmonic_mean(values) -> float:
+def harmonic_mean(values):
+    """Score: the harmonic mean of the headline metrics, along the last axis (a float for one set,
+    an array for many, e.g. bootstrap replicates). The one Score, and its rule for the edges:
+    - NaN where any metric is NaN: a metric with no value leaves Score undefined, never 0;
+    - 0 where any metric is ≤ 0 (and none is NaN): an edit that fails one side entirely scores 0."""
     values = np.asarray(values, dtype=float)
-    if np.isnan(values).any():
-        return float("nan")
-    if (values <= 0).any():
-        return 0.0
-    return float(len(values) / np.sum(1.0 / values))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        score = values.shape[-1] / np.sum(1.0 / np.where(values > 0, values, 1.0), axis=-1)
+    score = np.where((values <= 0).any(-1), 0.0, score)
+    score = np.where(np.isnan(values).any(-1), np.nan, score)
+    return float(score) if score.ndim == 0 else score
 
 
 def aggregate(per_case_table: pd.DataFrame, *, by: list[str] | None = None, fmt: str | None = None,

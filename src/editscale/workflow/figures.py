@@ -9,7 +9,9 @@ line, at 0 edits).
 from __future__ import annotations
 
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -18,7 +20,6 @@ from editscale import artifacts
 from editscale.data import DATASETS
 from editscale.data.records import dataset_of
 
-FIGURES = ["sweep", "batch", "sequential", "immediate_vs_retained", "weight_health", "window"]
 PERCENT = {"Score", *(m for d in DATASETS.values() for m in d.metrics)}  # on the fixed 0–100 axis
 NAMES = {"Score": "Score", **{m: label for d in DATASETS.values() for m, label in d.labels.items()},
          "drift_perplexity": "drift perplexity", "fluency": "generation entropy",
@@ -256,42 +257,51 @@ def window(batch: pd.DataFrame, retained: pd.DataFrame, layer: str, spread: str,
     _save(fig, out, formats, f"One layer against a window of layers, mean and 95% CI {_note(batch)}")
 
 
-def plot_all(summary: dict, style: dict, outputs: dict, *, layer="auto", best_layer_path=None,
-             window_settings: dict | None = None) -> None:
-    """Every figure; `summary` maps a kind (sweep, batch, immediate, retained, baseline, quality, health) to its
-    summary Parquet and `outputs` a figure name to its PNG path (other formats go beside it). The
-    experiments' figures show the runs at the chosen layer (`layer`, or the sweep's best); the
-    window figure compares them with finding (f)'s window."""
-    from editscale.workflow.report import chosen_and_window
+@dataclass
+class Canvas:
+    """What every figure is drawn from: the summary tables of each kind at the chosen layer (`tables`)
+    and in full (`every`, windows too), the chosen layer's and (f)'s window's path names, the colours
+    and the output formats."""
+    tables: dict
+    every: dict
+    layer: str
+    window: str | None
+    colors: list
+    palette: Callable  # seaborn's color_palette
+    formats: list
 
-    sns = _style(style)
-    formats = style.get("formats", ["png", "pdf"])
-    tables = {kind: artifacts.read_parquet(path) for kind, path in summary.items()}
-    main, spread = chosen_and_window(layer, best_layer_path, window_settings)
-    full = dict(tables)
-    for kind in ("batch", "immediate", "retained", "health"):
-        table = tables[kind]
-        if main != "auto" and len(table) and "layers" in table:
-            tables[kind] = table[table["layers"].astype(str) == main]
-    colors = sns.color_palette(n_colors=10)
-    drawn = {
-        "sweep": (len(tables["sweep"]), lambda: sweep(tables["sweep"], tables["baseline"], colors, outputs["sweep"],
-                                                      formats)),
-        "batch": (len(tables["batch"]), lambda: batch(tables["batch"], tables["baseline"], colors, outputs["batch"],
-                                                      formats)),
-        "sequential": (len(tables["retained"]), lambda: sequential(
-            tables["retained"], tables["quality"], tables["baseline"],
-            sns.color_palette("viridis", max(2, tables["retained"].batch_size.nunique())),
-            outputs["sequential"], formats)),
-        "immediate_vs_retained": (len(tables["immediate"]), lambda: immediate_vs_retained(
-            tables["immediate"], tables["retained"], colors, outputs["immediate_vs_retained"], formats)),
-        "weight_health": (len(tables["health"]), lambda: weight_health(
-            tables["health"], tables["retained"], colors, outputs["weight_health"], formats)),
-        "window": (spread is not None and (len(full["batch"]) or len(full["retained"])), lambda: window(
-            full["batch"], full["retained"], main, spread, colors, outputs["window"], formats)),
-    }
-    for name, (rows, draw) in drawn.items():
-        if rows:
-            draw()
-        else:
-            _nothing(name.replace("_", " ") + " experiment", outputs[name], formats)
+
+@dataclass(frozen=True)
+class Figure:
+    """A figure an experiment declares: `draw(canvas, out)`, and `drawn(canvas)`, whether the config ran
+    what it shows (else it says so); its caption is workflow/report/<name>.rst."""
+    draw: Callable
+    drawn: Callable
+
+
+def style(settings: dict):
+    """Seaborn with the config's plot style; its colour palette."""
+    return _style(settings).color_palette
+
+
+def nothing(name: str, out, formats) -> None:
+    _nothing(name.replace("_", " ") + " experiment", out, formats)
+
+
+SWEEP = Figure(lambda c, out: sweep(c.tables["sweep"], c.tables["baseline"], c.colors, out, c.formats),
+               lambda c: len(c.tables["sweep"]))
+BATCH = Figure(lambda c, out: batch(c.tables["batch"], c.tables["baseline"], c.colors, out, c.formats),
+               lambda c: len(c.tables["batch"]))
+SEQUENTIAL = Figure(lambda c, out: sequential(c.tables["retained"], c.tables["quality"], c.tables["baseline"],
+                                              c.palette("viridis", max(2, c.tables["retained"].batch_size.nunique())),
+                                              out, c.formats),
+                    lambda c: len(c.tables["retained"]))
+IMMEDIATE_VS_RETAINED = Figure(lambda c, out: immediate_vs_retained(c.tables["immediate"], c.tables["retained"],
+                                                                    c.colors, out, c.formats),
+                               lambda c: len(c.tables["immediate"]))
+WEIGHT_HEALTH = Figure(lambda c, out: weight_health(c.tables["health"], c.tables["retained"], c.colors, out,
+                                                    c.formats),
+                       lambda c: len(c.tables["health"]))
+WINDOW = Figure(lambda c, out: window(c.every["batch"], c.every["retained"], c.layer, c.window, c.colors, out,
+                                      c.formats),
+                lambda c: c.window is not None and (len(c.every["batch"]) or len(c.every["retained"])))

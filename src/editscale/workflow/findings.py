@@ -13,6 +13,7 @@ outside, and inconclusive otherwise.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,7 @@ import pandas as pd
 from editscale import algorithms
 from editscale.data.records import dataset_of
 from editscale.data.registry import get as get_dataset
+from editscale.evaluation.metrics import harmonic_mean
 from editscale.settings import Findings
 
 log = logging.getLogger(__name__)
@@ -51,17 +53,9 @@ class Paired:
         """The mean of a headline metric or Score over the cases, and its bootstrap replicates."""
         values = self.values[condition]
         if metric == "Score":
-            return _score(values.mean(0)), _score(values[self.picks].mean(1))
+            return harmonic_mean(values.mean(0)), harmonic_mean(values[self.picks].mean(1))
         column = self.metrics.index(metric)
         return values[:, column].mean(), values[self.picks, column].mean(1)
-
-
-def _score(means: np.ndarray) -> np.ndarray:
-    """Harmonic mean of the three headline metrics along the last axis (0 where any is 0)."""
-    means = np.asarray(means, dtype=float)
-    with np.errstate(divide="ignore"):
-        inverse = np.where(means > 0, 1.0 / np.where(means > 0, means, 1.0), np.inf)
-    return np.where(np.isinf(inverse).any(-1), 0.0, 3.0 / inverse.sum(-1))
 
 
 def _ci(replicates: np.ndarray) -> tuple[float, float]:
@@ -76,6 +70,20 @@ def p_best(replicates: dict) -> dict:
     stacked = np.stack([replicates[k] for k in keys], 1)  # (n_boot, conditions)
     top = stacked == stacked.max(1, keepdims=True)
     return dict(zip(keys, (top / top.sum(1, keepdims=True)).mean(0).tolist()))
+
+
+def largest_gap(cases: pd.DataFrame, over: str, first: str, second: str, options: Findings):
+    """The largest Score gap between algorithms `first` and `second` over the values of `over` (layers,
+    batch sizes) both ran at, each paired over its cases: (that value, Score(first) − Score(second),
+    its bootstrap replicates, the cases), or None where they share no value. Claims of near-equality
+    ((a) ROME ≈ MEMIT, (d) MEMIT ≈ EMMET) read it against the margin."""
+    both = set(cases[over][cases.algorithm == first]) & set(cases[over][cases.algorithm == second])
+    gaps = []
+    for at in sorted(both):
+        pair = Paired(cases[(cases[over] == at) & cases.algorithm.isin([first, second])], "algorithm", options)
+        a, b = pair.mean(first, "Score"), pair.mean(second, "Score")
+        gaps.append((abs(a[0] - b[0]), at, a[0] - b[0], a[1] - b[1], pair.n))
+    return max(gaps, key=lambda g: g[0])[1:] if gaps else None
 
 
 def _direction(low: float, high: float, expected_sign: int) -> str:
@@ -135,12 +143,7 @@ def best_layer(sweep: pd.DataFrame, n_layers: int, options: Findings) -> list[di
                      f"best layer {best} of {n_layers} (P(best) {chance[best]:.2f}); P(the best is early, layer < "
                      f"{options.early_fraction * n_layers:g}) {p_early:.2f}; {per_layer}"))
     if {"rome", "memit"} <= set(sweep.algorithm):
-        gaps = []
-        for layer in layers.conditions:
-            pair = Paired(sweep[sweep.layer == layer], "algorithm", options)
-            rome, memit = pair.mean("rome", "Score"), pair.mean("memit", "Score")
-            gaps.append((abs(rome[0] - memit[0]), layer, rome[0] - memit[0], rome[1] - memit[1], pair.n))
-        _, layer, gap, replicates, n = max(gaps, key=lambda g: g[0])
+        layer, gap, replicates, n = largest_gap(sweep, "layer", "rome", "memit", options)
         ci = _ci(replicates)
         rows.append(_row("a. ROME ≈ MEMIT across layers", f"largest Score(ROME) − Score(MEMIT), at layer {layer}", gap,
                          ci, _equivalence(*ci, options.margin), "similar at every layer", n,
@@ -239,16 +242,10 @@ def memit_vs_emmet(batch: pd.DataFrame, options: Findings) -> list[dict]:
     for emmet_name in emmets:
         overrides = algorithms.variant(emmet_name)[1]
         label = "EMMET" + (f" ({', '.join(f'{k}={v:g}' for k, v in overrides.items())})" if overrides else "")
-        gaps = []
-        both = set(batch.batch_size[batch.algorithm == "memit"]) & set(batch.batch_size[batch.algorithm == emmet_name])
-        for size in sorted(both):
-            at = batch[(batch.batch_size == size) & batch.algorithm.isin(["memit", emmet_name])]
-            pair = Paired(at, "algorithm", options)
-            memit, emmet = pair.mean("memit", "Score"), pair.mean(emmet_name, "Score")
-            gaps.append((abs(memit[0] - emmet[0]), size, memit[0] - emmet[0], memit[1] - emmet[1], pair.n))
-        if not gaps:
+        found = largest_gap(batch, "batch_size", "memit", emmet_name, options)
+        if found is None:
             continue
-        _, size, gap, replicates, n = max(gaps, key=lambda g: g[0])
+        size, gap, replicates, n = found
         ci = _ci(replicates)
         rows.append(_row(f"d. MEMIT ≈ {label}", f"largest Score(MEMIT) − Score({label}), at B = {size}", gap, ci,
                          _equivalence(*ci, options.margin), "similar at every batch size", n,
@@ -312,13 +309,22 @@ def window_vs_layer(batch: pd.DataFrame, retained: pd.DataFrame, layer: str, win
     return rows
 
 
-def findings(sweep: pd.DataFrame, batch: pd.DataFrame, retained: pd.DataFrame, n_layers: int,
-             options: Findings) -> pd.DataFrame:
-    rows = [*(best_layer(sweep, n_layers, options) if len(sweep) else []),
-            *(batch_size_effect(batch, options) if len(batch) else []),
-            *(sequential_vs_batch(retained, options) if len(retained) else []),
-            *(memit_vs_emmet(batch, options) if len(batch) else []),
-            *(retention(retained, options) if len(retained) else [])]
+@dataclass
+class Runs:
+    """What every claim reads: the per-case tables of each kind (sweep, batch, immediate, retained),
+    at the chosen layer (`chosen`; the sweep's at every layer) and in full (`every`, windows too),
+    with the model's depth, the chosen layer's and (f)'s window's path names, and the options."""
+    chosen: dict
+    every: dict
+    n_layers: int
+    layer: str
+    window: str | None
+    options: Findings
+
+
+def table(runs: Runs, claims: dict) -> pd.DataFrame:
+    """The findings: every claim's rows ({letter: claim(runs) -> rows}), in the order of their letters."""
+    rows = [row for letter in sorted(claims) for row in claims[letter](runs)]
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

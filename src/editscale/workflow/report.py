@@ -1,4 +1,5 @@
-"""Summary tables and findings, from per-case Parquet alone (never the model). Figures: `figures`."""
+"""Summary tables, findings and figures, from per-case Parquet alone (never the model), for every
+experiment of the registry (`experiments.EXPERIMENTS`)."""
 
 from __future__ import annotations
 
@@ -10,33 +11,28 @@ import yaml
 
 from editscale import artifacts
 from editscale.evaluation import metrics
-from editscale.settings import Findings
-from editscale.workflow import findings
+from editscale.settings import compared_window, layer_name, results
+from editscale.workflow import experiments, figures, findings
+from editscale.workflow.job import Job, Stage
 
 log = logging.getLogger(__name__)
 
-GROUPS = {
-    "sweep": ["algorithm", "layer", "layers"],  # layer: where v* is (a window's last); layers: its name
-    "batch": ["algorithm", "layer", "layers", "batch_size"],
-    "immediate": ["algorithm", "layer", "layers", "batch_size"],
-    "retained": ["algorithm", "layer", "layers", "batch_size", "n_edits"],
-    "baseline": [],
-}
 
-
-def summarise(kind: str, case_paths: list, out_parquet, baseline_path=None, *, n_boot: int, seed: int) -> None:
-    """Aggregate per-case tables of one experiment; also write CSV and Markdown copies beside.
-
-    For sequential runs (`retained`), the unedited model on each run's records is the run's first
-    point, at 0 edits (from the baseline's per-case table)."""
-    if not case_paths:  # the experiment is not in this config
-        write_table(pd.DataFrame(columns=[*GROUPS[kind], *metrics.AGGREGATE_COLUMNS]), out_parquet)
+def summarise(job: Job) -> None:
+    """Aggregate the per-case tables of one kind (`job.wildcards["kind"]`); also write CSV and
+    Markdown copies beside. For sequential runs (`retained`), the unedited model on each run's
+    records is the run's first point, at 0 edits (from the baseline's per-case table)."""
+    kind, paths, out = job.wildcards["kind"], job.files("cases"), job.output["table"]
+    groups = experiments.summary_groups()[kind]
+    if not paths:  # the experiment is not in this config
+        write_table(pd.DataFrame(columns=[*groups, *metrics.AGGREGATE_COLUMNS]), out)
         return
-    cases = pd.concat([artifacts.read_parquet(p) for p in case_paths], ignore_index=True)
-    if kind == "retained" and baseline_path is not None:
-        cases = pd.concat([_unedited_start(cases, artifacts.read_parquet(baseline_path)), cases], ignore_index=True)
-    table = metrics.aggregate(cases, by=GROUPS[kind], n_boot=n_boot, seed=seed)
-    write_table(table, out_parquet)
+    cases = pd.concat([artifacts.read_parquet(p) for p in paths], ignore_index=True)
+    if kind == "retained":
+        cases = pd.concat([_unedited_start(cases, artifacts.read_parquet(job.input["baseline"])), cases],
+                          ignore_index=True)
+    options = job.settings.findings
+    write_table(metrics.aggregate(cases, by=groups, n_boot=options.n_boot, seed=options.seed), out)
 
 
 def _unedited_start(retained: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame:
@@ -50,49 +46,65 @@ def _unedited_start(retained: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFr
     return pd.concat(parts, ignore_index=True)[retained.columns.intersection(parts[0].columns)]
 
 
-def collect(paths_: list, out_parquet) -> None:
+def collect(job: Job) -> None:
     """Tables of the same kind (quality, weight health) stacked as they are."""
-    tables = [artifacts.read_parquet(p) for p in paths_]
-    write_table(pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(), out_parquet)
+    tables = [artifacts.read_parquet(p) for p in job.files("tables")]
+    write_table(pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(), job.output["table"])
 
 
-def write_findings(case_paths: dict, manifest_path, options: dict, out_parquet, *, layer="auto", best_layer_path=None,
-                   window: dict | None = None) -> None:
-    """The findings table (findings.{parquet,csv,md}) from the sweep, batch and retained per-case tables.
-
-    Claims (b)–(e) read the runs at the chosen layer (`layer`, or the sweep's best from
-    `best_layer_path`); (f) compares them with the runs at the `window` (settings.Window), if any."""
-    tables = {kind: pd.concat([artifacts.read_parquet(p) for p in paths], ignore_index=True) if paths else
-              pd.DataFrame(columns=["case_id", "algorithm", "layer", "layers", "batch_size", "n_edits", "ES", "PS",
-                                    "NS"])
-              for kind, paths in case_paths.items()}
-    with open(manifest_path) as f:
+def write_findings(job: Job) -> None:
+    """The findings table (findings.{parquet,csv,md}): every experiment's claims, from the per-case
+    tables of each kind. Claims (a)–(e) read the runs at the chosen layer (`layer`, or the sweep's
+    best); (f) compares them with the runs at the window (settings.Window), if any."""
+    empty = pd.DataFrame(columns=["case_id", "algorithm", "layer", "layers", "batch_size", "n_edits", "ES", "PS",
+                                  "NS"])
+    every = {kind: pd.concat([artifacts.read_parquet(p) for p in job.files(kind)], ignore_index=True)
+             if job.files(kind) else empty for kind in experiments.summary_sources()}
+    with open(job.input["model"]) as f:
         n_layers = int(yaml.safe_load(f)["n_layers"])
-    settings = Findings(**options)
-    main, spread = chosen_and_window(layer, best_layer_path, window)
-    at_main = {kind: t if kind == "sweep" or main == "auto" else t[t["layers"].astype(str) == main]
-               for kind, t in tables.items()}
-    table = findings.findings(at_main["sweep"], at_main["batch"], at_main["retained"], n_layers, settings)
-    if spread is not None:
-        table = pd.concat([table, pd.DataFrame(findings.window_vs_layer(tables["batch"], tables["retained"], main,
-                                                                        spread, settings), columns=findings.COLUMNS)],
-                          ignore_index=True)
+    main, spread = chosen_and_window(job)
+    chosen = {kind: t if kind == "sweep" or main == "auto" else t[t["layers"].astype(str) == main]
+              for kind, t in every.items()}
+    options = job.settings.findings
+    table = findings.table(findings.Runs(chosen, every, n_layers, main, spread, options), experiments.claims())
     for row in table.itertuples(index=False):
         log.info("%s: %s = %.2f [%.2f, %.2f] -> %s", row.claim, row.statistic, row.value, row.ci_low, row.ci_high,
                  row.verdict)
-    layers = findings.layer_scores(tables["sweep"], settings) if len(tables["sweep"]) else None
-    write_table(table, out_parquet, findings.markdown(table, layers))
+    layers = findings.layer_scores(every["sweep"], options) if len(every["sweep"]) else None
+    write_table(table, job.output["table"], findings.markdown(table, layers))
 
 
-def chosen_and_window(layer, best_layer_path, window: dict | None) -> tuple[str, str | None]:
-    """The path names of the chosen layer (`layer`, or the sweep's best from `best_layer_path`) and of
-    finding (f)'s window (None without one)."""
-    from editscale.settings import Window, compared_window, layer_name
-    from editscale.workflow.experiments import read_layer
+def plot_all(job: Job) -> None:
+    """Every experiment's figures from the summary tables (`job.input`: kind -> Parquet); each
+    shows the runs at the chosen layer (`layer`, or the sweep's best), the window figure compares
+    them with finding (f)'s window. A figure whose experiment did not run says so."""
+    palette = figures.style(results(job.settings.plots))
+    every = {kind: artifacts.read_parquet(path) for kind, path in job.input.items() if kind != "best"}
+    main, spread = chosen_and_window(job)
+    tables = dict(every)
+    for kind in ("batch", "immediate", "retained", "health"):
+        table = tables[kind]
+        if main != "auto" and len(table) and "layers" in table:
+            tables[kind] = table[table["layers"].astype(str) == main]
+    canvas = figures.Canvas(tables, every, main, spread, palette(n_colors=10), palette,
+                            list(job.settings.plots.formats))
+    for name, figure in experiments.figures().items():
+        if figure.drawn(canvas):
+            figure.draw(canvas, job.output[name])
+        else:
+            figures.nothing(name, job.output[name], canvas.formats)
 
-    main = layer_name(read_layer(best_layer_path)) if layer == "auto" and best_layer_path else str(layer)
-    settings = Window(**{k: tuple(v) if isinstance(v, list) else v for k, v in (window or {}).items()})
-    return main, compared_window(settings, main) if main != "auto" else None
+
+def chosen_and_window(job: Job) -> tuple[str, str | None]:
+    """The path names of the chosen layer (`layer`, or the sweep's best from the job's `best` input)
+    and of finding (f)'s window (None without one)."""
+    s = job.settings
+    best = job.files("best") if "best" in job.input else []
+    if s.layer != "auto":
+        main = layer_name(s.layer)
+    else:
+        main = layer_name(experiments.read_layer(best[0])) if best else "auto"
+    return main, compared_window(s.window, main) if main != "auto" else None
 
 
 def write_table(table: pd.DataFrame, out_parquet, text: str | None = None) -> None:
@@ -110,3 +122,18 @@ def markdown(table: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
     return "\n".join(lines) + "\n"
+
+
+_NOTHING = lambda s, w: {}  # noqa: E731: reads tables only; their settings are in their inputs' paths
+STAGES = {
+    "summary": Stage(summarise, lambda s, w: {"findings": results(s.findings)}),
+    "collect": Stage(collect, _NOTHING),
+    "findings": Stage(write_findings, lambda s, w: {"findings": results(s.findings), "layer": _layer(s),
+                                                    "window": results(s.window)}),
+    "plots": Stage(plot_all, lambda s, w: {"plots": results(s.plots), "layer": _layer(s),
+                                           "window": results(s.window)}),
+}
+
+
+def _layer(s) -> str:
+    return layer_name(s.layer) if s.layer != "auto" else "auto"

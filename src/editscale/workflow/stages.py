@@ -1,76 +1,43 @@
-"""Workflow stages: what each Snakemake rule runs, from its params (result settings, as plain
-dicts), the execution settings (`settings.Execution`) and its files, to artifacts.
-
-Scripts under `workflow/scripts/` only pass Snakemake's params, inputs and outputs here.
+"""The shared stages: what the model, data, templates, stats and values rules run, each from its
+`Job` (typed settings, execution settings, named files), to artifacts; and which settings each
+one counts. The experiments' stages are in `experiments`, the tables' and figures' in `report`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import logging
-import shutil
-import sys
-import time
 from pathlib import Path
 
 import yaml
 
 from editscale import artifacts, data, models, settings
+from editscale.editing import stats as store
+from editscale.settings import Settings, results
+from editscale.workflow.job import Job, Stage
 
 log = logging.getLogger(__name__)
 
 
-@contextlib.contextmanager
-def logged(log_path: str | Path, config: dict):
-    """Send this library's log records to the rule's log file (and stderr) for the block, with
-    torch using the job's threads (parallel jobs must not oversubscribe the cores). Yields the
-    execution settings parsed from the workflow config."""
-    run = settings.Execution.of(settings.parse(config))
-    import torch
-
-    torch.set_num_threads(run.threads)
-    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    handlers = [logging.FileHandler(log_path, mode="w"), logging.StreamHandler(sys.stderr)]
-    for handler in handlers:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("editscale")
-    root.setLevel(logging.INFO)
-    for handler in handlers:
-        root.addHandler(handler)
-    start = time.perf_counter()
-    try:
-        yield run
-        root.info("done in %.1f s", time.perf_counter() - start)
-    except Exception:
-        root.exception("stage failed after %.1f s", time.perf_counter() - start)
-        raise
-    finally:
-        for handler in handlers:
-            root.removeHandler(handler)
-            handler.close()
+def load_model(job: Job, device: str | None = None):
+    model = job.settings.model
+    return models.load(model.spec, dtype=model.dtype, device=device or job.run.device, layout=model.layout,
+                       revision=model.revision)
 
 
-def load_model(model: dict, run: settings.Execution):
-    return models.load(model["spec"], dtype=model["dtype"], device=run.device, layout=model["layout"],
-                       revision=model["revision"])
-
-
-def prepare_model(*, model: dict, manifest_path: str | Path) -> None:
+def prepare_model(job: Job) -> None:
     """Resolve and load the model once (converting a GGUF if needed); record what was loaded."""
-    loaded, _, layout = models.load(model["spec"], dtype=model["dtype"], device="cpu", layout=model["layout"],
-                                    revision=model["revision"])
+    loaded, _, layout = load_model(job, device="cpu")
+    spec = job.settings.model.spec
     manifest = {
-        "spec": model["spec"],
-        "folder": models.resolve(model["spec"]),
+        "spec": spec,
+        "folder": models.resolve(spec),
         "model_type": loaded.config.model_type,
         "n_layers": layout.n_layers(loaded),
         "layout": layout.to_dict(),
         "edited_weight_shape": list(layout.weight(loaded, 0).shape),
-        "context_length": context_length(loaded),
+        "context_length": store.context_length(loaded),
     }
-    artifacts.write_text(yaml.safe_dump(manifest, sort_keys=False), manifest_path)
+    artifacts.write_text(yaml.safe_dump(manifest, sort_keys=False), job.output["manifest"])
 
 
 def resolve_data(data_settings: dict) -> dict:
@@ -90,17 +57,22 @@ def selection_name(data_settings: dict) -> str:
     return data.registry.selection_name(resolved, resolved["fingerprint"])
 
 
-def select_records(*, data_settings: dict, model_manifest, templates: dict, out_path: str | Path) -> None:
-    """The records every experiment edits, refused if any case's prompts do not fit the model's context."""
-    resolved = data_settings if "fingerprint" in data_settings else resolve_data(data_settings)
+def select_records(job: Job) -> None:
+    """The records every experiment edits, refused if any case's prompts do not fit the model's
+    context, or if the sources' content is no longer what the output's path names."""
+    resolved = resolve_data(results(job.settings.data))
+    out = Path(job.output["records"])
+    if out.stem != selection_name(resolved):
+        raise data.RecordError(f"the data sources changed while the workflow ran: {resolved['resolved']} now give "
+                               f"{selection_name(resolved)}, not {out.stem}; run snakemake again")
     entry = data.registry.get(resolved["dataset"])
     records = entry.load(resolved["resolved"], n=resolved["n"], seed=resolved["seed"],
                          unique_subjects=resolved["unique_subjects"], target=resolved["target"])
-    manifest = yaml.safe_load(Path(model_manifest).read_text())
+    manifest = yaml.safe_load(Path(job.input["model"]).read_text())
     tokenizer = models.load_tokenizer(manifest["folder"])
-    check_context(records, tokenizer, manifest["context_length"], prefix_tokens=templates["n_tokens"])
+    check_context(records, tokenizer, manifest["context_length"], prefix_tokens=job.settings.templates.n_tokens)
     log.info("selected %d %s records from %s", len(records), entry.name, resolved["resolved"])
-    data.write_records(records, out_path)
+    data.write_records(records, out)
 
 
 def check_context(records, tokenizer, context_length: int, prefix_tokens: int) -> None:
@@ -121,7 +93,7 @@ def check_context(records, tokenizer, context_length: int, prefix_tokens: int) -
                                f"({len(set(over.case_id))} cases are too long)")
 
 
-def make_templates(*, model: dict, templates: dict, run: settings.Execution, out_path) -> None:
+def make_templates(job: Job) -> None:
     from editscale.editing.keys import (
         TEMPLATE_RECIPE,
         TEMPLATE_STARTS,
@@ -129,118 +101,67 @@ def make_templates(*, model: dict, templates: dict, run: settings.Execution, out
         save_templates,
     )
 
-    loaded, tokenizer, _ = load_model(model, run)
-    made = context_templates(loaded, tokenizer, seed=templates["seed"], n_tokens=templates["n_tokens"],
-                             top_k=templates["top_k"])
-    save_templates(made, out_path, model=model["spec"], **templates, starts=list(TEMPLATE_STARTS),
-                   recipe=TEMPLATE_RECIPE)
+    loaded, tokenizer, _ = load_model(job)
+    templates = job.settings.templates
+    made = context_templates(loaded, tokenizer, seed=templates.seed, n_tokens=templates.n_tokens,
+                             top_k=templates.top_k)
+    save_templates(made, job.output["templates"], model=job.settings.model.spec, **results(templates),
+                   starts=list(TEMPLATE_STARTS), recipe=TEMPLATE_RECIPE)
 
 
-def stats_id(stats: settings.Stats) -> str:
-    """The part of C's path that names every setting C depends on (the workflow's and `Editor`'s),
-    with the content `auto` resolved to here: the corpus file's sha256, or the dataset spec's."""
-    from editscale.data import corpus
-
-    name = "auto" if stats.corpus == "auto" else models.slug(str(stats.corpus))
-    content = hashlib.sha256(corpus.fingerprint(corpus_source(stats.corpus)).encode()).hexdigest()[:12]
-    return (f"{name}-{content}-{stats.max_tokens}tok-len{stats.max_length}"
-            f"{'-nofirst' if stats.skip_first_token else ''}")
+def compute_stats(job: Job) -> None:
+    """C at every layer the config can edit (`job.output`: layer<L> -> path) from one pass."""
+    loaded, tokenizer, layout = load_model(job)
+    outputs = {int(name.removeprefix("layer")): path for name, path in job.output.items()}
+    store.compute(loaded, tokenizer, layout, job.settings.stats, outputs, model_name=job.settings.model.spec)
 
 
-def stats_path(results, spec: str, stats: settings.Stats, layer: int) -> Path:
-    """Where the workflow keeps C of `layer` for model `spec`: the Editor reads and writes the same file."""
-    return Path(results) / models.slug(spec) / "stats" / stats_id(stats) / f"layer{layer}.safetensors"
-
-
-def corpus_source(source):
-    """`auto`: the offline Wikipedia articles when present, else Wikipedia through `datasets`."""
-    if source != "auto":
-        return source
-    from editscale import paths
-
-    shared = paths.shared_data()
-    if shared is not None:
-        return shared / "corpus" / "wikipedia-articles.txt"
-    return {"hf": "wikimedia/wikipedia", "name": "20231101.en", "split": "train", "field": "text"}
-
-
-def compute_stats(*, model: dict, stats_settings: dict, run: settings.Execution, outputs: dict) -> None:
-    """C at every layer in `outputs` ({layer: path}) from one pass that stops at the deepest,
-    resumable through a partial-sums file beside the first output."""
-    from editscale.data import corpus
-    from editscale.editing import covariance
-
-    loaded, tokenizer, layout = load_model(model, run)
-    source = corpus_source(stats_settings["corpus"])
-    source_id = corpus.fingerprint(source)
-    max_length = stats_max_length(loaded, stats_settings["max_length"])
-    skip_first = stats_settings["skip_first_token"]
-    first = Path(outputs[min(outputs)])
-    moments = covariance.second_moments(
-        loaded, tokenizer, layout, list(outputs), corpus.iter_texts(source), max_tokens=stats_settings["max_tokens"],
-        max_length=max_length, skip_first_token=skip_first, batch_tokens=run.stats_batch_tokens,
-        checkpoint=first.parent / f".{first.parent.name}.partial.safetensors", source_id=source_id,
-    )
-    covariance.write_stats(moments, outputs, model_name=model["spec"], source_id=source_id, dtype=model["dtype"],
-                      max_length=max_length, skip_first_token=skip_first)
-
-
-def context_length(model) -> int:
-    return int(getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions"))
-
-
-def stats_max_length(model, setting) -> int:
-    """`auto`: the model's context length, as the reference truncates; a number caps it."""
-    context = context_length(model)
-    return context if setting == "auto" else min(int(setting), context)
-
-
-def compute_values(*, model: dict, value_settings: dict, run: settings.Execution, records_path, templates_path,
-                   layer: int, start: int, end: int, out_path) -> None:
+def compute_values(job: Job) -> None:
     """Keys, v* and residuals of records [start, end) at `layer`, on the unedited model.
 
-    Work goes in chunks of `run.value_chunk` records, each written atomically beside the output,
-    so a killed job keeps its finished chunks (they are used only by the same records, layer,
-    templates and settings); the output joins them and the chunks are removed.
+    Work goes in chunks of `run.value_chunk` records, each written atomically to the job's
+    `artifacts.Parts`, so a killed job keeps its finished chunks (they are used only by the same
+    records, layer, templates and settings); the output joins them and the parts are removed.
     """
     import torch
 
     from editscale.editing.keys import compute_keys, load_templates
+    from editscale.editing.value_file import ValueFile
     from editscale.editing.values import compute_values as optimise
 
-    loaded, tokenizer, layout = load_model(model, run)
-    records = data.read_records(records_path).iloc[start:end]
-    templates = load_templates(templates_path)
-    config = settings.ValueSettings(**value_settings)
-    out_path = Path(out_path)
-    parts_dir = out_path.parent / f".{out_path.stem}.parts"
-    identity = hashlib.sha256(json.dumps([model, value_settings, layer, templates, records.to_json()],
-                                         sort_keys=True, default=str).encode()).hexdigest()[:16]
-    parts = []
+    layer, start, end = (int(job.wildcards[k]) for k in ("layer", "start", "end"))
+    loaded, tokenizer, layout = load_model(job)
+    records = data.read_records(job.input["records"]).iloc[start:end]
+    templates = load_templates(job.input["templates"])
+    config, run = job.settings.values, job.run
+    out = job.output["values"]
+    parts = artifacts.Parts(out, settings.digest([results(job.settings.model), results(config), layer, templates,
+                                                  records.to_json()]))
     for offset in range(0, len(records), run.value_chunk):
         chunk = records.iloc[offset : offset + run.value_chunk]
-        part = parts_dir / f"{identity}-{chunk.case_id.iloc[0]}-{len(chunk)}.safetensors"
+        part = parts / f"{offset:06d}-{chunk.case_id.iloc[0]}-{len(chunk)}.safetensors"
         if part.exists():
             log.info("records %d-%d: kept from an earlier, interrupted run", start + offset, start + offset + len(chunk))
-        else:
-            facts = chunk.to_dict("records")
-            K = compute_keys(loaded, tokenizer, layout, layer, facts, templates)
-            V = optimise(loaded, tokenizer, layout, layer, facts, templates, config, batch_size=run.value_batch_size,
-                         progress=True)
-            artifacts.write_safetensors({"case_id": torch.tensor(chunk.case_id.to_numpy()), "keys": K,
-                                         "v_star": V.v_star, "residual": V.residual, "loss": V.loss, "steps": V.steps,
-                                         "converged": V.converged}, part)
-        parts.append(part)
-    joined = read_values(parts)
-    artifacts.write_safetensors(joined, out_path, metadata={"layer": layer, "model": model["spec"], "start": start,
-                                                           "end": end})
-    shutil.rmtree(parts_dir)  # with any temporary file a killed write left behind
+            continue
+        facts = chunk.to_dict("records")
+        K = compute_keys(loaded, tokenizer, layout, layer, facts, templates)
+        V = optimise(loaded, tokenizer, layout, layer, facts, templates, config, batch_size=run.value_batch_size,
+                     progress=True)
+        ValueFile(torch.tensor(chunk.case_id.to_numpy()), K, V).write(part)
+    ValueFile.read(parts.paths("*.safetensors")).write(out, metadata={"layer": layer,
+                                                                       "model": job.settings.model.spec,
+                                                                       "start": start, "end": end})
+    parts.clear()
 
 
-def read_values(paths_: list) -> dict:
-    """Value files (or chunks) concatenated in the order given, i.e. record order."""
-    import torch
+def _counts_data(s: Settings, _w) -> dict:
+    return {"data": resolve_data(results(s.data)), "prompt_tokens": s.templates.n_tokens}
 
-    parts = [artifacts.read_tensors(p) for p in paths_]
-    return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
 
+STAGES = {
+    "model": Stage(prepare_model, lambda s, w: {"model": results(s.model)}),
+    "data": Stage(select_records, _counts_data),
+    "templates": Stage(make_templates, lambda s, w: {"model": results(s.model), "templates": results(s.templates)}),
+    "stats": Stage(compute_stats, lambda s, w: {"model": results(s.model), "stats": results(s.stats)}),
+    "values": Stage(compute_values, lambda s, w: {"model": results(s.model), "values": results(s.values)}),
+}

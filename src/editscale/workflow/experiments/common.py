@@ -1,0 +1,101 @@
+"""What the experiments share: scoring records, per-case tables, the unedited model's baseline,
+and the pieces of an edit job (its records, C, solvers, the value files)."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+from editscale import artifacts, data, editing
+from editscale.data.records import dataset_of
+from editscale.data.registry import get as get_dataset
+from editscale.editing.covariance import load_stats
+from editscale.evaluation import fluency, metrics
+from editscale.settings import Evaluation, Execution, results
+from editscale.workflow.job import Job
+from editscale.workflow.stages import load_model
+
+log = logging.getLogger(__name__)
+INFO = ["case_id", "dataset", "format"]  # what every per-case table carries from its records
+
+
+def score(model, tokenizer, layout, records, run: Execution, **edits) -> pd.DataFrame:
+    return metrics.score(model, tokenizer, records, layout=layout, batch_size=run.eval_batch_size,
+                         max_tokens=run.eval_max_tokens, **edits)
+
+
+def per_case(nll: pd.DataFrame, records: pd.DataFrame, reference: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The dataset's per-case metrics, read against the baseline's scored table where they need it."""
+    return metrics.per_case(nll, dataset=dataset_of(records), reference=reference)
+
+
+def reference(job: Job) -> pd.DataFrame:
+    """The unedited model's scored table (the baseline's), for metrics read against it."""
+    return artifacts.read_parquet(job.input["baseline"])
+
+
+def log_headline(what: str, cases: pd.DataFrame, records: pd.DataFrame) -> None:
+    headline = get_dataset(dataset_of(records)).headline
+    means = [cases[m].mean() for m in headline]
+    log.info("%s: %d cases, %s, Score %.1f", what, len(cases),
+             " ".join(f"{m} {v:.1f}" for m, v in zip(headline, means)), metrics.harmonic_mean(means))
+
+
+def label(table: pd.DataFrame, **columns) -> pd.DataFrame:
+    for name, value in columns.items():
+        table.insert(0, name, value)
+    return table
+
+
+def quality(model, tokenizer, records, evaluation: Evaluation) -> dict:
+    """Fluency (generation entropy) and drift perplexity of the model as it is now."""
+    entropy = fluency.generation_entropy(model, tokenizer, records, n_cases=evaluation.fluency_cases,
+                                         max_new_tokens=evaluation.fluency_tokens)
+    return {"drift_perplexity": fluency.drift_perplexity(model, tokenizer, max_tokens=evaluation.drift_tokens),
+            "fluency": float(entropy.entropy.mean()) if len(entropy) else float("nan")}
+
+
+def edit_job(job: Job, n: int):
+    """The model, the first `n` records (checked for conflicting edits in each batch), the edit's
+    config and a prepared solver for every layer it edits, from C in `job.input["stats"]`."""
+    loaded, tokenizer, layout = load_model(job)
+    records = data.read_records(job.input["records"]).head(n)
+    facts = records.to_dict("records")
+    editing.check_conflicts([facts[cut] for cut in editing.batch_slices(n, job.batch_size)], job.run.allow_conflicts)
+    cfg = job.edit_config()
+    solvers = {at: editing.prepare(cfg, load_stats(path, device=job.run.device)[0])
+               for at, path in zip(job.layers, job.files("stats"))}
+    return (loaded, tokenizer, layout), records, facts, cfg, solvers
+
+
+def counted_edit(s, w: dict) -> dict:
+    """What an edit job's results depend on: the model and the edit as `EditConfig.counted` counts it
+    (a variant's overrides in place)."""
+    from editscale.workflow.job import edit_config
+
+    return {"model": results(s.model), **edit_config(s, w["algorithm"], 0).counted(), "layer": w["layer"]}
+
+
+def baseline(job: Job) -> None:
+    """The unedited model's metrics, fluency and drift: what every result is read against."""
+    loaded, tokenizer, layout = load_model(job)
+    records = data.read_records(job.input["records"])
+    nll = score(loaded, tokenizer, layout, records, job.run)
+    cases = per_case(nll, records).merge(records[INFO], on="case_id")  # its own reference
+    log_headline("unedited model", cases, records)
+    artifacts.write_parquet(nll, job.output["nll"])
+    artifacts.write_parquet(cases, job.output["cases"])
+    artifacts.write_parquet(pd.DataFrame([{"n_edits": 0, **quality(loaded, tokenizer, records,
+                                                                    job.settings.evaluation)}]),
+                            job.output["quality"])
+
+
+def jobs_at(algorithms, sizes, window_sizes, chosen, window) -> list[dict]:
+    """Wildcards of the runs at the chosen layer (`chosen()`, a path name), and of (f)'s at its window
+    (`window()`, or None): every algorithm but ROME, at `window_sizes`."""
+    spread = window()
+    layer = chosen()
+    runs = [(a, layer, b) for a in algorithms for b in sizes]
+    runs += [(a, spread, b) for a in algorithms if a != "rome" for b in window_sizes] if spread else []
+    return [{"algorithm": a, "layer": at, "size": b} for a, at, b in runs]

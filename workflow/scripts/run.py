@@ -1,0 +1,4 @@
+# The one script every rule runs: its job (typed settings, execution settings, named files) to its stage.
+from editscale.workflow import job
+
+job.run(snakemake)
