@@ -9,7 +9,7 @@ ALLOWED = {
     "settings": set(), "artifacts": set(), "paths": set(),
     "algorithms": set(),  # pure: tensors in, ΔW out
     "models": {"artifacts", "paths"},
-    "data": {"artifacts", "paths"},
+    "data": {"artifacts", "paths", "settings"},  # settings: the one set of defaults
     "editing": {"algorithms", "models", "data", "settings", "artifacts", "paths"},  # data: C's corpus
     "evaluation": {"models", "data", "paths", "settings"},
     "workflow": {"algorithms", "models", "data", "editing", "evaluation", "settings", "artifacts", "paths"},
@@ -58,3 +58,68 @@ def test_every_import_points_down_the_layers():
 def test_every_part_is_a_declared_layer():
     parts = {part_of(p) for p in PACKAGE.rglob("*.py") if p.parent != PACKAGE or p.name != "__init__.py"}
     assert parts == set(ALLOWED)
+
+
+# --- Experiments are declared once: in editscale.workflow.experiments.EXPERIMENTS. ---------------
+REPO = PACKAGE.parents[1]
+
+
+def test_the_library_front_never_imports_the_workflow():
+    front = [PACKAGE / "editor.py", PACKAGE / "__main__.py"]
+    assert all("workflow" not in imported_parts(path) for path in front)
+
+
+def _bracketed_strings(text: str) -> list[set]:
+    """The plain strings inside each bracketed literal ([...], (...), {...}) of Python or Snakemake
+    source, one set per bracket (the tokenizer reads both)."""
+    import io
+    import tokenize
+
+    groups, stack = [], []
+    for token in tokenize.generate_tokens(io.StringIO(text).readline):
+        if token.type == tokenize.OP and token.string in "([{":
+            stack.append(set())
+        elif token.type == tokenize.OP and token.string in ")]}" and stack:
+            groups.append(stack.pop())
+        elif token.type == tokenize.STRING and stack and token.string[:1] in "\"'":
+            stack[-1].add(token.string.strip("\"'"))
+    return groups
+
+
+def test_experiments_are_declared_once():
+    """No module or rule file outside the registry lists the experiments' figures, summary kinds or
+    claims: they are derived from EXPERIMENTS (two names of one kind in one literal is a list)."""
+    from editscale.workflow import experiments
+
+    kinds = set(experiments.summary_groups()) | set(experiments.collected_sources())
+    names = {"figures": set(experiments.figures()), "summary kinds": kinds - {"baseline"},
+             "experiments": set(experiments.EXPERIMENTS)}
+    registry = PACKAGE / "workflow" / "experiments"
+    sources = [p for p in PACKAGE.rglob("*.py") if registry not in p.parents]
+    sources += [REPO / "workflow" / "Snakefile", *(REPO / "workflow" / "rules").glob("*.smk")]
+    listed = []
+    for path in sources:
+        for literal in _bracketed_strings(path.read_text()):
+            for what, declared in names.items():
+                if len(literal & declared) >= 2:
+                    listed.append(f"{path.relative_to(REPO)} lists {what} {sorted(literal & declared)}")
+    assert not listed, listed
+
+
+def test_every_experiment_has_a_figure_a_caption_a_summary_and_a_rule():
+    from editscale.workflow import experiments
+
+    kinds = set(experiments.summary_groups())
+    letters = [letter for e in experiments.EXPERIMENTS.values() for letter in e.claims]
+    assert len(letters) == len(set(letters))  # a claim belongs to one experiment
+    for name, entry in experiments.EXPERIMENTS.items():
+        assert entry.figures, name
+        for figure in entry.figures:
+            assert (REPO / "workflow" / "report" / f"{figure}.rst").read_text().strip(), figure
+        assert set(entry.summaries) | set(entry.reads), name
+        assert set(entry.reads) <= kinds, name
+        if entry.stage is not None:
+            rule = (REPO / "workflow" / "rules" / f"{name}.smk").read_text()
+            assert f"rule {name}:" in rule and f'experiment_outputs("{name}")' in rule, name
+            assert {output for output, _ in entry.summaries.values()} <= set(entry.outputs), name
+            assert set(entry.collected.values()) <= set(entry.outputs), name

@@ -239,3 +239,10 @@ def test_conflicting_edits_in_a_batch_are_refused_or_named(caplog):
         editing.check_conflicts(batches, allow=True)
     assert "'Toyota' (cases 12, 77" in caplog.text
     editing.check_conflicts([FACTS[:3], [dict(FACTS[0], case_id=78)]])  # other batches, or the same target: fine
+
+
+def test_edits_are_cut_into_batches_one_way():
+    from editscale.editing import batch_slices
+
+    assert [(c.start, c.stop) for c in batch_slices(10, 4)] == [(0, 4), (4, 8), (8, 10)]
+    assert [(c.start, c.stop) for c in batch_slices(8, 8)] == [(0, 8)] and batch_slices(0, 4) == []

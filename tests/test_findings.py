@@ -195,3 +195,25 @@ def test_the_table_is_seeded_and_renders():
     assert text.count("\n| ") == len(tables[0]) and f"**reproduced at n = {N}**" in text  # a line per claim
     with_layers = findings.markdown(tables[0], findings.layer_scores(sweep({1: 5, 20: 0}), OPTIONS))
     assert "| 1 |" in with_layers and "P(best)" in with_layers
+
+
+def test_the_largest_gap_is_found_where_the_two_differ_most_and_signed():
+    """Three batch sizes; EMMET trails MEMIT by about 0, 10 and 3 Score points of NS-driven gap: the
+    statistic lands on the middle size, signed MEMIT − EMMET, over the cases both ran."""
+    table = batch({16: 0, 64: 0, 256: 0}, noise=0.0)
+    emmet = table.algorithm == "emmet"
+    table.loc[emmet & (table.batch_size == 64), "NS"] -= 30
+    table.loc[emmet & (table.batch_size == 256), "NS"] -= 8
+    at, gap, replicates, n = findings.largest_gap(table, "batch_size", "memit", "emmet", OPTIONS)
+    assert at == 64 and gap > 5 and n == N and len(replicates) == OPTIONS.n_boot
+    back = findings.largest_gap(table, "batch_size", "emmet", "memit", OPTIONS)
+    assert back[0] == 64 and back[1] == pytest.approx(-gap)
+    assert findings.largest_gap(table, "batch_size", "memit", "rome", OPTIONS) is None  # nothing in common
+
+
+def test_a_case_without_a_metric_leaves_the_findings_score_undefined_as_the_tables_do():
+    """One Score: a NaN metric makes the Paired Score NaN, as metrics.harmonic_mean says (not 0)."""
+    table = batch({16: 0, 64: 0}, noise=0.0)
+    table.loc[table.index[(table.algorithm == "memit") & (table.batch_size == 16)][0], "NS"] = np.nan
+    pair = findings.Paired(table[table.algorithm == "memit"], "batch_size", OPTIONS)
+    assert np.isnan(pair.mean(16, "Score")[0]) and np.isfinite(pair.mean(64, "Score")[0])

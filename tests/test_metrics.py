@@ -209,3 +209,15 @@ def test_shared_rows_halve_the_forward_rows_and_change_no_number(tiny):
     batched = metrics.score(model, tok, records, layout=layout, batch_size=64)
     single = [float(target_nll(model, tok, layout, [p], batch_size=1)[0]) for p in zip(table.prompt, table.continuation)]
     np.testing.assert_allclose(batched.nll.to_numpy(), single, rtol=1e-5, atol=1e-5)
+
+
+def test_score_rule_at_the_edges_for_one_set_and_for_many():
+    """Score is the harmonic mean of the headline metrics; NaN where any is NaN (undefined, never 0),
+    0 where any is 0 or less; along the last axis for bootstrap replicates."""
+    assert metrics.harmonic_mean([30.0, 60.0, 90.0]) == pytest.approx(3 / (1 / 30 + 1 / 60 + 1 / 90))
+    assert np.isnan(metrics.harmonic_mean([float("nan"), 50.0, 50.0]))
+    assert metrics.harmonic_mean([0.0, 50.0, 50.0]) == 0.0
+    assert np.isnan(metrics.harmonic_mean([0.0, float("nan"), 50.0]))  # undefined wins over 0
+    many = metrics.harmonic_mean(np.array([[30.0, 60.0, 90.0], [float("nan"), 1.0, 1.0], [-1.0, 5.0, 5.0]]))
+    assert many.shape == (3,) and many[0] == pytest.approx(49.0909, abs=1e-3) and np.isnan(many[1])
+    assert many[2] == 0.0

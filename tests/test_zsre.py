@@ -171,7 +171,8 @@ def test_aggregate_names_zsres_metrics_and_averages_portability_where_defined(ti
     agg = metrics.aggregate(cases).set_index("metric")
     assert set(agg.index) == {*zsre.METRICS, "Score"} and (agg.dataset == "zsre").all()
     assert agg.loc["Portability", "mean"] == pytest.approx(cases.Portability.dropna().mean())
-    assert agg.loc["Score", "mean"] == pytest.approx(metrics.harmonic_mean([cases[m].mean() for m in zsre.HEADLINE]))
+    means = [cases[m].mean() for m in zsre.HEADLINE]  # Score: the harmonic mean, written out
+    assert agg.loc["Score", "mean"] == pytest.approx(3 / sum(1 / m for m in means) if min(means) > 0 else 0.0)
 
 
 def test_every_registered_dataset_is_in_the_schema_and_back():

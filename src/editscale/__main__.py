@@ -70,22 +70,28 @@ def ask(args) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    from editscale.settings import Library, Model, Settings, Stats
+
     top = argparse.ArgumentParser(prog="python -m editscale", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     verbs = top.add_subparsers(dest="verb", required=True)
     e = verbs.add_parser("edit", help="edit facts into a model; write the edit (and, with --export, the model)",
                          description="Edit facts into a model with one algorithm at one layer. C (the keys' second "
                          "moment) is read from the workflow's cache under --results, or computed there once.")
-    e.add_argument("--model", default="smollm2-135m", help="hub id, local folder, .gguf file, or smollm2-135m")
+    e.add_argument("--model", default=Model.spec, help=f"hub id, local folder, .gguf file, or smollm2-135m (default "
+                   f"{Model.spec})")
     e.add_argument("--facts", required=True, help=FACTS_HELP)
-    e.add_argument("--algorithm", default="memit", help="rome, memit, emmet, alphaedit or encore (default memit)")
-    e.add_argument("--layers", type=int, nargs="+", default=[3],
-                   help="the layer to edit (default 3), or a window: --layers 2 3 4 (MEMIT's spread; not rome)")
+    e.add_argument("--algorithm", default=Library.algorithm,
+                   help=f"rome, memit, emmet, alphaedit or encore (default {Library.algorithm})")
+    e.add_argument("--layers", type=int, nargs="+", default=list(Library.layers),
+                   help=f"the layer to edit (default {' '.join(map(str, Library.layers))}), or a window: --layers 2 3 "
+                   f"4 (MEMIT's spread; not rome)")
     e.add_argument("--out", required=True, help="folder for edit.safetensors (and the model, with --export)")
     e.add_argument("--export", action="store_true", help="also write the edited model to --out")
-    e.add_argument("--corpus", default="auto", help="text for C: auto (offline Wikipedia articles, else Wikipedia)")
-    e.add_argument("--results", default="results", help="the workflow's results folder, where C is cached")
-    e.add_argument("--device", default="cpu")
+    e.add_argument("--corpus", default=Stats.corpus,
+                   help="text for C: auto (offline Wikipedia articles, else Wikipedia)")
+    e.add_argument("--results", default=Settings.results, help="the workflow's results folder, where C is cached")
+    e.add_argument("--device", default=Model.device)
     e.set_defaults(run=edit)
     a = verbs.add_parser("ask", help="print a model's greedy continuation of a prompt",
                          description="Print the greedy continuation of PROMPT by MODEL (an exported folder, or any "
@@ -93,8 +99,9 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("model")
     a.add_argument("prompt")
     a.add_argument("--edit", help="an edit.safetensors to apply first")
-    a.add_argument("--tokens", type=int, default=10, help="tokens to generate (default 10)")
-    a.add_argument("--device", default="cpu")
+    a.add_argument("--tokens", type=int, default=Library.ask_tokens,
+                   help=f"tokens to generate (default {Library.ask_tokens})")
+    a.add_argument("--device", default=Model.device)
     a.set_defaults(run=ask)
     return top
 

@@ -29,7 +29,7 @@ from editscale.algorithms import KeyMemory
 from editscale.editing import covariance, keys, values
 from editscale.editing import stats as store
 from editscale.models.layout import layout_for
-from editscale.settings import EditSettings, Stats, Templates, ValueSettings
+from editscale.settings import EditSettings, Library, Settings, Stats, Templates, ValueSettings
 
 log = logging.getLogger(__name__)
 APPLIED = "editscale_edits"  # the attribute on a model listing the edits applied to it, in order
@@ -117,9 +117,10 @@ class Editor:
     `stats_settings`' corpus, in one pass, with a progress bar.
     """
 
-    def __init__(self, model, tokenizer, layout=None, *, algorithm: str = "memit", layers=(3,), stats=None,
-                 edit: EditSettings = EditSettings(), value_settings: ValueSettings = ValueSettings(),
-                 templates: Templates = Templates(), stats_settings: Stats = Stats(), results_dir: str = "results",
+    def __init__(self, model, tokenizer, layout=None, *, algorithm: str = Library.algorithm, layers=Library.layers,
+                 stats=None, edit: EditSettings = EditSettings(), value_settings: ValueSettings = ValueSettings(),
+                 templates: Templates = Templates(), stats_settings: Stats = Stats(),
+                 results_dir: str = Settings.results,
                  progress: bool = True):
         layers = sorted({int(layers)} if isinstance(layers, int) else {int(layer) for layer in layers})
         self.model, self.tokenizer = model, tokenizer

@@ -160,6 +160,15 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class Library:
+    """The library's and the command line's own defaults (`Editor`, `python -m editscale edit`), where
+    the workflow has none: one algorithm at one layer, C cached under the workflow's results folder."""
+    algorithm: str = "memit"
+    layers: tuple = (3,)
+    ask_tokens: int = 10  # tokens `python -m editscale ask` generates
+
+
+@dataclass(frozen=True)
 class Settings:
     results: str = "results"
     threads: int = 1
@@ -301,7 +310,7 @@ def check(s: Settings, *, n_layers: int | None = None, model_exists: bool | None
     for a bad one) come from the caller, which can look."""
     problems = []
     base = {}  # every algorithm or variant named in the config -> its algorithm's name
-    for key in ("sweep", "batch", "sequential"):
+    for key in (f.name for f in fields(s) if hasattr(getattr(s, f.name), "algorithms")):  # the experiments'
         for name in getattr(s, key).algorithms:
             try:
                 base[name] = variant(name)[0].name if variant else name

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from editscale.settings import Data
 from editscale import artifacts, paths
 from editscale.data.records import COLUMNS, RecordError, download, read_json_records, select
 
@@ -57,7 +58,8 @@ def resolve(source):
     return source
 
 
-def load_counterfact(sources, n: int | None = None, seed: int = 0, unique_subjects: bool = True) -> pd.DataFrame:
+def load_counterfact(sources, n: int | None = None, seed: int = Data.seed,
+                     unique_subjects: bool = Data.unique_subjects) -> pd.DataFrame:
     """Validated CounterFact cases from `sources`, sorted by case_id; `n` of them chosen with `seed`.
 
     With `unique_subjects` (the default) only the lowest case_id of each subject is kept,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from editscale.settings import Data
 from editscale import artifacts
 from editscale.data import counterfact, zsre
 
@@ -39,7 +40,7 @@ class Dataset:
         return self.headline[2]
 
 
-def _counterfact_load(sources, *, n=None, seed=0, unique_subjects=True, target="new"):
+def _counterfact_load(sources, *, n=None, seed=Data.seed, unique_subjects=Data.unique_subjects, target="new"):
     return counterfact.load_counterfact(sources, n=n, seed=seed, unique_subjects=unique_subjects)
 
 

@@ -19,6 +19,7 @@ import pandas as pd
 
 from editscale import paths
 from editscale.data.records import COLUMNS, RecordError, download, read_json_records, select
+from editscale.settings import Data
 
 # kmeng01/memit's copy (util/globals.yml REMOTE_ROOT_URL + dsets/zsre.py): 19,086 records, no portability.
 OFFICIAL_URL = "https://memit.baulab.info/data/dsets/zsre_mend_eval.json"
@@ -47,7 +48,7 @@ def resolve(source):
                     f"{OFFLINE[source]}); download ZsRE-test-all.json from KnowEdit and name it in data.source")
 
 
-def load(sources, n: int | None = None, seed: int = 0, unique_subjects: bool = True,
+def load(sources, n: int | None = None, seed: int = Data.seed, unique_subjects: bool = Data.unique_subjects,
          target: str = TARGETS[0]) -> pd.DataFrame:
     """Validated zsRE cases from `sources` (files, memit's URL, or a list), `n` chosen with `seed`.
 

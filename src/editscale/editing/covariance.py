@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from editscale import artifacts
 from editscale.models.hooks import forward_until
 from editscale.models.tokens import pad_batch
+from editscale.settings import Stats
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class SecondMoment:
 
 def second_moments(model, tokenizer, layout, layers: Iterable[int], texts: Iterable[str], *, max_length: int,
                    max_tokens: int | None = None, max_samples: int | None = None, skip_first_token: bool = False,
-                   batch_tokens: int = 8192, window: int = 100, checkpoint: str | Path | None = None,
+                   batch_tokens: int = Stats.batch_tokens, window: int = 100, checkpoint: str | Path | None = None,
                    checkpoint_every: int | None = None, checkpoint_seconds: float = 600, source_id: str = "",
                    progress: bool = True) -> dict[int, SecondMoment]:
     """C for each of `layers`, from `texts` (empty ones are read but contribute nothing).

@@ -13,6 +13,7 @@ import torch
 
 from editscale.models.hooks import cache_argument, forward_until, module_inputs
 from editscale.models.tokens import pad_batch, subject_last_token
+from editscale.settings import Templates
 
 TEMPLATE_STARTS = ("The", "Therefore", "Because", "I", "You")
 TEMPLATE_RECIPE = (
@@ -23,8 +24,9 @@ TEMPLATE_RECIPE = (
 )
 
 
-def context_templates(model, tokenizer, *, starts: Sequence[str] = TEMPLATE_STARTS, n_tokens: int = 10,
-                      top_k: int = 5, seed: int = 0) -> list[str]:
+def context_templates(model, tokenizer, *, starts: Sequence[str] = TEMPLATE_STARTS,
+                      n_tokens: int = Templates.n_tokens, top_k: int = Templates.top_k,
+                      seed: int = Templates.seed) -> list[str]:
     """"{}" plus one sampled prefix per start word, each followed by ". {}" (`TEMPLATE_RECIPE`).
 
     The reference's recipe (its `max_out_len=10` is `n_tokens`), seeded: on a CPU the

@@ -89,7 +89,7 @@ class SequentialRun:
     """
 
     def __init__(self, model, tokenizer, layout, cfg: EditConfig, facts, templates, solver, batch_size: int,
-                 run_dir: str | Path, *, identity: str, snapshot_every: int = 256,
+                 run_dir: str | Path, *, identity: str, snapshot_every: int = settings.Sequential.snapshot_every,
                  first_batch: tuple[torch.Tensor | None, Values] | None = None, layers: list | None = None):
         self.model, self.tokenizer, self.layout, self.cfg, self.templates = model, tokenizer, layout, cfg, templates
         self.run_dir, self.identity, self.snapshot_every, self.first_batch = Path(run_dir), identity, snapshot_every, first_batch

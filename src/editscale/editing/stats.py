@@ -14,7 +14,7 @@ import hashlib
 import logging
 from pathlib import Path
 
-from editscale import models, paths
+from editscale import artifacts, models, paths, settings
 from editscale.data import corpus
 from editscale.editing import covariance
 from editscale.settings import Stats
@@ -58,20 +58,23 @@ def max_length(model, setting) -> int:
 
 def compute(model, tokenizer, layout, stats: Stats, outputs: dict, *, model_name: str, progress: bool = True) -> None:
     """C at every layer of `outputs` ({layer: path}) from one pass that stops at the deepest,
-    resumable through a partial-sums file beside the first output (`covariance.second_moments`)."""
+    resumable: the partial sums are kept in the `artifacts.Parts` of the first output, named by
+    everything they depend on down to the order of the float32 additions (`batch_tokens`)."""
     source = corpus_source(stats.corpus)
     source_id = corpus.fingerprint(source)
     length = max_length(model, stats.max_length)
-    first = Path(outputs[min(outputs)])
+    parts = artifacts.Parts(outputs[min(outputs)], settings.digest(
+        [model_name, sorted(outputs), source_id, length, stats.max_tokens, stats.skip_first_token,
+         stats.batch_tokens]))
     log.info("computing C at layers %s from %s in one pass", sorted(outputs), source_id)
     moments = covariance.second_moments(
         model, tokenizer, layout, list(outputs), corpus.iter_texts(source), max_tokens=stats.max_tokens,
         max_length=length, skip_first_token=stats.skip_first_token, batch_tokens=stats.batch_tokens,
-        checkpoint=first.parent / f".{first.parent.name}.partial.safetensors", source_id=source_id,
-        progress=progress)
+        checkpoint=parts / "sums.safetensors", source_id=source_id, progress=progress)
     covariance.write_stats(moments, outputs, model_name=model_name, source_id=source_id,
                            dtype=next(model.parameters()).dtype, max_length=length,
                            skip_first_token=stats.skip_first_token)
+    parts.clear()
 
 
 def cached(model, tokenizer, layout, stats: Stats, results, layers, *, model_name: str,

@@ -82,10 +82,9 @@ def plot_all(job: Job) -> None:
     every = {kind: artifacts.read_parquet(path) for kind, path in job.input.items() if kind != "best"}
     main, spread = chosen_and_window(job)
     tables = dict(every)
-    for kind in ("batch", "immediate", "retained", "health"):
-        table = tables[kind]
-        if main != "auto" and len(table) and "layers" in table:
-            tables[kind] = table[table["layers"].astype(str) == main]
+    for kind, table in every.items():  # the sweep's runs span the layers; the unedited model's rows have none
+        if kind != "sweep" and main != "auto" and len(table) and "layers" in table:
+            tables[kind] = table[(table["layers"].astype(str) == main) | table["layers"].isna()]
     canvas = figures.Canvas(tables, every, main, spread, palette(n_colors=10), palette,
                             list(job.settings.plots.formats))
     for name, figure in experiments.figures().items():
