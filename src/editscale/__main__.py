@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -17,7 +18,13 @@ FACTS_HELP = """a JSON Lines file, one fact a line: {"prompt": "{} is a citizen 
 "target_new": "Japan"}; the prompt holds "{}" where the subject goes, or the subject itself"""
 
 
+class UserError(Exception):
+    """A mistake in the command line or what it names: printed as one line, exit code 2."""
+
+
 def read_facts(path) -> list[dict]:
+    if not Path(path).is_file():
+        raise UserError(f"--facts {path}: no such file; {FACTS_HELP}")
     facts = []
     with open(path) as f:
         for number, line in enumerate(f, 1):
@@ -26,10 +33,61 @@ def read_facts(path) -> list[dict]:
             try:
                 facts.append(json.loads(line))
             except json.JSONDecodeError as err:
-                raise SystemExit(f"{path}, line {number}: not JSON ({err.msg}); one fact a line, e.g. {FACTS_HELP}")
+                raise UserError(f"{path}, line {number}: not JSON ({err.msg}); one fact a line, e.g. {FACTS_HELP}")
     if not facts:
-        raise SystemExit(f"{path} holds no facts; {FACTS_HELP}")
+        raise UserError(f"{path} holds no facts; {FACTS_HELP}")
     return facts
+
+
+def model_spec(spec: str, argument: str) -> str:
+    """`spec` if it names an existing folder or file, the embedded model, or a hub id; a path that is
+    not there is an error, never sent to the hub."""
+    from editscale.models import EMBEDDED
+
+    if spec == EMBEDDED or Path(spec).expanduser().exists():
+        return spec
+    if spec.startswith(("/", ".", "~")) or spec.endswith(("/", ".gguf")) or spec.count("/") > 1 or "\\" in spec:
+        raise UserError(f"{argument} {spec}: no such folder or file here; give a model folder, a .gguf file, "
+                        f"{EMBEDDED}, or a hub id such as HuggingFaceTB/SmolLM2-135M")
+    return spec
+
+
+def load_model(spec: str, argument: str, device: str):
+    """The model `spec` names on `device`, or a UserError naming the argument."""
+    import torch
+
+    import editscale
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: this machine has no CUDA device; use --device cpu")
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {device}: no device torch knows; use cpu, cuda, cuda:N or mps") from None
+    spec = model_spec(spec, argument)
+    try:
+        return editscale.models.load(spec, device=device)
+    except OSError as err:  # transformers: not a folder here and no such hub model, or no network
+        raise UserError(f"{argument} {spec}: not a model folder here, and the hub gave no model of that id "
+                        f"({str(err).splitlines()[0]})") from err
+
+
+def check_out(args) -> Path:
+    """--out before any work: a folder (made if missing) that holds no edit yet, unless --overwrite."""
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; name a folder for edit.safetensors")
+    written = [out / "edit.safetensors", *([out / "config.json"] if args.export else [])]
+    existing = [str(p) for p in written if p.exists()]
+    if existing and not args.overwrite:
+        raise UserError(f"--out {out} already holds {', '.join(existing)}; name another folder, or pass --overwrite")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--out {out}: cannot make the folder ({err.strerror})") from err
+    if not os.access(out, os.W_OK):
+        raise UserError(f"--out {out}: not writable")
+    return out
 
 
 def edit(args) -> None:
@@ -37,15 +95,23 @@ def edit(args) -> None:
     from editscale.settings import Stats
 
     facts = read_facts(args.facts)
-    model, tok, layout = editscale.models.load(args.model, device=args.device)
-    editor = editscale.Editor(model, tok, layout, algorithm=args.algorithm, layers=args.layers,
-                              stats_settings=Stats(corpus=args.corpus), results_dir=args.results)
-    out = Path(args.out)
+    out = check_out(args)
+    if args.algorithm not in editscale.algorithms.ALGORITHMS:
+        raise UserError(f"--algorithm {args.algorithm}: no such algorithm; use one of "
+                        f"{', '.join(editscale.algorithms.ALGORITHMS)}")
+    if args.corpus != "auto" and not args.corpus.startswith("hf:") and not Path(args.corpus).is_file():
+        raise UserError(f"--corpus {args.corpus}: no such file; name a .txt or .jsonl file, hf:<dataset>:<config>:"
+                        f"<split>, or auto")
+    model, tok, layout = load_model(args.model, "--model", args.device)
+    try:
+        editor = editscale.Editor(model, tok, layout, algorithm=args.algorithm, layers=args.layers,
+                                  stats_settings=Stats(corpus=args.corpus), results_dir=args.results)
+    except ValueError as err:
+        raise UserError(f"--layers / --algorithm: {err}") from err
     try:
         made = editor.edit(facts)
     except ValueError as err:
-        raise SystemExit(f"{args.facts}: {err}")
-    out.mkdir(parents=True, exist_ok=True)
+        raise UserError(f"{args.facts}: {err}") from err
     made.save(out / "edit.safetensors")
     where = f"layer {editor.layer}" if len(editor.layers) == 1 else f"layers {', '.join(map(str, editor.layers))}"
     print(f"wrote {out / 'edit.safetensors'}: {len(facts)} facts, {args.algorithm} at {where}")
@@ -60,9 +126,20 @@ def ask(args) -> None:
 
     import editscale
 
-    model, tok, _ = editscale.models.load(args.model, device=args.device)
-    if args.edit:
-        editscale.Edit.load(args.edit).apply(model)
+    if args.tokens < 1:
+        raise UserError(f"--tokens {args.tokens}: generate at least 1 token")
+    edit = None
+    if args.edit:  # a bad edit file stops before the model loads
+        try:
+            edit = editscale.Edit.load(args.edit)
+        except (ValueError, FileNotFoundError) as err:
+            raise UserError(f"--edit: {err}") from err
+    model, tok, _ = load_model(args.model, "model", args.device)
+    if edit is not None:
+        try:
+            edit.apply(model)
+        except ValueError as err:
+            raise UserError(f"--edit {args.edit}: {err}") from err
     inputs = tok(args.prompt, return_tensors="pt").to(args.device)
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=args.tokens, do_sample=False, pad_token_id=tok.pad_token_id)
@@ -88,10 +165,12 @@ def parser() -> argparse.ArgumentParser:
                    f"4 (MEMIT's spread; not rome)")
     e.add_argument("--out", required=True, help="folder for edit.safetensors (and the model, with --export)")
     e.add_argument("--export", action="store_true", help="also write the edited model to --out")
+    e.add_argument("--overwrite", action="store_true", help="replace what --out already holds")
     e.add_argument("--corpus", default=Stats.corpus,
                    help="text for C: auto (offline Wikipedia articles, else Wikipedia)")
     e.add_argument("--results", default=Settings.results, help="the workflow's results folder, where C is cached")
     e.add_argument("--device", default=Model.device)
+    e.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     e.set_defaults(run=edit)
     a = verbs.add_parser("ask", help="print a model's greedy continuation of a prompt",
                          description="Print the greedy continuation of PROMPT by MODEL (an exported folder, or any "
@@ -102,13 +181,26 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--tokens", type=int, default=Library.ask_tokens,
                    help=f"tokens to generate (default {Library.ask_tokens})")
     a.add_argument("--device", default=Model.device)
+    a.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     a.set_defaults(run=ask)
     return top
 
 
 def main(argv=None) -> None:
+    """Run a verb. A user's error (a bad argument, file, fact or model) is one line on stderr and exit
+    code 2, as argparse's own; `--debug` shows the traceback instead."""
+    from editscale.artifacts import UnreadableArtifact
+    from editscale.data.records import RecordError
+
     args = parser().parse_args(argv)
-    args.run(args)
+    try:
+        args.run(args)
+    except (UserError, ValueError, FileNotFoundError, RecordError, UnreadableArtifact) as err:
+        if args.debug:
+            raise
+        message = " ".join(str(err).split())  # one line
+        print(f"python -m editscale {args.verb}: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

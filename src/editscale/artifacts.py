@@ -8,7 +8,9 @@ import hashlib
 import logging
 import os
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -26,6 +28,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+        _sidecar(path).unlink(missing_ok=True)  # a digest of what was there before no longer holds
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -88,6 +91,83 @@ def read_parquet(path: str | os.PathLike):
         return pd.read_parquet(path)
 
 
+def read_yaml(path: str | os.PathLike, keys: dict) -> dict:
+    """A YAML mapping the workflow wrote, checked: it parses, and holds each of `keys` ({key: type})
+    with a value of that type; else an error naming the file, the key and the rebuild command."""
+    import yaml
+
+    with reading(path):
+        data = yaml.safe_load(Path(path).read_text())
+        if not isinstance(data, dict):
+            raise UnreadableArtifact(f"{path} holds no mapping ({type(data).__name__})")
+    for key, kind in keys.items():
+        if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool) and kind is not bool:
+            raise UnreadableArtifact(
+                f"{path} has no {key} of type {kind.__name__ if isinstance(kind, type) else kind} (cut short or "
+                f"edited?). Rebuild it and what depends on it: {_rebuild(path)}")
+    return data
+
+
+# --- Digests: what each job wrote, checked by the jobs that read it ---------------------------------
+
+def _sidecar(path) -> Path:
+    path = Path(path)
+    return path.parent / f".{path.name}.sha256"
+
+
+def _rebuild(path) -> str:
+    return f"snakemake --cores all --forcerun {path} (or delete it and run snakemake again)"
+
+
+def record(path, inputs: list) -> None:
+    """Beside `path`, its sha256 and those of the `inputs` it was made from (`.<name>.sha256`)."""
+    import json
+
+    made_from = {str(p): digest_of(p) for p in inputs if Path(p).is_file()}
+    write_text(json.dumps({"sha256": sha256(path), "inputs": made_from}, sort_keys=True), _sidecar(path))
+
+
+def forget(path) -> None:
+    _sidecar(path).unlink(missing_ok=True)
+
+
+def digest_of(path) -> str:
+    """A file's sha256, as its job recorded it where it did (read back, not recomputed), else computed."""
+    import json
+
+    side = _sidecar(path)
+    if side.is_file():
+        try:
+            return json.loads(side.read_text())["sha256"]
+        except (ValueError, KeyError, TypeError):
+            pass
+    return sha256(path)
+
+
+def verify(path) -> None:
+    """`path` against what its job recorded, when it recorded it: the same bytes, made from inputs
+    that have not changed since. Else an error naming the file, what differs and the rebuild command;
+    this catches a damaged file that still parses, and one made from an input that changed."""
+    import json
+
+    side = _sidecar(path)
+    if not side.is_file():
+        return  # not written by a job of this workflow's (or before digests were recorded)
+    try:
+        recorded = json.loads(side.read_text())
+        want, inputs = recorded["sha256"], recorded["inputs"]
+    except (ValueError, KeyError, TypeError):
+        raise UnreadableArtifact(f"{side}, the digest of {path}, is damaged. Rebuild {path}: {_rebuild(path)}")
+    got = sha256(path)
+    if got != want:
+        raise UnreadableArtifact(f"{path} is not what its job wrote (sha256 {got[:12]}, written {want[:12]}): it is "
+                                 f"damaged or was changed since. Rebuild it and what depends on it: {_rebuild(path)}")
+    for source, digest in inputs.items():
+        if Path(source).is_file() and digest_of(source) != digest:
+            raise UnreadableArtifact(f"{path} was made from {source}, which has changed since (sha256 "
+                                     f"{digest_of(source)[:12]}, then {digest[:12]}). Rebuild it: {_rebuild(path)}")
+
+
 def sha256(path: str | os.PathLike) -> str:
     """The sha256 of a file's bytes, read in blocks."""
     digest = hashlib.sha256()
@@ -97,11 +177,19 @@ def sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+class Busy(RuntimeError):
+    """Work in progress that another live process still holds: a job that outlived a killed Snakemake."""
+
+
 class Parts:
     """The one resumable artifact: finished pieces of the work behind `out`, kept in a folder beside
     it named by the identity of everything they depend on (`.<stem>.<identity>.parts`), so only the
     very same work resumes them. A parts folder of any other identity is stale: opening removes it,
     saying so. `clear()` once `out` is written whole.
+
+    The process that opens it holds an OS lock on it (`.owner`, naming the process) until it ends,
+    however it ends. A second process, e.g. a resume started while a job of a killed Snakemake runs
+    on, is refused (`Busy`) instead of writing beside it.
 
         parts = Parts(out, identity)
         piece = parts / "chunk-0.safetensors"     # resumed when it exists, else written atomically
@@ -114,17 +202,53 @@ class Parts:
         self.folder = out.parent / f".{stem}.{identity}.parts"
         for stale in sorted(out.parent.glob(f".{stem}.*.parts")):
             if stale != self.folder:
+                _release(_lock(stale))  # refuses a folder another live process still writes
                 log.info("removing %s, the unfinished work of other settings", stale)
                 shutil.rmtree(stale)
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._owner = _lock(self.folder)
+        self._owner.seek(0)
+        self._owner.truncate()
+        self._owner.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        self._owner.flush()
 
     def __truediv__(self, name: str) -> Path:
         return self.folder / name
 
     def paths(self, pattern: str) -> list[Path]:
-        """The finished pieces matching `pattern`, in name order."""
-        return sorted(self.folder.glob(pattern))
+        """The finished pieces matching `pattern`, in name order (never the lock, nor a write in progress)."""
+        return sorted(p for p in self.folder.glob(pattern) if not p.name.startswith("."))
 
     def clear(self) -> None:
-        """Remove the folder, with any temporary file a killed write left in it."""
+        """Remove the folder, with any temporary file a killed write left in it, and let it go."""
         shutil.rmtree(self.folder, ignore_errors=True)
+        _release(self._owner)
+
+
+def _lock(folder: Path):
+    """An exclusive lock on `folder`'s `.owner` file, held while the returned file is open; `Busy`,
+    naming the holder, when a live process holds it (a dead one's lock is gone with it)."""
+    import fcntl
+
+    if folder in _HELD:  # this process holds it already
+        return _HELD[folder]
+    handle = open(folder / ".owner", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise Busy(f"{folder} is being written by {holder}, still running: a job left behind by a Snakemake "
+                   f"that was killed? Let it finish or stop it (kill <pid>), then run again") from None
+    _HELD[folder] = handle
+    return handle
+
+
+def _release(handle) -> None:
+    for folder in [f for f, h in _HELD.items() if h is handle]:
+        del _HELD[folder]
+    handle.close()
+
+
+_HELD: dict = {}  # folder -> the open .owner file through which this process holds its lock

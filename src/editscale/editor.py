@@ -17,6 +17,7 @@ keys an algorithm remembers (AlphaEdit, ENCORE).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ import torch
 
 from editscale import artifacts, editing
 from editscale.algorithms import KeyMemory
+from editscale.data.records import check_edit
 from editscale.editing import covariance, keys, values
 from editscale.editing import stats as store
 from editscale.models.layout import layout_for
@@ -33,6 +35,7 @@ from editscale.settings import EditSettings, Library, Settings, Stats, Templates
 
 log = logging.getLogger(__name__)
 APPLIED = "editscale_edits"  # the attribute on a model listing the edits applied to it, in order
+_STACK = "editscale_applied"  # the applied Edits themselves, each with the weights it was applied to
 
 
 def model_name(model) -> str:
@@ -65,21 +68,58 @@ class Edit:
                 raise ValueError(f"this edit's layer {layer} is {A.shape[0]} × {B.shape[0]}; the model's is "
                                  f"{shape[0]} × {shape[1]}")
 
+    @property
+    def id(self) -> str:
+        """What makes this edit itself: its factors' bytes and its provenance (a saved and reloaded
+        copy is the same edit)."""
+        digest = hashlib.sha256(json.dumps(self.provenance, sort_keys=True, default=str).encode())
+        for layer in sorted(self.factors):
+            for t in self.factors[layer]:
+                digest.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
     def apply(self, model) -> None:
+        """W_L += ΔW_L at every edited layer, keeping a copy of each W_L as it was, so `revert` restores
+        it bit for bit (memory: one copy of each edited layer's weight per applied edit, e.g. 3.5 MB a
+        layer of SmolLM2, 117 MB of Llama-3-8B's in bf16). An edit is applied at most once."""
         self.check(model)
+        stack = model.__dict__.setdefault(_STACK, [])
+        if any(applied.id == self.id for applied, _ in stack):
+            raise ValueError("this edit is already applied to this model; applying it again would add its ΔW "
+                             "twice: revert it first")
+        for layer in self.factors:  # all or nothing: never a partly applied edit
+            if not torch.isfinite(self.delta(layer)).all():
+                raise ValueError(f"this edit's ΔW at layer {layer} is not finite; it is not applied")
         layout = layout_for(model)
+        before = {layer: layout.weight(model, layer).detach().clone() for layer in self.factors}
         for layer in self.factors:
             editing.apply_delta(model, layout, layer, self.delta(layer))
+        stack.append((self, before))
         model.__dict__.setdefault(APPLIED, []).append(self.provenance)
 
     def revert(self, model) -> None:
-        applied = model.__dict__.get(APPLIED, [])
-        if self.provenance not in applied:
+        """Restore the weights as if this edit had never been applied, bit for bit: every layer it or a
+        later edit touched goes back to its copy from before the first of them, and the later edits
+        are applied again, in order."""
+        stack = model.__dict__.get(_STACK, [])
+        at = next((i for i, (applied, _) in enumerate(stack) if applied.id == self.id), None)
+        if at is None:
             raise ValueError("this edit is not applied to this model; nothing to revert")
         layout = layout_for(model)
-        for layer in self.factors:
-            editing.revert_delta(model, layout, layer, self.delta(layer))
-        applied.remove(self.provenance)
+        original = {}
+        for _, before in stack[at:]:
+            for layer, weight in before.items():
+                original.setdefault(layer, weight)
+        with torch.no_grad():
+            for layer, weight in original.items():
+                layout.weight(model, layer).copy_(weight)
+        stack.pop(at)
+        model.__dict__[APPLIED].pop(at)
+        later = stack[at:]
+        del stack[at:]
+        del model.__dict__[APPLIED][at:]
+        for edit, _ in later:
+            edit.apply(model)
 
     @contextlib.contextmanager
     def applied(self, model):
@@ -96,15 +136,26 @@ class Edit:
 
     @staticmethod
     def load(path) -> "Edit":
+        """The edit `Edit.save` wrote to `path`; a ValueError naming the file and the fix otherwise."""
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            provenance = json.loads(f.metadata().get("editscale", "null") or "null")
-            if provenance is None:
-                raise ValueError(f"{path} is not an edit written by Edit.save (no editscale metadata)")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no edit at {path}; write one with Edit.save or python -m editscale edit --out")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                provenance = json.loads((f.metadata() or {}).get("editscale", "null") or "null")
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as err:  # safetensors and json raise their own types, none naming the file
+            raise ValueError(f"{path} cannot be read as an edit ({type(err).__name__}: {err}): it is cut short, "
+                             f"empty or not a safetensors file; write it again with Edit.save") from err
+        if provenance is None:
+            raise ValueError(f"{path} is not an edit written by Edit.save (no editscale metadata)")
         layers = sorted({int(k.split(".")[0].removeprefix("layer")) for k in tensors})
-        return Edit({layer: (tensors[f"layer{layer}.A"], tensors[f"layer{layer}.B"]) for layer in layers}, provenance)
+        pairs = {layer: (tensors.get(f"layer{layer}.A"), tensors.get(f"layer{layer}.B")) for layer in layers}
+        if not layers or any(A is None or B is None or A.shape[1] != B.shape[1] for A, B in pairs.values()):
+            raise ValueError(f"{path} does not hold an edit's factors (layer<L>.A and layer<L>.B of equal width); "
+                             f"write it again with Edit.save")
+        return Edit(pairs, provenance)
 
 
 class Editor:
@@ -166,9 +217,18 @@ class Editor:
         out = {}
         for layer, given in stats.items():
             if isinstance(given, torch.Tensor):
-                out[layer] = (given, _sha256(given))
+                C, digest, what = given, _sha256(given), "the C given"
             else:
-                out[layer] = (covariance.load_stats(given)[0], artifacts.sha256(given))
+                C, digest, what = covariance.load_stats(given)[0], artifacts.sha256(given), str(given)
+            d_in = self.layout.weight(self.model, layer).shape[1]
+            if tuple(C.shape) != (d_in, d_in):
+                raise ValueError(f"stats: {what} for layer {layer} is {' × '.join(map(str, C.shape))}; this model's "
+                                 f"layer {layer} needs C of {d_in} × {d_in} (the second moment of its keys): C of "
+                                 f"another model or module? Give stats=None to compute it")
+            if not torch.isfinite(C).all():
+                raise ValueError(f"stats: {what} for layer {layer} holds non-finite values (an empty corpus?); "
+                                 f"give stats=None to compute it again")
+            out[layer] = (C, digest)
         return out
 
     def edit(self, facts, *, sequential: bool = False) -> Edit:
@@ -180,7 +240,8 @@ class Editor:
         facts = [check_fact(self.tokenizer, fact, i) for i, fact in enumerate(facts)]
         if not facts:
             raise ValueError("no facts to edit")
-        editing.check_conflicts([facts])
+        editing.check_conflicts([facts], fix="give one target per subject in a call (edit the others in another "
+                                                "call, or with sequential=True)")
         for layer, weight in self.unedited.items():
             now = self.layout.weight(self.model, layer)
             if not sequential and not torch.equal(now, weight.to(now.device)):
@@ -205,21 +266,21 @@ class Editor:
 
 
 def check_fact(tokenizer, fact, index: int) -> dict:
-    """The fact with "{}" in its prompt, or a ValueError naming it: no subject, no "{}" nor the
-    subject in the prompt, an empty target. Token-level problems (a subject with no token, a
-    target that merges with it) are `values._Plan`'s to find, which `Editor.edit` builds first."""
+    """The fact with "{}" in its prompt, or a ValueError naming it, checked by the datasets' own rule
+    (`data.records.check_edit`): a prompt with "{}" or the subject, one "{}" and no other brace; a
+    subject; a target on one trimmed line. Token-level problems (a subject with no token, a target
+    that merges with it) are `values._Plan`'s to find, which `Editor.edit` builds first."""
     if not isinstance(fact, dict):
         raise ValueError(f"fact {index} is a {type(fact).__name__}; give a dict with prompt, subject, target_new")
-    missing = [k for k in ("prompt", "subject", "target_new") if not str(fact.get(k) or "").strip()]
+    missing = [k for k in ("prompt", "subject", "target_new") if not isinstance(fact.get(k), str)]
     if missing:
-        raise ValueError(f"fact {index} ({fact!r}) has no {', '.join(missing)}")
-    prompt, subject = fact["prompt"], fact["subject"]
-    if "{}" not in prompt:
-        if subject not in prompt:
-            raise ValueError(f"fact {index}: prompt {prompt!r} holds neither '{{}}' nor the subject {subject!r}")
-        prompt = prompt.replace(subject, "{}", 1)
-    if "\n" in fact["target_new"]:
-        raise ValueError(f"fact {index}: target_new {fact['target_new']!r} spans lines")
+        raise ValueError(f"fact {index} ({fact!r}) has no {', '.join(missing)} (text)")
+    names = {"prompt": "prompt", "subject": "subject", "target": "target_new"}
+
+    def fail(field, problem, fix):
+        return ValueError(f"fact {index}: {names[field]} {problem}; {fix}")
+
+    prompt = check_edit(fact["subject"], fact["prompt"], fact["target_new"], fail)
     return {**fact, "prompt": prompt, "case_id": fact.get("case_id", index)}
 
 

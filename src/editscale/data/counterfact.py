@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from editscale.settings import Data
 from editscale import artifacts, paths
-from editscale.data.records import COLUMNS, RecordError, download, read_json_records, select
+from editscale.data.records import COLUMNS, RecordError, check_edit, download, read_json_records, select
+from editscale.settings import Data
 
 OFFICIAL_URL = "https://rome.baulab.info/data/dsets/counterfact.json"
 OFFICIAL_SHA256 = "d017056125178a13728594e66a801357a8db9ed7973a7425554bb4271de9fc6f"
@@ -154,9 +154,6 @@ def _normalise(record: dict, file: Path, index: int) -> dict:
         lists = [get(name, list) for name in _LISTS]
         list_fields = _LISTS[:2]
         prompt_field = "requested_rewrite.prompt"
-        if "{}" not in prompt:
-            raise fail(prompt_field, f"has no '{{}}' where the subject {subject!r} goes",
-                       "write it as a template such as '{} is located in'")
     else:
         subject_field, new_field, true_field = "subject", "target_new", "ground_truth"
         subject, filled = get(subject_field, str), get("prompt", str)
@@ -166,14 +163,11 @@ def _normalise(record: dict, file: Path, index: int) -> dict:
         lists = [[get("rephrase_prompt", str)], [get("locality_prompt", str)], []]
         list_fields = ["rephrase_prompt", "locality_prompt"]
         prompt_field = "prompt"
-        if subject and subject not in filled:
-            raise fail("prompt", f"does not contain the subject {subject!r}", "the prompt must name its subject")
-        if "{" in filled or "}" in filled:
-            raise fail("prompt", f"contains a brace ({filled!r})", "a filled prompt has no placeholders; remove it")
-        prompt = filled.replace(subject, "{}", 1)
-    if prompt.count("{}") != 1 or prompt.replace("{}", "", 1).count("{") or prompt.replace("{}", "", 1).count("}"):
-        raise fail(prompt_field, f"must hold exactly one '{{}}' and no other braces, got {prompt!r}",
-                   "keep one '{}' for the subject; anything else in braces would be scored as literal text")
+        prompt = filled
+    new = get(new_field, str)
+    fields = {"prompt": prompt_field, "subject": subject_field, "target": new_field}
+    prompt = check_edit(subject, prompt, new, lambda field, problem, fix: fail(fields[field], problem, fix),
+                        filled=not full)
     for name, items in zip(list_fields, lists):
         if not items:
             raise fail(name, "is an empty list", "give at least one prompt (its score would be undefined)")
@@ -181,14 +175,12 @@ def _normalise(record: dict, file: Path, index: int) -> dict:
             if not item.strip():
                 raise fail(name if len(items) == 1 and not full else f"{name}[{i}]", "is an empty prompt",
                            "give the prompt text or drop it from the list")
-    new, true = get(new_field, str), get(true_field, str)
-    for name, value in ((subject_field, subject), (new_field, new), (true_field, true)):
-        if not value.strip():
-            raise fail(name, "is empty", "give the text")
-    for name, value in ((new_field, new), (true_field, true)):
-        if "\n" in value or "\r" in value or value != value.strip():
-            raise fail(name, f"is not a single trimmed line ({value!r})", "a target is the text right after the "
-                       "prompt; remove line breaks and surrounding spaces")
+    true = get(true_field, str)
+    if not true.strip():
+        raise fail(true_field, "is empty", "give the text")
+    if "\n" in true or "\r" in true or true != true.strip():
+        raise fail(true_field, f"is not a single trimmed line ({true!r})", "a target is the text right after the "
+                   "prompt; remove line breaks and surrounding spaces")
     if new.strip() == true.strip():
         raise fail(new_field, f"equals {true_field} ({new!r})", "an edit must change the answer")
     # Paraphrases are scored on the new target, neighbours on the true one (ES/PS/NS compare the two).

@@ -42,6 +42,41 @@ class RecordError(ValueError):
     """Unusable dataset input; the message names the file, the case and the field, and how to fix it."""
 
 
+def check_edit(subject: str, prompt: str, target: str, fail, *, filled: bool | None = None) -> str:
+    """The one check of an edit request, shared by the dataset loaders, the `Editor` and the command
+    line; the prompt as a template with one `{}` where the subject goes.
+
+    `prompt` is a template (`filled=False`: it holds "{}"), or filled in with the subject
+    (`filled=True`: it holds the subject and no braces), or either (`None`). The template holds
+    exactly one "{}" and no other brace, which would be scored as literal text. The subject and the
+    target are not empty, and the target is one trimmed line: the text right after the prompt.
+    `fail(field, problem, fix)` makes the caller's error, naming its own field: 'prompt',
+    'subject' or 'target'."""
+    for field, value in (("subject", subject), ("target", target)):
+        if not value.strip():
+            raise fail(field, "is empty", "give the text")
+    if "\n" in target or "\r" in target or target != target.strip():
+        raise fail("target", f"is not a single trimmed line ({target!r})", "a target is the text right after the "
+                   "prompt; remove line breaks and surrounding spaces")
+    if filled is None:
+        filled = "{}" not in prompt
+    if filled:
+        if subject not in prompt:
+            raise fail("prompt", f"holds neither '{{}}' nor the subject {subject!r}",
+                       "write the subject into the prompt, or '{}' where it goes")
+        if "{" in prompt or "}" in prompt:
+            raise fail("prompt", f"contains a brace ({prompt!r})", "a filled prompt has no placeholders; remove it")
+        prompt = prompt.replace(subject, "{}", 1)
+    elif "{}" not in prompt:
+        raise fail("prompt", f"has no '{{}}' where the subject {subject!r} goes",
+                   "write it as a template such as '{} is located in'")
+    rest = prompt.replace("{}", "", 1)
+    if "{" in rest or "}" in rest:
+        raise fail("prompt", f"must hold exactly one '{{}}' and no other braces, got {prompt!r}",
+                   "keep one '{}' for the subject; anything else in braces would be scored as literal text")
+    return prompt
+
+
 def read_json_records(file: Path, error: type[RecordError], name: str) -> list[dict]:
     """The JSON list of record objects in `file`, or `error` naming the file and what it holds instead."""
     try:

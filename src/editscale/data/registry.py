@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from editscale.settings import Data
 from editscale import artifacts
 from editscale.data import counterfact, zsre
+from editscale.settings import Data
 
 
 @dataclass(frozen=True)

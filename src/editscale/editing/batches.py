@@ -56,7 +56,8 @@ def prepare(cfg: EditConfig, C: torch.Tensor) -> Prepared:
                               on_ill_conditioned=cfg.edit.on_ill_conditioned)
 
 
-def check_conflicts(batches, allow: bool = False) -> None:
+def check_conflicts(batches, allow: bool = False,
+                    fix: str = "data: unique_subjects: true, or edit: allow_conflicts: true to edit them anyway") -> None:
     """Refuse (or, with `allow`, warn about) batches that edit one subject towards different targets:
     the solvers would average the two, so neither edit is what was asked for."""
     found = []
@@ -72,8 +73,7 @@ def check_conflicts(batches, allow: bool = False) -> None:
         return
     shown = "; ".join(found[:10]) + (f"; and {len(found) - 10} more" if len(found) > 10 else "")
     if not allow:
-        raise ValueError(f"conflicting edits in one batch, same subject and different targets: {shown}. Fix: "
-                         f"data: unique_subjects: true, or edit: allow_conflicts: true to edit them anyway")
+        raise ValueError(f"conflicting edits in one batch, same subject and different targets: {shown}. Fix: {fix}")
     log.warning("conflicting edits in one batch (allowed by edit.allow_conflicts): %s", shown)
 
 

@@ -122,10 +122,10 @@ def save_templates(templates: Sequence[str], path, **provenance) -> None:
 
 
 def load_templates(path) -> list[str]:
-    import yaml
+    from editscale.artifacts import read_yaml
 
-    with open(path) as f:
-        templates = yaml.safe_load(f)["templates"]
-    if not templates or templates[0] != "{}":
-        raise ValueError(f"{path}: the first context template must be the bare prompt '{{}}'")
+    templates = read_yaml(path, {"templates": list})["templates"]
+    if not templates or templates[0] != "{}" or not all(isinstance(t, str) and t.count("{}") == 1 for t in templates):
+        raise ValueError(f"{path}: the first context template must be the bare prompt '{{}}', and each must hold one "
+                         f"'{{}}'; rebuild it: snakemake --cores all --forcerun {path}")
     return templates

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from editscale import algorithms, editing, settings
+from editscale import algorithms, artifacts, editing, settings
 from editscale.settings import Execution, Settings
 
 
@@ -96,8 +96,17 @@ def stages() -> dict[str, Stage]:
 def run(smk) -> None:
     """Run the job `smk` describes (the one generic script, workflow/scripts/run.py)."""
     job = Job.of(smk)
+    inputs = [path for name in job.input for path in job.files(name)]
+    outputs = [path for value in job.output.values() for path in ([value] if isinstance(value, str) else value)]
     with logged(job):
+        for path in inputs:  # each as its job wrote it, from inputs that have not changed since
+            artifacts.verify(path)
+        for path in outputs:
+            artifacts.forget(path)
         stages()[job.rule].run(job)
+        for path in outputs:
+            if Path(path).is_file():
+                artifacts.record(path, inputs)
 
 
 @contextlib.contextmanager

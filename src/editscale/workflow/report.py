@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from editscale import artifacts
 from editscale.evaluation import metrics
@@ -60,8 +59,7 @@ def write_findings(job: Job) -> None:
                                   "NS"])
     every = {kind: pd.concat([artifacts.read_parquet(p) for p in job.files(kind)], ignore_index=True)
              if job.files(kind) else empty for kind in experiments.summary_sources()}
-    with open(job.input["model"]) as f:
-        n_layers = int(yaml.safe_load(f)["n_layers"])
+    n_layers = artifacts.read_yaml(job.input["model"], {"n_layers": int})["n_layers"]
     main, spread = chosen_and_window(job)
     chosen = {kind: t if kind == "sweep" or main == "auto" else t[t["layers"].astype(str) == main]
               for kind, t in every.items()}

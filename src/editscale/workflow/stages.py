@@ -18,6 +18,9 @@ from editscale.workflow.job import Job, Stage
 log = logging.getLogger(__name__)
 
 
+MANIFEST = {"spec": str, "folder": str, "n_layers": int, "context_length": int}  # what the model rule records
+
+
 def load_model(job: Job, device: str | None = None):
     model = job.settings.model
     return models.load(model.spec, dtype=model.dtype, device=device or job.run.device, layout=model.layout,
@@ -68,7 +71,7 @@ def select_records(job: Job) -> None:
     entry = data.registry.get(resolved["dataset"])
     records = entry.load(resolved["resolved"], n=resolved["n"], seed=resolved["seed"],
                          unique_subjects=resolved["unique_subjects"], target=resolved["target"])
-    manifest = yaml.safe_load(Path(job.input["model"]).read_text())
+    manifest = artifacts.read_yaml(job.input["model"], MANIFEST)
     tokenizer = models.load_tokenizer(manifest["folder"])
     check_context(records, tokenizer, manifest["context_length"], prefix_tokens=job.settings.templates.n_tokens)
     log.info("selected %d %s records from %s", len(records), entry.name, resolved["resolved"])

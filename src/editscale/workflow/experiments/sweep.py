@@ -30,8 +30,7 @@ def best_layer(job: Job) -> None:
 
 
 def read_layer(path) -> int:
-    with open(path) as f:
-        return int(yaml.safe_load(f)["layer"])
+    return artifacts.read_yaml(path, {"layer": int})["layer"]
 
 
 def jobs(s, chosen, window) -> list[dict]:
