@@ -119,10 +119,14 @@ def test_independent_edits_never_leak_and_sequential_edits_build_on_each_other(t
 
 
 @pytest.mark.parametrize("fact,message", [
-    ({"prompt": "{} is in", "subject": "", "target_new": "Rome"}, "fact 0 .* has no subject"),
-    ({"prompt": "{} is in", "subject": "Angola", "target_new": " "}, "has no target_new"),
+    ({"prompt": "{} is in", "subject": "", "target_new": "Rome"}, "fact 0: subject is empty"),
+    ({"prompt": "{} is in", "subject": "Angola", "target_new": " "}, "fact 0: target_new is empty"),
     ({"prompt": "It is in", "subject": "Angola", "target_new": "Rome"}, "neither '{}' nor the subject"),
-    ({"prompt": "{} is in", "subject": "Angola", "target_new": "Rome\nParis"}, "spans lines"),
+    ({"prompt": "{} is in", "subject": "Angola", "target_new": "Rome\nParis"}, "not a single trimmed line"),
+    ({"prompt": "{} is in {}", "subject": "Angola", "target_new": "Rome"}, "exactly one '{}' and no other braces"),
+    ({"prompt": "{} is in", "subject": "Angola", "target_new": "Rome "}, "not a single trimmed line"),
+    ({"prompt": "Angola is {in}", "subject": "Angola", "target_new": "Rome"}, "contains a brace"),
+    ({"prompt": "{} is in", "subject": "Angola", "target_new": 3}, "has no target_new"),
     ("Angola is in Rome", "give a dict"),
 ])
 def test_bad_facts_raise_before_any_optimisation_naming_the_fact(tiny, fact, message, monkeypatch):

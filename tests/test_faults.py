@@ -104,3 +104,56 @@ def test_a_changed_setting_never_resumes_a_stale_run(tiny_run, tmp_path):
     assert all(torch.equal(got[k], want[k]) for k in want)
     log = (stale / Path(target(stale)).parent.parent / "logs" / "sequential" / f"{target_name}.log").read_text()
     assert "resuming" not in log and "removing" in log
+
+
+def alive(pid: int) -> bool:
+    """A process that exists and is not a zombie (a dead child nobody reaped yet)."""
+    try:
+        return "\tZ" not in Path(f"/proc/{pid}/status").read_text().split("State:")[1].splitlines()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def test_a_resume_beside_a_job_that_outlived_snakemake_is_refused_then_ends_clean(tiny_run, tmp_path):
+    """kill -9 of the Snakemake process alone: its sequential job runs on, an orphan (held still here,
+    so it is surely alive when the resume starts). The resumed job refuses to write beside it, naming
+    the process; once the orphan is gone, a run ends with exactly the clean run's results."""
+    source, _, want = tiny_run
+    target_name = "emmet-layer1-b1"
+    workdir = tmp_path / "orphaned"
+    workdir.mkdir()
+    copy_model(source, workdir)
+    tiny_workflow(workdir)
+    from editscale import settings
+    from editscale.workflow.stages import selection_name
+
+    data = settings.results(settings.parse(workflow_config(workdir)).data)
+    target = f"results/tiny-llama/{selection_name(data)}/sequential/{target_name}.immediate.parquet"
+    folder = workdir / Path(target).parent
+    process = snakemake(workdir, target, popen=dict(start_new_session=True))
+    deadline = time.time() + 300
+    while not list(folder.glob(f".{target_name}.*.parts/batch-*.safetensors")) and process.poll() is None \
+            and time.time() < deadline:
+        time.sleep(0.05)
+    (owner,) = folder.glob(f".{target_name}.*.parts/.owner")
+    orphan = int(owner.read_text().split()[1])
+    os.kill(process.pid, signal.SIGKILL)  # Snakemake only: the job lives on
+    os.kill(orphan, signal.SIGSTOP)
+    process.wait()
+    try:
+        assert alive(orphan), "the job did not outlive Snakemake"
+        assert snakemake(workdir, "--unlock").returncode == 0
+        resumed = snakemake(workdir, target)
+        log = (workdir / Path(target).parent.parent / "logs" / "sequential" / f"{target_name}.log").read_text()
+        assert resumed.returncode != 0
+        assert f"is being written by pid {orphan}" in log and "still running" in log, log[-2000:]
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the orphan, in Snakemake's session
+        os.kill(orphan, signal.SIGCONT)
+    deadline = time.time() + 60
+    while alive(orphan) and time.time() < deadline:
+        time.sleep(0.05)
+    assert snakemake(workdir, "--unlock").returncode == 0
+    final = snakemake(workdir)
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert_identical(results(workdir), want)

@@ -261,3 +261,9 @@ def test_write_and_load_stats_round_trip(tiny, tmp_path):
                            dtype="bfloat16", max_length=8, skip_first_token=True)
     assert load_stats(explicit[0])[1]["dtype"] == "bfloat16" and load_stats(explicit[0])[1]["skip_first_token"]
     assert covariance.SecondMoment(0, "m", torch.eye(2) * 4, 2).mean().equal(torch.eye(2) * 2)
+
+
+def test_a_corpus_with_no_tokens_stops_before_any_c_is_written(tiny, tmp_path):
+    model, tok, layout = tiny[:3]
+    with pytest.raises(ValueError, match="gave no tokens to sum: C would be undefined.*stats.corpus"):
+        second_moments(model, tok, layout, [1], ["", "  "], max_length=32, source_id="empty.txt", progress=False)

@@ -302,12 +302,14 @@ class ConfigError(ValueError):
 
 
 def check(s: Settings, *, n_layers: int | None = None, model_exists: bool | None = None,
-          max_batch: dict | None = None, datasets: dict | None = None, variant=None) -> None:
+          max_batch: dict | None = None, datasets: dict | None = None, variant=None,
+          aliases: dict | None = None, model_config: dict | None = None) -> None:
     """Cross-key checks, before any job starts. `n_layers` (the model's depth, when it is known
     without loading it), `model_exists` (False when model.spec names a missing local path),
     `max_batch` ({algorithm: largest batch it edits}), `datasets` ({name: its edit targets, the
-    default first}) and `variant` (algorithms.variant: a name -> (algorithm, overrides), ValueError
-    for a bad one) come from the caller, which can look."""
+    default first}), `variant` (algorithms.variant: a name -> (algorithm, overrides), ValueError
+    for a bad one), `aliases` ({dataset: its `auto…` source aliases}) and `model_config` (the model's
+    config.json, when it is on disk) come from the caller, which can look."""
     problems = []
     base = {}  # every algorithm or variant named in the config -> its algorithm's name
     for key in (f.name for f in fields(s) if hasattr(getattr(s, f.name), "algorithms")):  # the experiments'
@@ -387,6 +389,29 @@ def check(s: Settings, *, n_layers: int | None = None, model_exists: bool | None
                 and "@" not in source and not Path(source).exists():
             problems.append(f"data.source names {source!r}, which does not exist; name a file or folder of "
                             f"{s.data.dataset} records, a URL, or auto")
+    if aliases is not None and s.data.dataset in aliases:
+        for source in sources:
+            if isinstance(source, str) and source.startswith("auto") and source not in aliases[s.data.dataset]:
+                owner = [name for name, known in aliases.items() if source in known]
+                problems.append(f"data.source = {source!r} is {'an alias of ' + owner[0] if owner else 'no alias'}, "
+                                f"not of data.dataset = {s.data.dataset}; use one of "
+                                f"{', '.join(sorted(aliases[s.data.dataset]))}, a file or a URL")
+    if isinstance(corpus, str) and corpus != "auto" and not corpus.startswith("hf:") and Path(corpus).is_file() \
+            and not Path(corpus).read_text(errors="replace").strip():
+        problems.append(f"stats.corpus = {corpus!r} is empty: C would have no keys; name a file with text")
+    vocab = (model_config or {}).get("vocab_size")
+    if vocab is not None and s.templates.top_k > vocab:
+        problems.append(f"templates.top_k = {s.templates.top_k} is more than the model's {vocab} tokens; lower it")
+    context = next((v for k, v in (model_config or {}).items() if k in ("max_position_embeddings", "n_positions")),
+                   None)
+    if context is not None and s.templates.n_tokens >= context:
+        problems.append(f"templates.n_tokens = {s.templates.n_tokens} leaves no room in the model's context of "
+                        f"{context} tokens; lower it")
+    if s.layer != "auto" and s.window.size and not s.window.layers and len(window(s.layer)) == 1 \
+            and compared_window(s.window, s.layer) is None:
+        problems.append(f"window.size = {s.window.size} takes the layers ending at layer {window(s.layer)[0]}, which "
+                        f"has none below it, so finding (f) could not be measured; name window.layers, or a later "
+                        f"layer")
     if model_exists is False:
         problems.append(f"model.spec = {s.model.spec!r} names a local path that does not exist; fix the path, or "
                         f"give a hub id such as meta-llama/Meta-Llama-3-8B")

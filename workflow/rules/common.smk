@@ -7,7 +7,7 @@ from editscale import settings as S
 from editscale.algorithms import ALGORITHMS, variant
 from editscale.data import DATASETS
 from editscale.editing.stats import stats_id
-from editscale.models import inspect_local, slug
+from editscale.models import inspect_local, local_config, slug
 from editscale.workflow import experiments as X
 from editscale.workflow.job import params as job_params
 from editscale.workflow.stages import resolve_data, selection_name
@@ -19,6 +19,8 @@ S.check(
     max_batch={name: a.max_batch for name, a in ALGORITHMS.items()},
     variant=variant,
     datasets={name: d.targets for name, d in DATASETS.items()},
+    aliases={name: set(d.aliases) for name, d in DATASETS.items()},
+    model_config=local_config(SETTINGS.model.spec),
 )
 RESULTS = SETTINGS.results
 MODEL_PARAMS = S.results(SETTINGS.model)

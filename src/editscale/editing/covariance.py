@@ -111,6 +111,9 @@ def second_moments(model, tokenizer, layout, layers: Iterable[int], texts: Itera
                 saved = time.monotonic()
     finally:
         bar.close()
+    if tokens == 0:
+        raise ValueError(f"the corpus {source_id or '(given texts)'} gave no tokens to sum: C would be undefined; "
+                         f"name a corpus with text (stats.corpus)")
     if checkpoint:
         Path(checkpoint).unlink(missing_ok=True)
     return moments

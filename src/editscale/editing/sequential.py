@@ -30,7 +30,7 @@ import torch
 
 from editscale import algorithms, artifacts, settings
 from editscale.algorithms import KeyMemory
-from editscale.editing.batches import EditConfig, apply_delta, batch_slices
+from editscale.editing.batches import EditConfig, apply_delta, batch_slices, check_conflicts
 from editscale.editing.health import weight_health
 from editscale.editing.values import Values
 from editscale.editing.window import edit_window
@@ -90,13 +90,15 @@ class SequentialRun:
 
     def __init__(self, model, tokenizer, layout, cfg: EditConfig, facts, templates, solver, batch_size: int,
                  run_dir: str | Path, *, identity: str, snapshot_every: int = settings.Sequential.snapshot_every,
-                 first_batch: tuple[torch.Tensor | None, Values] | None = None, layers: list | None = None):
+                 first_batch: tuple[torch.Tensor | None, Values] | None = None, layers: list | None = None,
+                 allow_conflicts: bool = settings.EditSettings.allow_conflicts):
         self.model, self.tokenizer, self.layout, self.cfg, self.templates = model, tokenizer, layout, cfg, templates
         self.run_dir, self.identity, self.snapshot_every, self.first_batch = Path(run_dir), identity, snapshot_every, first_batch
         self.layers = sorted(layers) if layers else [cfg.layer]
         self.solvers = solver if isinstance(solver, dict) else {self.layers[0]: solver}
         self.remembers = algorithms.get(cfg.algorithm).remembers
         self.batches = [facts[cut] for cut in batch_slices(len(facts), batch_size)]
+        check_conflicts(self.batches, allow_conflicts)
         # The unedited weights' health is measured here, before a resume replays the done batches into
         # the same tensors (`layout.weight` is the live parameter, not a copy).
         w0 = {layer: layout.weight(model, layer) for layer in self.layers}

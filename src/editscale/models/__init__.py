@@ -6,11 +6,12 @@ from .loading import (
            EMBEDDED,
            gguf_to_folder,
            inspect_local,
+           local_config,
            load,
            load_tokenizer,
            resolve,
            slug,
 )
 
-__all__ = ["EMBEDDED", "KNOWN_LAYOUTS", "Layout", "gguf_to_folder", "inspect_local", "layout_for", "load",
+__all__ = ["EMBEDDED", "KNOWN_LAYOUTS", "Layout", "gguf_to_folder", "inspect_local", "local_config", "layout_for", "load",
            "load_tokenizer", "resolve", "slug"]

@@ -160,6 +160,17 @@ def _fetch_smollm2(target: Path) -> None:
 def inspect_local(spec: str) -> tuple[bool | None, int | None]:
     """Without loading or fetching anything: whether a local model path exists (None for a hub id,
     which cannot be told offline) and the model's depth when its config is on disk already."""
+    exists, config = _local(spec)
+    depth = next((config[k] for k in ("num_hidden_layers", "n_layer", "num_layers") if k in config), None)
+    return exists, depth
+
+
+def local_config(spec: str) -> dict:
+    """The model's config.json when it is on disk already (else {}), without loading or fetching."""
+    return _local(spec)[1]
+
+
+def _local(spec: str) -> tuple[bool | None, dict]:
     import json
 
     path = Path(spec).expanduser()
@@ -173,10 +184,8 @@ def inspect_local(spec: str) -> tuple[bool | None, int | None]:
     else:
         exists = None
     if folder is None or not (folder / "config.json").is_file():
-        return exists, None
-    config = json.loads((folder / "config.json").read_text())
-    depth = next((config[k] for k in ("num_hidden_layers", "n_layer", "num_layers") if k in config), None)
-    return exists, depth
+        return exists, {}
+    return exists, json.loads((folder / "config.json").read_text())
 
 
 def slug(spec: str) -> str:

@@ -9,7 +9,7 @@ line, at 0 edits).
 from __future__ import annotations
 
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -218,10 +218,11 @@ def weight_health(health: pd.DataFrame, retained: pd.DataFrame, colors, out, for
     _save(fig, out, formats, f"Weight health of sequential runs beside retained {spec} {_note(retained)}")
 
 
-def _nothing(name: str, out, formats) -> None:
+def _nothing(name: str, out, formats, why: str | None = None) -> None:
     fig, axes = _grid(1, 1)
     axes[0][0].axis("off")
-    axes[0][0].text(0.5, 0.5, f"no {name} in this config", ha="center", va="center")
+    text = textwrap.fill(f"not measured: {why}", 40) if why else f"no {name} in this config"
+    axes[0][0].text(0.5, 0.5, text, ha="center", va="center")
     _save(fig, out, formats, "")
 
 
@@ -269,6 +270,7 @@ class Canvas:
     colors: list
     palette: Callable  # seaborn's color_palette
     formats: list
+    missing: dict = field(default_factory=dict)  # claim letter -> why the config cannot measure it
 
 
 @dataclass(frozen=True)
@@ -277,6 +279,7 @@ class Figure:
     what it shows (else it says so); its caption is workflow/report/<name>.rst."""
     draw: Callable
     drawn: Callable
+    why: Callable = lambda canvas: None  # noqa: E731: what to say when it is not drawn (None: not in this config)
 
 
 def style(settings: dict):
@@ -284,8 +287,8 @@ def style(settings: dict):
     return _style(settings).color_palette
 
 
-def nothing(name: str, out, formats) -> None:
-    _nothing(name.replace("_", " ") + " experiment", out, formats)
+def nothing(name: str, out, formats, why: str | None = None) -> None:
+    _nothing(name.replace("_", " ") + " experiment", out, formats, why)
 
 
 SWEEP = Figure(lambda c, out: sweep(c.tables["sweep"], c.tables["baseline"], c.colors, out, c.formats),
@@ -304,4 +307,5 @@ WEIGHT_HEALTH = Figure(lambda c, out: weight_health(c.tables["health"], c.tables
                        lambda c: len(c.tables["health"]))
 WINDOW = Figure(lambda c, out: window(c.every["batch"], c.every["retained"], c.layer, c.window, c.colors, out,
                                       c.formats),
-                lambda c: c.window is not None and (len(c.every["batch"]) or len(c.every["retained"])))
+                lambda c: c.window is not None and (len(c.every["batch"]) or len(c.every["retained"])),
+                lambda c: c.missing.get("f"))

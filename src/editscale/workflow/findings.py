@@ -13,7 +13,7 @@ outside, and inconclusive otherwise.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -320,6 +320,13 @@ class Runs:
     layer: str
     window: str | None
     options: Findings
+    missing: dict = field(default_factory=dict)  # claim letter -> why the config cannot measure it
+
+
+def not_measured(claim: str, why: str) -> dict:
+    """A findings row for a claim the config's settings leave unmeasurable: it says why, instead of
+    the claim silently vanishing from the table."""
+    return _row(claim, why, float("nan"), (float("nan"), float("nan")), "not measured", "", 0)
 
 
 def table(runs: Runs, claims: dict) -> pd.DataFrame:

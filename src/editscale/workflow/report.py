@@ -64,7 +64,8 @@ def write_findings(job: Job) -> None:
     chosen = {kind: t if kind == "sweep" or main == "auto" else t[t["layers"].astype(str) == main]
               for kind, t in every.items()}
     options = job.settings.findings
-    table = findings.table(findings.Runs(chosen, every, n_layers, main, spread, options), experiments.claims())
+    table = findings.table(findings.Runs(chosen, every, n_layers, main, spread, options, missing_findings(job, main)),
+                           experiments.claims())
     for row in table.itertuples(index=False):
         log.info("%s: %s = %.2f [%.2f, %.2f] -> %s", row.claim, row.statistic, row.value, row.ci_low, row.ci_high,
                  row.verdict)
@@ -84,12 +85,24 @@ def plot_all(job: Job) -> None:
         if kind != "sweep" and main != "auto" and len(table) and "layers" in table:
             tables[kind] = table[(table["layers"].astype(str) == main) | table["layers"].isna()]
     canvas = figures.Canvas(tables, every, main, spread, palette(n_colors=10), palette,
-                            list(job.settings.plots.formats))
+                            list(job.settings.plots.formats), missing_findings(job, main))
     for name, figure in experiments.figures().items():
         if figure.drawn(canvas):
             figure.draw(canvas, job.output[name])
         else:
-            figures.nothing(name, job.output[name], canvas.formats)
+            figures.nothing(name, job.output[name], canvas.formats, figure.why(canvas))
+
+
+def missing_findings(job: Job, main: str) -> dict:
+    """{claim letter: why} for the findings the settings ask for but cannot measure, logged."""
+    w = job.settings.window
+    missing = {}
+    if (w.layers or w.size) and main != "auto" and compared_window(w, main) is None:
+        missing["f"] = (f"window.size = {w.size} takes the layers ending at the chosen layer {main}, and there is "
+                        f"no layer below it: no window to compare (name window.layers, or choose a later layer)")
+    for letter, why in missing.items():
+        log.warning("finding (%s) is not measured: %s", letter, why)
+    return missing
 
 
 def chosen_and_window(job: Job) -> tuple[str, str | None]:

@@ -22,8 +22,18 @@ MANIFEST = {"spec": str, "folder": str, "n_layers": int, "context_length": int} 
 
 
 def load_model(job: Job, device: str | None = None):
+    """The job's model on its device; a device this machine lacks is named with its key (a submit host
+    may lack the GPU its jobs get, so the config check cannot refuse it)."""
+    import socket
+
+    import torch
+
     model = job.settings.model
-    return models.load(model.spec, dtype=model.dtype, device=device or job.run.device, layout=model.layout,
+    device = device or job.run.device
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"model.device = {device}, but {socket.gethostname()} has no CUDA device; run the job "
+                           f"where one is (resources.gpus, a GPU partition), or set model.device: cpu")
+    return models.load(model.spec, dtype=model.dtype, device=device, layout=model.layout,
                        revision=model.revision)
 
 

@@ -14,8 +14,12 @@ def run(job: Job) -> None:
 
 
 def jobs(s, chosen, window) -> list[dict]:
-    """Every algorithm at every B at the chosen layer, and (f)'s window at the largest B."""
-    return common.jobs_at(s.batch.algorithms, s.batch.sizes, [max(s.batch.sizes)], chosen, window)
+    """Every algorithm at every B at the chosen layer (`chosen()`), and (f)'s at its window
+    (`window()`, or None) at the largest B, every algorithm but ROME."""
+    spread, layer = window(), chosen()
+    runs = [(a, layer, b) for a in s.batch.algorithms for b in s.batch.sizes]
+    runs += [(a, spread, max(s.batch.sizes)) for a in s.batch.algorithms if a != "rome"] if spread else []
+    return [{"algorithm": a, "layer": at, "size": b} for a, at, b in runs]
 
 
 def claim_b(runs: findings.Runs) -> list[dict]:

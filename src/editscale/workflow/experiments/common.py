@@ -57,12 +57,11 @@ def quality(model, tokenizer, records, evaluation: Evaluation) -> dict:
 
 
 def edit_job(job: Job, n: int):
-    """The model, the first `n` records (checked for conflicting edits in each batch), the edit's
-    config and a prepared solver for every layer it edits, from C in `job.input["stats"]`."""
+    """The model, the first `n` records, the edit's config and a prepared solver for every layer it
+    edits, from C in `job.input["stats"]`."""
     loaded, tokenizer, layout = load_model(job)
     records = data.read_records(job.input["records"]).head(n)
     facts = records.to_dict("records")
-    editing.check_conflicts([facts[cut] for cut in editing.batch_slices(n, job.batch_size)], job.run.allow_conflicts)
     cfg = job.edit_config()
     solvers = {at: editing.prepare(cfg, load_stats(path, device=job.run.device)[0])
                for at, path in zip(job.layers, job.files("stats"))}
@@ -90,12 +89,3 @@ def baseline(job: Job) -> None:
                                                                     job.settings.evaluation)}]),
                             job.output["quality"])
 
-
-def jobs_at(algorithms, sizes, window_sizes, chosen, window) -> list[dict]:
-    """Wildcards of the runs at the chosen layer (`chosen()`, a path name), and of (f)'s at its window
-    (`window()`, or None): every algorithm but ROME, at `window_sizes`."""
-    spread = window()
-    layer = chosen()
-    runs = [(a, layer, b) for a in algorithms for b in sizes]
-    runs += [(a, spread, b) for a in algorithms if a != "rome" for b in window_sizes] if spread else []
-    return [{"algorithm": a, "layer": at, "size": b} for a, at, b in runs]

@@ -19,6 +19,7 @@ def independent(job: Job, n: int) -> None:
     cached = ValueFile.for_records(job.files("values"), records.case_id, job.input["records"])
     layers, layer, B = job.layers, job.layers[-1], job.batch_size
     batches = editing.batch_slices(n, B)
+    editing.check_conflicts([facts[cut] for cut in batches], job.run.allow_conflicts)
     if len(layers) == 1:
         # K, R: (d, N), one column a fact
         solved = editing.independent_batches(solvers[layer], cached.keys.T, cached.values.residual.T, B,

@@ -52,7 +52,7 @@ def run(job: Job) -> None:
     first_batch = (cached.keys if len(layers) == 1 else None, cached.values)
     edits = SequentialRun(loaded, tokenizer, layout, cfg, facts, templates, solvers, B, parts.folder,
                           identity=identity, snapshot_every=job.run.snapshot_every, first_batch=first_batch,
-                          layers=layers)
+                          layers=layers, allow_conflicts=job.run.allow_conflicts)
     for b, batch_facts in edits:  # batch b is applied, and recorded once this body is done
         done = min((b + 1) * B, n)
         ids = [f["case_id"] for f in batch_facts]
@@ -89,8 +89,12 @@ def counts(s, w: dict) -> dict:
 
 
 def jobs(s, chosen, window) -> list[dict]:
-    """Every algorithm at every B at the chosen layer, and (f)'s window at the smallest B (the longest run)."""
-    return common.jobs_at(s.sequential.algorithms, s.sequential.sizes, [min(s.sequential.sizes)], chosen, window)
+    """Every algorithm at every B at the chosen layer (`chosen()`), and (f)'s at its window (`window()`,
+    or None) at the smallest B (the longest run), every algorithm but ROME."""
+    spread, layer = window(), chosen()
+    runs = [(a, layer, b) for a in s.sequential.algorithms for b in s.sequential.sizes]
+    runs += [(a, spread, min(s.sequential.sizes)) for a in s.sequential.algorithms if a != "rome"] if spread else []
+    return [{"algorithm": a, "layer": at, "size": b} for a, at, b in runs]
 
 
 def claim_c(runs: findings.Runs) -> list[dict]:

@@ -1,0 +1,231 @@
+"""Nothing silent, nothing raw (docs/reliability.md): damaged artifacts that still parse, settings
+that a job would die on, the command line's errors, and the library's guards and exact revert."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import REPO, SHARED, copy_run, snakemake
+
+import editscale
+from editscale import artifacts, settings
+from editscale.data import DATASETS
+from editscale.settings import ConfigError
+
+CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+# --- Artifacts: each checked on read against the digest its job recorded ------------------------
+
+def test_a_file_changed_after_its_job_is_refused_naming_it_and_the_rebuild(tmp_path):
+    source, made = tmp_path / "templates.yaml", tmp_path / "values.safetensors"
+    artifacts.write_text("templates: ['{}', 'A. {}']\n", source)
+    artifacts.record(source, [])
+    artifacts.write_safetensors({"x": torch.ones(2)}, made)
+    artifacts.record(made, [source])
+    artifacts.verify(source)
+    artifacts.verify(made)
+    source.write_text("templates: ['{}']\n")  # cut short, and still valid YAML
+    with pytest.raises(artifacts.UnreadableArtifact, match="templates.yaml is not what its job wrote.*--forcerun"):
+        artifacts.verify(source)
+    with pytest.raises(artifacts.UnreadableArtifact, match="was made from .*templates.yaml, which has changed"):
+        artifacts.verify(made)
+    artifacts.write_text("templates: ['{}']\n", source)  # a new write drops the old digest
+    artifacts.verify(source)
+
+
+def test_yaml_artifacts_are_read_with_their_keys_checked(tmp_path):
+    path = tmp_path / "model.yaml"
+    path.write_text("spec: m\nn_layers: [oops\n")
+    with pytest.raises(artifacts.UnreadableArtifact, match="model.yaml cannot be read"):
+        artifacts.read_yaml(path, {"n_layers": int})
+    path.write_text("spec: m\n")
+    with pytest.raises(artifacts.UnreadableArtifact, match="model.yaml has no n_layers of type int.*forcerun"):
+        artifacts.read_yaml(path, {"n_layers": int})
+    from editscale.editing.keys import load_templates
+
+    path = tmp_path / "templates.yaml"
+    path.write_text("templates: ['{}', 'no placeholder']\n")
+    with pytest.raises(ValueError, match="each must hold one '{}'"):
+        load_templates(path)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(SHARED is None, reason="needs the offline data folder")
+def test_templates_cut_short_but_parsing_stop_the_next_job(tiny_run, tmp_path):
+    """A templates file with its last template cut off is still valid YAML: the values job that
+    reads it refuses it, naming the file and the command that rebuilds it."""
+    workdir = copy_run(tiny_run[0], tmp_path / "run")
+    (templates,) = (workdir / "results").rglob("templates-seed*.yaml")
+    text = yaml.safe_load(templates.read_text())
+    text["templates"] = text["templates"][:-1]
+    templates.write_text(yaml.safe_dump(text))
+    run = snakemake(workdir)
+    assert run.returncode != 0
+    logs = run.stderr + "".join(p.read_text() for p in (workdir / "results").rglob("logs/**/*.log"))
+    assert f"{templates.relative_to(workdir)} is not what its job wrote" in logs and "--forcerun" in logs
+
+
+# --- Settings a job would die on, refused before any job ----------------------------------------
+
+def changed(**sections):
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    for key, value in sections.items():
+        config[key] = {**config[key], **value} if isinstance(value, dict) else value
+    return settings.parse(config)
+
+
+ALIASES = {name: set(d.aliases) for name, d in DATASETS.items()}
+
+
+@pytest.mark.parametrize("sections,extra,keys", [
+    (dict(data={"source": "auto-knowedit"}), {}, ["data.source = 'auto-knowedit' is an alias of zsre", "counterfact"]),
+    (dict(data={"dataset": "zsre", "source": "auto-easyedit"}), {}, ["alias of counterfact", "auto-knowedit"]),
+    (dict(templates={"top_k": 500}), {"model_config": {"vocab_size": 400}}, ["templates.top_k = 500", "400 tokens"]),
+    (dict(templates={"n_tokens": 300}), {"model_config": {"max_position_embeddings": 256}},
+     ["templates.n_tokens = 300", "256"]),
+    (dict(layer=0, window={"size": 3}), {}, ["window.size = 3", "layer 0", "finding (f)"]),
+])
+def test_settings_a_job_would_die_on_are_named_before_any_job(sections, extra, keys):
+    with pytest.raises(ConfigError) as err:
+        settings.check(changed(**sections), n_layers=30, model_exists=True, aliases=ALIASES, **extra)
+    assert all(k in str(err.value) for k in keys), str(err.value)
+
+
+def test_an_empty_corpus_is_refused_before_it_makes_a_nan_c(tmp_path):
+    corpus = tmp_path / "empty.txt"
+    corpus.write_text("\n  \n")
+    with pytest.raises(ConfigError, match="stats.corpus = .*empty.txt' is empty"):
+        settings.check(changed(stats={"corpus": str(corpus)}), n_layers=30, model_exists=True)
+
+
+def test_the_schema_refuses_negative_seeds(tmp_path):
+    config = dict(CONFIG, data={**CONFIG["data"], "seed": -1})
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    dry = snakemake(tmp_path, "-n", cores=1)
+    assert dry.returncode != 0 and "-1 is less than the minimum of 0" in dry.stdout + dry.stderr
+
+
+# --- The library --------------------------------------------------------------------------------
+
+def random_edit(model, layer: int, seed: int, rank: int = 2) -> editscale.Edit:
+    from editscale.editor import model_name
+    from editscale.models import layout_for
+
+    d_out, d_in = layout_for(model).weight(model, layer).shape
+    g = torch.Generator().manual_seed(seed)
+    factors = {layer: (1e-2 * torch.randn(d_out, rank, generator=g), torch.randn(d_in, rank, generator=g))}
+    return editscale.Edit(factors, {"model": model_name(model), "seed": seed})
+
+
+def test_revert_restores_smollm2_bit_for_bit_in_any_order_and_every_cycle(smollm2):
+    model, _, layout = smollm2
+    w0 = {layer: layout.weight(model, layer).clone() for layer in (2, 3)}
+    a, b, c = random_edit(model, 3, 0), random_edit(model, 3, 1), random_edit(model, 2, 2)
+    for _ in range(5):  # cycles never drift
+        a.apply(model)
+        a.revert(model)
+    assert torch.equal(layout.weight(model, 3), w0[3])
+    a.apply(model)
+    b.apply(model)
+    c.apply(model)
+    a.revert(model)  # out of order: b and c stay applied
+    assert torch.equal(layout.weight(model, 2), w0[2] + c.delta(2))  # applied again on the original bits
+    assert not torch.equal(layout.weight(model, 3), w0[3])
+    b.revert(model)
+    c.revert(model)
+    assert all(torch.equal(layout.weight(model, layer), w0[layer]) for layer in w0)
+    assert model.__dict__.get("editscale_edits") == []
+
+
+def test_an_edit_is_applied_once_and_reverted_only_where_applied(smollm2):
+    model, _, layout = smollm2
+    w0 = layout.weight(model, 3).clone()
+    edit = random_edit(model, 3, 5)
+    with pytest.raises(ValueError, match="not applied to this model"):
+        edit.revert(model)
+    edit.apply(model)
+    with pytest.raises(ValueError, match="already applied.*twice"):
+        edit.apply(model)
+    twin = editscale.Edit(dict(edit.factors), dict(edit.provenance))  # a reloaded copy is the same edit
+    with pytest.raises(ValueError, match="already applied"):
+        twin.apply(model)
+    edit.revert(model)
+    assert torch.equal(layout.weight(model, 3), w0)
+    bad = random_edit(model, 3, 6)
+    bad.factors[3][0][0, 0] = float("nan")
+    with pytest.raises(ValueError, match="not finite"):
+        bad.apply(model)
+    assert torch.equal(layout.weight(model, 3), w0) and not model.__dict__.get("editscale_edits")
+
+
+def test_edit_load_names_the_file_and_the_fix(tmp_path, smollm2):
+    with pytest.raises(FileNotFoundError, match="no edit at .*missing.safetensors"):
+        editscale.Edit.load(tmp_path / "missing.safetensors")
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.safetensors cannot be read as an edit.*Edit.save"):
+        editscale.Edit.load(tmp_path / "empty.safetensors")
+    random_edit(smollm2[0], 3, 0).save(tmp_path / "edit.safetensors")
+    data = (tmp_path / "edit.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="cut.safetensors cannot be read as an edit"):
+        editscale.Edit.load(tmp_path / "cut.safetensors")
+
+
+def test_the_editor_checks_c_when_it_is_made(tiny_llama_dir):
+    model, tok, layout = editscale.models.load(str(tiny_llama_dir))
+    d_in = layout.weight(model, 1).shape[1]
+    with pytest.raises(ValueError, match=rf"is {d_in + 1} × {d_in + 1}; this model's layer 1 needs C of {d_in} × {d_in}"):
+        editscale.Editor(model, tok, layout, layers=[1], stats=torch.eye(d_in + 1), progress=False)
+    C = torch.eye(d_in)
+    C[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        editscale.Editor(model, tok, layout, layers=[1], stats=C, progress=False)
+
+
+# --- The command line ---------------------------------------------------------------------------
+
+def cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "editscale", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=600)
+
+
+def test_command_line_errors_are_one_line_with_exit_code_2_and_debug_shows_the_traceback(tmp_path):
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text('{"prompt": "{} is in {}", "subject": "Angola", "target_new": "Rome"}\n')
+    (tmp_path / "taken").write_text("a file")
+    # --out is checked before the model is loaded: a model path that does not exist is never reached.
+    done = cli("edit", "--model", "./no-model", "--facts", str(facts), "--out", "taken", cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "error: --out taken is a file" in done.stderr
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "edit.safetensors").write_bytes(b"earlier")
+    done = cli("edit", "--model", "./no-model", "--facts", str(facts), "--out", "out", cwd=tmp_path)
+    assert done.returncode == 2 and "already holds" in done.stderr and "--overwrite" in done.stderr
+    assert (tmp_path / "out" / "edit.safetensors").read_bytes() == b"earlier"  # nothing overwritten
+    done = cli("edit", "--model", "./no-model", "--facts", str(facts), "--out", "new", cwd=tmp_path)
+    assert done.returncode == 2 and "--model ./no-model: no such folder or file here" in done.stderr
+    done = cli("ask", "no-model/", "Angola is in", cwd=tmp_path)  # a path, never sent to the hub
+    assert done.returncode == 2 and "model no-model/: no such folder" in done.stderr
+    done = cli("ask", "smollm2-135m", "x", "--edit", "missing.safetensors", "--debug", cwd=tmp_path)
+    assert done.returncode != 0 and "Traceback" in done.stderr and "no edit at missing.safetensors" in done.stderr
+    done = cli("edit", "--facts", str(tmp_path / "nope.jsonl"), "--out", "x", cwd=tmp_path)
+    assert done.returncode == 2 and "--facts" in done.stderr and "no such file" in done.stderr
+
+
+@pytest.mark.skipif(SHARED is None, reason="C comes from the offline corpus")
+def test_command_line_refuses_a_bad_fact_and_a_conflict_in_its_own_words(tmp_path, tiny_llama_dir):
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text('{"prompt": "{} is in {}", "subject": "Angola", "target_new": "Rome"}\n')
+    done = cli("edit", "--model", str(tiny_llama_dir), "--facts", str(facts), "--layers", "1", "--out", "o",
+               cwd=tmp_path)
+    assert done.returncode == 2 and "fact 0: prompt must hold exactly one '{}'" in done.stderr, done.stderr
+    facts.write_text('{"prompt": "{} is in", "subject": "Angola", "target_new": "Rome"}\n'
+                     '{"prompt": "{} lies in", "subject": "Angola", "target_new": "Paris"}\n')
+    done = cli("edit", "--model", str(tiny_llama_dir), "--facts", str(facts), "--layers", "1", "--out", "o",
+               cwd=tmp_path)
+    assert done.returncode == 2 and "conflicting edits" in done.stderr and "allow_conflicts" not in done.stderr
