@@ -17,7 +17,7 @@ from conftest import (
 )
 
 from editscale import settings
-from editscale.workflow import figures
+from editscale.workflow import experiments
 from editscale.workflow.stages import selection_name
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(SHARED is None, reason="needs the offline data folder")]
@@ -73,7 +73,7 @@ def test_end_to_end_then_nothing_to_do(workdir):
     text = (run / "summary" / "findings.md").read_text()
     assert text.split("\n\n")[0].count("\n| ") == len(summary["findings"])  # a line per claim
     assert all(f"\n| {layer} | " in text for layer in sweep.layers)  # and each swept layer's Score and P(best)
-    for name in figures.FIGURES:
+    for name in experiments.figures():
         for fmt in ("png", "pdf"):
             assert (run / "plots" / f"{name}.{fmt}").stat().st_size > 1000
     # Only the figures depend on the plotting style.
