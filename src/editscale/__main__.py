@@ -96,9 +96,10 @@ def edit(args) -> None:
 
     facts = read_facts(args.facts)
     out = check_out(args)
-    if args.algorithm not in editscale.algorithms.ALGORITHMS:
-        raise UserError(f"--algorithm {args.algorithm}: no such algorithm; use one of "
-                        f"{', '.join(editscale.algorithms.ALGORITHMS)}")
+    from editscale.algorithms import ALGORITHMS
+
+    if args.algorithm not in ALGORITHMS:
+        raise UserError(f"--algorithm {args.algorithm}: no such algorithm; use one of {', '.join(ALGORITHMS)}")
     if args.corpus != "auto" and not args.corpus.startswith("hf:") and not Path(args.corpus).is_file():
         raise UserError(f"--corpus {args.corpus}: no such file; name a .txt or .jsonl file, hf:<dataset>:<config>:"
                         f"<split>, or auto")
