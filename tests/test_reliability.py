@@ -230,3 +230,31 @@ def test_command_line_refuses_a_bad_fact_and_a_conflict_in_its_own_words(tmp_pat
     done = cli("edit", "--model", str(tiny_llama_dir), "--facts", str(facts), "--layers", "1", "--out", "o",
                cwd=tmp_path)
     assert done.returncode == 2 and "conflicting edits" in done.stderr and "allow_conflicts" not in done.stderr
+
+
+def test_a_finding_the_settings_leave_unmeasurable_gets_a_row_saying_why():
+    """`layer: auto` picked layer 0 and window.size asks for the layers below it: (f) cannot be
+    measured, and the findings table says so in its own row instead of dropping the claim."""
+    import pandas as pd
+
+    from editscale.workflow import experiments, findings
+
+    empty = pd.DataFrame(columns=["case_id", "algorithm", "layer", "layers", "batch_size", "n_edits", "ES", "PS", "NS"])
+    runs = {kind: empty for kind in ("sweep", "batch", "immediate", "retained")}
+    why = "window.size = 3 takes the layers ending at the chosen layer 0, and there is no layer below it"
+    table = findings.table(findings.Runs(runs, runs, 30, "0", None, settings.Findings(), {"f": why}),
+                           experiments.claims())
+    (row,) = table.itertuples(index=False)
+    assert row.claim.startswith("f.") and row.verdict == "not measured" and row.statistic == why
+    assert "not measured" in findings.markdown(table)
+
+
+def test_a_missing_cuda_device_is_named_with_its_key_at_the_job(monkeypatch):
+    from editscale.workflow.job import Job
+    from editscale.workflow.stages import load_model
+
+    s = settings.parse({"model": {"device": "cuda"}})
+    job = Job("values", s, settings.Execution.of(s), {}, {}, {}, "log")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="model.device = cuda, but .* has no CUDA device.*model.device: cpu"):
+        load_model(job)

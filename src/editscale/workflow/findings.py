@@ -27,6 +27,7 @@ from editscale.settings import Findings
 log = logging.getLogger(__name__)
 
 REPRODUCED, CONTRADICTED, INCONCLUSIVE = "reproduced", "contradicted", "inconclusive at this n"
+NOT_MEASURED = "not measured"  # the settings leave the claim unmeasurable; the statistic says why
 COLUMNS = ["claim", "statistic", "value", "ci_low", "ci_high", "verdict", "paper", "n_cases", "detail"]
 
 
@@ -326,7 +327,7 @@ class Runs:
 def not_measured(claim: str, why: str) -> dict:
     """A findings row for a claim the config's settings leave unmeasurable: it says why, instead of
     the claim silently vanishing from the table."""
-    return _row(claim, why, float("nan"), (float("nan"), float("nan")), "not measured", "", 0)
+    return _row(claim, why, float("nan"), (float("nan"), float("nan")), NOT_MEASURED, "", 0)
 
 
 def table(runs: Runs, claims: dict) -> pd.DataFrame:
@@ -337,6 +338,8 @@ def table(runs: Runs, claims: dict) -> pd.DataFrame:
 
 def verdict_at_n(verdict: str, n: int) -> str:
     """A verdict with the number of cases it was measured on: "reproduced at n = 512"."""
+    if verdict == NOT_MEASURED:
+        return verdict
     return verdict.replace("at this n", f"at n = {n}") if verdict == INCONCLUSIVE else f"{verdict} at n = {n}"
 
 
