@@ -175,3 +175,14 @@ def compared_window():
         if (WINDOW.layers or WINDOW.size)
         else None
     )
+
+
+def collected(kind):
+    """The tables stacked into `kind`: the unedited model's fluency and drift lead the quality
+    table, at 0 edits."""
+
+    def files(wildcards):
+        lead = [f"{BASELINE}.quality.parquet"] if kind == "quality" else []
+        return lead + outputs_of(*COLLECTED_SOURCES[kind])(wildcards)
+
+    return files

@@ -30,17 +30,6 @@ rule summary:
         "../scripts/run.py"
 
 
-def collected(kind):
-    """The tables stacked into `kind`: the unedited model's fluency and drift lead the quality
-    table, at 0 edits."""
-
-    def files(wildcards):
-        lead = [f"{BASELINE}.quality.parquet"] if kind == "quality" else []
-        return lead + outputs_of(*COLLECTED_SOURCES[kind])(wildcards)
-
-    return files
-
-
 rule collect:
     """Tables stacked as they are: fluency and drift of the unedited model and at every retained
     checkpoint (quality), and every sequential batch's weight health and diagnostics (health).
