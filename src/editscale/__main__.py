@@ -147,8 +147,33 @@ def ask(args) -> None:
     print(args.prompt + tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
 
 
+def check(args) -> None:
+    """The downstream check (GLUE subsets and MMLU) of a model, with an edit applied first if given."""
+    import editscale
+    from editscale.evaluation.downstream import DownstreamError
+
+    edit = None
+    if args.edit:
+        try:
+            edit = editscale.Edit.load(args.edit)
+        except (ValueError, FileNotFoundError) as err:
+            raise UserError(f"--edit: {err}") from err
+    model, tok, layout = load_model(args.model, "model", args.device)
+    if edit is not None:
+        edit.apply(model)
+    try:
+        _, summary = editscale.downstream(model, tok, args.tasks, n_tests=args.n_tests, shots=args.shots,
+                                          method=args.method, gen_len=args.gen_len, layout=layout)
+    except DownstreamError as err:
+        raise UserError(str(err)) from err
+    print(f"{'task':6} {'metric':9} {'value':>6}  95% CI          chance  above chance")
+    for r in summary.itertuples(index=False):
+        print(f"{r.task:6} {r.metric:9} {r.value:6.3f}  [{r.ci_low:.3f}, {r.ci_high:.3f}]  {r.chance:.2f}    "
+              f"{'yes' if r.informative else 'no'}")
+
+
 def parser() -> argparse.ArgumentParser:
-    from editscale.settings import Library, Model, Settings, Stats
+    from editscale.settings import Downstream, Library, Model, Settings, Stats
 
     top = argparse.ArgumentParser(prog="python -m editscale", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -184,6 +209,25 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--device", default=Model.device)
     a.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     a.set_defaults(run=ask)
+    from editscale.evaluation.downstream import TASKS
+
+    d = verbs.add_parser("downstream", help="a model's general ability: GLUE subsets and MMLU, with CIs",
+                         description="Score MODEL (an exported folder, or any model spec, with --edit applied first) "
+                         "on the seed authors' downstream sets (shared/data/downstream): accuracy, weighted F1 and "
+                         "MCC per task with bootstrap 95%% CIs, and whether it is above chance.")
+    d.add_argument("model")
+    d.add_argument("--edit", help="an edit.safetensors to apply first")
+    d.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS), help="default: all")
+    d.add_argument("--n-tests", type=int, default=Downstream.n_tests, help=f"test items a task (default "
+                   f"{Downstream.n_tests})")
+    d.add_argument("--shots", type=int, default=Downstream.shots, help="few-shot examples (0 to 10)")
+    d.add_argument("--method", default=Downstream.method, choices=["forced", "generate"],
+                   help="forced: the label word with the lowest NLL (default); generate: the reference's parsed "
+                   "greedy answer")
+    d.add_argument("--gen-len", type=int, default=Downstream.gen_len, help="tokens generated with --method generate")
+    d.add_argument("--device", default=Model.device)
+    d.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    d.set_defaults(run=check)
     return top
 
 

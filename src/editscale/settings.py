@@ -160,6 +160,17 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class Downstream:
+    """The downstream check (evaluation/downstream.py): the reference's tasks, AlphaEdit's 100 test items
+    a task at 0 shots, and the forced choice, which needs no parsing."""
+    tasks: tuple = ("sst2", "mrpc", "cola", "rte", "nli", "mmlu")
+    n_tests: int = 100
+    shots: int = 0
+    method: str = "forced"  # or "generate": greedy, gen_len tokens, the reference's parsing rule
+    gen_len: int = 3  # the unified-model-editing pipeline's (AlphaEdit: 5)
+
+
+@dataclass(frozen=True)
 class Library:
     """The library's and the command line's own defaults (`Editor`, `python -m editscale edit`), where
     the workflow has none: one algorithm at one layer, C cached under the workflow's results folder."""

@@ -46,13 +46,9 @@ def stats_path(results, spec: str, stats: Stats, layer: int) -> Path:
     return Path(results) / models.slug(spec) / "stats" / stats_id(stats) / f"layer{layer}.safetensors"
 
 
-def context_length(model) -> int:
-    return int(getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions"))
-
-
 def max_length(model, setting) -> int:
     """`auto`: the model's context length, as the reference truncates; a number caps it."""
-    context = context_length(model)
+    context = models.context_length(model)
     return context if setting == "auto" else min(int(setting), context)
 
 

@@ -4,6 +4,7 @@ and token positions."""
 from .layout import KNOWN_LAYOUTS, Layout, layout_for
 from .loading import (
            EMBEDDED,
+           context_length,
            gguf_to_folder,
            inspect_local,
            local_config,
@@ -13,5 +14,5 @@ from .loading import (
            slug,
 )
 
-__all__ = ["EMBEDDED", "KNOWN_LAYOUTS", "Layout", "gguf_to_folder", "inspect_local", "local_config", "layout_for", "load",
-           "load_tokenizer", "resolve", "slug"]
+__all__ = ["EMBEDDED", "KNOWN_LAYOUTS", "Layout", "context_length", "gguf_to_folder", "inspect_local", "layout_for",
+           "load", "load_tokenizer", "local_config", "resolve", "slug"]

@@ -188,6 +188,11 @@ def _local(spec: str) -> tuple[bool | None, dict]:
     return exists, json.loads((folder / "config.json").read_text())
 
 
+def context_length(model) -> int:
+    """The model's context window in tokens, from its config."""
+    return int(getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions"))
+
+
 def slug(spec: str) -> str:
     """A file-name-safe name for a model spec, for artifact paths (a local folder or file: its name)."""
     path = Path(spec)

@@ -48,7 +48,7 @@ def prepare_model(job: Job) -> None:
         "n_layers": layout.n_layers(loaded),
         "layout": layout.to_dict(),
         "edited_weight_shape": list(layout.weight(loaded, 0).shape),
-        "context_length": store.context_length(loaded),
+        "context_length": models.context_length(loaded),
     }
     artifacts.write_text(yaml.safe_dump(manifest, sort_keys=False), job.output["manifest"])
 
