@@ -68,7 +68,7 @@ def test_end_to_end_then_nothing_to_do(workdir):
     for kind in ("sweep", "batch", "immediate", "retained"):
         for suffix in (".csv", ".md"):
             assert (run / "summary" / f"{kind}{suffix}").stat().st_size > 0
-    assert set(summary["findings"].verdict) <= {"reproduced", "contradicted", "inconclusive at this n"} \
+    assert set(summary["findings"].verdict) <= {"reproduced", "contradicted", "inconclusive at this n", "not measured"} \
         | {f"{a} retains most" for a in seq.algorithms}
     text = (run / "summary" / "findings.md").read_text()
     assert text.split("\n\n")[0].count("\n| ") == len(summary["findings"])  # a line per claim
@@ -126,7 +126,7 @@ def test_execution_settings_and_key_order_rerun_nothing(workdir):
         edits = [wildcards for rule, wildcards in jobs if rule in ("sweep", "batch", "sequential")]
         assert edits and all("algorithm=emmet" in w for w in edits), jobs
         assert {rule for rule, _ in jobs} <= {"sweep", "batch", "sequential", "best_layer", "summary", "collect", "findings",
-                                              "plots"}, jobs
+                                              "plots", "downstream"}, jobs  # (g) reads every algorithm's runs
     finally:
         (workdir / "config" / "config.yaml").write_text(original)
 

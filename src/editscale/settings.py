@@ -139,6 +139,18 @@ class Findings:
 
 
 @dataclass(frozen=True)
+class Downstream:
+    """Finding (g), the downstream check (evaluation/downstream.py): AlphaEdit's 100 test items a task
+    at 0 shots, and the forced choice, which needs no parsing. No tasks: the workflow skips it (each
+    point costs minutes on a CPU); the library and the command line check every task when none is named."""
+    tasks: tuple = ()
+    n_tests: int = 100
+    shots: int = 0
+    method: str = "forced"  # or "generate": greedy, gen_len tokens, the reference's parsing rule
+    gen_len: int = 3  # the unified-model-editing pipeline's (AlphaEdit: 5)
+
+
+@dataclass(frozen=True)
 class Plots:
     style: str = "whitegrid"
     context: str = "paper"
@@ -157,17 +169,6 @@ class Resources:
     gpus: Any = "auto"  # auto: 1 when model.device is cuda, else 0
     partition: str | None = None  # SLURM partition of jobs without a GPU (None: the cluster's default)
     gpu_partition: str | None = None  # SLURM partition of jobs with one
-
-
-@dataclass(frozen=True)
-class Downstream:
-    """The downstream check (evaluation/downstream.py): the reference's tasks, AlphaEdit's 100 test items
-    a task at 0 shots, and the forced choice, which needs no parsing."""
-    tasks: tuple = ("sst2", "mrpc", "cola", "rte", "nli", "mmlu")
-    n_tests: int = 100
-    shots: int = 0
-    method: str = "forced"  # or "generate": greedy, gen_len tokens, the reference's parsing rule
-    gen_len: int = 3  # the unified-model-editing pipeline's (AlphaEdit: 5)
 
 
 @dataclass(frozen=True)
@@ -194,6 +195,7 @@ class Settings:
     batch: Batch = field(default_factory=Batch)
     sequential: Sequential = field(default_factory=Sequential)
     window: Window = field(default_factory=Window)
+    downstream: Downstream = field(default_factory=Downstream)
     evaluation: Evaluation = field(default_factory=Evaluation)
     findings: Findings = field(default_factory=Findings)
     plots: Plots = field(default_factory=Plots)

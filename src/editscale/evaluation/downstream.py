@@ -249,15 +249,16 @@ def generated(model, tokenizer, asked: list[tuple[str, int]], task: Task, *, gen
     return out
 
 
-def evaluate(model, tokenizer, tasks=Downstream.tasks, *, n_tests: int | None = Downstream.n_tests,
+def evaluate(model, tokenizer, tasks=None, *, n_tests: int | None = Downstream.n_tests,
              shots: int = Downstream.shots, method: str = Downstream.method, gen_len: int = Downstream.gen_len,
              data_dir=None, layout=None, options: Findings = Findings()):
     """The downstream check of a model, edited or not, in one call: (per-item table, summary).
 
-    `tasks` are names of `TASKS`; `n_tests` test items each (the first after the pool; None: all),
+    `tasks` are names of `TASKS` (None: all); `n_tests` test items each (the first after the pool; None: all),
     `shots` few-shot blocks, `method` "forced" or "generate" (`gen_len` tokens)."""
     from editscale.models import context_length, layout_for
 
+    tasks = list(TASKS) if tasks is None else list(tasks)
     unknown = [name for name in tasks if name not in TASKS]
     if unknown:
         raise DownstreamError(f"downstream tasks {unknown} are unknown; use some of {', '.join(TASKS)}")

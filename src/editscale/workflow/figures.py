@@ -258,6 +258,37 @@ def window(batch: pd.DataFrame, retained: pd.DataFrame, layer: str, spread: str,
     _save(fig, out, formats, f"One layer against a window of layers, mean and 95% CI {_note(batch)}")
 
 
+def downstream(summary: pd.DataFrame, colors, out, formats) -> None:
+    """(g): each task's weighted F1 with its 95% CI, against B after one batch (left) and against
+    edits in each sequential run (right); the unedited model dashed, chance dotted."""
+    f1 = summary[summary.metric == "f1"]
+    tasks = list(dict.fromkeys(f1.task))
+    fig, axes = _grid(len(tasks), 2)
+    for row, task in zip(axes, tasks):
+        mine = f1[f1.task == task]
+        unedited = mine[mine.run == "unedited"]
+        start = float(unedited["value"].iloc[0]) if len(unedited) else None
+        batch_runs, seq_runs = mine[mine.run == "batch"], mine[mine.run == "sequential"]
+        for color, (algorithm, part) in zip(colors, batch_runs.groupby("algorithm")):
+            _band(row[0], part.rename(columns={"value": "mean"}), "batch_size", algorithm, color)
+        for color, ((algorithm, size), part) in zip(colors, seq_runs.groupby(["algorithm", "batch_size"])):
+            first = unedited.assign(n_edits=0) if len(unedited) else unedited
+            line = pd.concat([first, part]).rename(columns={"value": "mean"})
+            _band(row[1], line, "n_edits", f"{algorithm} B = {size}", color)
+        for ax, x in zip(row, ("batch size B (one batch)", "edits (sequential)")):
+            _unedited(ax, start)
+            ax.axhline(mine["chance"].iloc[0], ls=":", lw=1, color="0.3", label="chance", zorder=0)
+            ax.set_ylim(0, 1)
+            ax.set_title(f"{task}: weighted F1")
+            ax.set_xlabel(x)
+        if len(batch_runs):
+            sizes = sorted(batch_runs.batch_size.unique())
+            row[0].set_xscale("log", base=2)
+            row[0].set_xticks(sizes, [str(b) for b in sizes], rotation=45)
+            row[0].minorticks_off()
+    _save(fig, out, formats, "General ability after edits (downstream check), weighted F1 and 95% CI")
+
+
 @dataclass
 class Canvas:
     """What every figure is drawn from: the summary tables of each kind at the chosen layer (`tables`)
@@ -305,6 +336,8 @@ IMMEDIATE_VS_RETAINED = Figure(lambda c, out: immediate_vs_retained(c.tables["im
 WEIGHT_HEALTH = Figure(lambda c, out: weight_health(c.tables["health"], c.tables["retained"], c.colors, out,
                                                     c.formats),
                        lambda c: len(c.tables["health"]))
+DOWNSTREAM = Figure(lambda c, out: downstream(c.tables["downstream"], c.colors, out, c.formats),
+                    lambda c: len(c.tables["downstream"]))
 WINDOW = Figure(lambda c, out: window(c.every["batch"], c.every["retained"], c.layer, c.window, c.colors, out,
                                       c.formats),
                 lambda c: c.window is not None and (len(c.every["batch"]) or len(c.every["retained"])),

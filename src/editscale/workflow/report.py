@@ -31,7 +31,9 @@ def summarise(job: Job) -> None:
         cases = pd.concat([_unedited_start(cases, artifacts.read_parquet(job.input["baseline"])), cases],
                           ignore_index=True)
     options = job.settings.findings
-    write_table(metrics.aggregate(cases, by=groups, n_boot=options.n_boot, seed=options.seed), out)
+    own = experiments.summariser(kind)
+    write_table(own(cases, groups, options) if own else metrics.aggregate(cases, by=groups, n_boot=options.n_boot,
+                                                                          seed=options.seed), out)
 
 
 def _unedited_start(retained: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame:

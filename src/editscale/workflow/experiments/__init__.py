@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from editscale.workflow.experiments import batch, common, sequential, sweep, window
+from editscale.workflow.experiments import batch, common, downstream, sequential, sweep, window
 from editscale.workflow.job import Stage
 
 
@@ -28,6 +28,7 @@ class Experiment:
     summaries: dict = field(default_factory=dict)  # summary kind -> (its output, the columns it groups by)
     collected: dict = field(default_factory=dict)  # table kind -> the output stacked as it is
     reads: tuple = ()  # other experiments' summary kinds it draws on
+    summarise: Callable | None = None  # (per-item table, groups, options) -> summary; None: metrics.aggregate
 
 
 EXPERIMENTS = {e.name: e for e in (
@@ -38,6 +39,8 @@ EXPERIMENTS = {e.name: e for e in (
     Experiment("sequential", sequential.FIGURES, sequential.CLAIMS, sequential.STAGE, sequential.jobs,
                "{algorithm}-layer{layer}-b{size}", sequential.OUTPUTS, sequential.SUMMARIES, sequential.COLLECTED),
     Experiment("window", window.FIGURES, window.CLAIMS, reads=window.READS),
+    Experiment("downstream", downstream.FIGURES, downstream.CLAIMS, downstream.STAGE, downstream.jobs,
+               "layer{layer}", downstream.OUTPUTS, downstream.SUMMARIES, summarise=downstream.summarise),
 )}
 
 # Stages beside the experiments': the unedited model every result is read against, and the
@@ -59,6 +62,12 @@ def summary_groups() -> dict:
 def summary_sources() -> dict:
     """Every summarised kind -> (experiment, output)."""
     return {kind: (e.name, output) for e in EXPERIMENTS.values() for kind, (output, _) in e.summaries.items()}
+
+
+def summariser(kind: str):
+    """What summarises a kind's per-item tables: its experiment's own, else None (metrics.aggregate)."""
+    owner = summary_sources().get(kind)
+    return EXPERIMENTS[owner[0]].summarise if owner else None
 
 
 def collected_sources() -> dict:

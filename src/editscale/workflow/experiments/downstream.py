@@ -1,0 +1,168 @@
+"""General ability after edits (finding g, beyond the paper): the downstream check
+(`evaluation.downstream`) on the unedited model, after the first batch of each B of batch editing,
+and at every retained point of each sequential run, all at the chosen layer. It edits nothing of
+its own: a batch point is the first batch's solve from the value files, a sequential point the
+run's stored factors replayed in their order (the run's own weights, bit for bit).
+
+One job for the config, so the unedited model is scored once and every point is paired with it
+item by item. Off unless `downstream.tasks` names tasks.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import torch
+
+from editscale import artifacts, data, editing
+from editscale.editing.covariance import load_stats
+from editscale.editing.value_file import ValueFile
+from editscale.evaluation import downstream as check
+from editscale.settings import layer_name, results
+from editscale.workflow import figures, findings
+from editscale.workflow.experiments.sequential import retained_at
+from editscale.workflow.job import Job, Stage, edit_config
+from editscale.workflow.stages import load_model
+
+log = logging.getLogger(__name__)
+RUN_COLUMNS = ["run", "algorithm", "layers", "batch_size", "n_edits"]  # what a point is
+
+
+def run(job: Job) -> None:
+    s = job.settings
+    loaded, tokenizer, layout = load_model(job)
+    layers = job.layers
+    options = s.downstream
+
+    def score(**point) -> pd.DataFrame:
+        items, _ = check.evaluate(loaded, tokenizer, options.tasks, n_tests=options.n_tests, shots=options.shots,
+                                  method=options.method, gen_len=options.gen_len, layout=layout)
+        return items.assign(**point)
+
+    parts = [score(run="unedited", algorithm="", layers=layer_name(layers), batch_size=0, n_edits=0)]
+    records = data.read_records(job.input["records"])
+    if s.batch.algorithms and len(layers) == 1:
+        layer = layers[0]
+        C = load_stats(job.files("stats")[0], device=job.run.device)[0]
+        for algorithm in s.batch.algorithms:
+            solver = editing.prepare(edit_config(s, algorithm, layer, job.run), C)
+            for size in s.batch.sizes:
+                first = ValueFile.for_records(job.files("values"), records.case_id.head(size), job.input["records"])
+                (edit,) = editing.independent_batches(solver, first.keys.T, first.values.residual.T, size)
+                editing.apply_delta(loaded, layout, layer, edit.delta)
+                try:
+                    parts.append(score(run="batch", algorithm=algorithm, layers=layer_name(layers), batch_size=size,
+                                       n_edits=size))
+                finally:
+                    editing.revert_delta(loaded, layout, layer, edit.delta)
+                log.info("downstream after one batch of %d (%s)", size, algorithm)
+    for path in job.files("sequential"):
+        parts += replay(job, path, score, loaded, layout)
+    items = pd.concat(parts, ignore_index=True)
+    artifacts.write_parquet(items[["task", *RUN_COLUMNS, "item", "label", "prediction"]], job.output["answers"])
+
+
+def replay(job: Job, path, score, model, layout) -> list[pd.DataFrame]:
+    """A sequential run's stored factors added back batch by batch, in its order (so the weights are
+    the run's own), scored at its retained points, then taken off again from a copy of W₀."""
+    s = job.settings
+    stored = artifacts.read_tensors(path)
+    meta = artifacts.read_metadata(path)
+    sizes = stored["batch_sizes"].tolist()
+    B, n = int(meta["batch_size"]), sum(sizes)
+    points = set(retained_at(n, B, s.sequential.retained_every_edits))
+    layers = sorted(int(k.split(".")[0].removeprefix("layer")) for k in stored if k.endswith(".A"))
+    w0 = {layer: layout.weight(model, layer).detach().clone() for layer in layers}
+    out, start = [], 0
+    try:
+        for b, width in enumerate(sizes):
+            for layer in layers:
+                A, Bt = (stored[f"layer{layer}.{x}"][:, start : start + width] for x in "AB")
+                editing.apply_delta(model, layout, layer, (A @ Bt.T).to(w0[layer].device))
+            start += width
+            if b in points:
+                out.append(score(run="sequential", algorithm=meta["algorithm"], layers=meta["layers"], batch_size=B,
+                                 n_edits=start))
+                log.info("downstream after %d sequential edits (%s, B = %d)", start, meta["algorithm"], B)
+    finally:
+        with torch.no_grad():
+            for layer, weight in w0.items():
+                layout.weight(model, layer).copy_(weight)
+    return out
+
+
+def counts(s, w: dict) -> dict:
+    return {"model": results(s.model), "downstream": results(s.downstream), "edit": results(s.edit),
+            "values": results(s.values), "batch": results(s.batch), "retained": s.sequential.retained_every_edits}
+
+
+def jobs(s, chosen, window) -> list[dict]:
+    return [{"layer": chosen()}] if s.downstream.tasks else []
+
+
+def summarise(items: pd.DataFrame, groups, options) -> pd.DataFrame:
+    """Each task's accuracy, weighted F1 and MCC at each point, with bootstrap CIs and chance."""
+    return check.summarise(items, options)
+
+
+def claim_g(runs: findings.Runs) -> list[dict]:
+    """(g) General ability after N edits against the unedited model (each run's last point, and each
+    batch B), and the smallest sequential B against one batch of all the edits, weighted F1 paired
+    over the test items. A task the unedited model does not do above chance cannot show a fall: it
+    gets a row saying so, and no verdict."""
+    items = runs.chosen.get("downstream")
+    if items is None or not len(items):
+        return []
+    rows, options = [], runs.options
+    for task, mine in items.groupby("task", sort=False):
+        unedited = mine[mine.run == "unedited"].set_index("item")
+        picks = np.random.default_rng(options.seed).integers(0, len(unedited), (options.n_boot, len(unedited)))
+        chance = check.TASKS[task].chance
+
+        def f1(points: pd.DataFrame):
+            labels, predicted = points.label.to_numpy(), points.prediction.to_numpy()
+            return check.weighted_f1(labels, predicted), np.array([check.weighted_f1(labels[p], predicted[p])
+                                                                   for p in picks])
+
+        base, base_boot = f1(unedited)
+        low, high = np.percentile(base_boot, [2.5, 97.5])
+        if low <= chance:
+            rows.append(findings.not_measured(f"g. general ability after edits ({task})",
+                                              f"the unedited model's weighted F1 {base:.2f} [{low:.2f}, {high:.2f}] "
+                                              f"is not above chance ({chance:.2f}): no fall can show"))
+            continue
+        finals = mine[mine.run != "unedited"]
+        finals = finals[finals.n_edits == finals.groupby(["run", "algorithm", "batch_size"]).n_edits.transform("max")]
+        scored = {}
+        for (run_, algorithm, size), point in finals.groupby(["run", "algorithm", "batch_size"], sort=True):
+            value, boot = f1(point.set_index("item").loc[unedited.index].reset_index())
+            n = int(point.n_edits.iloc[0])
+            scored[(run_, algorithm, size)] = (value, boot, n)
+            ci = tuple(np.percentile(boot - base_boot, [2.5, 97.5]))
+            rows.append(findings._row(f"g. edits cost general ability ({task}, {algorithm}, {run_})",
+                                      f"F1({run_} B = {size}, {n} edits) − F1(unedited)", value - base, ci,
+                                      findings._direction(*ci, -1), "(not in the paper; AlphaEdit, ENCORE report it)",
+                                      len(unedited), f"weighted F1 {value:.2f} against {base:.2f} unedited"))
+        sequential = {k: v for k, v in scored.items() if k[0] == "sequential"}
+        for algorithm in sorted({k[1] for k in sequential}):
+            sizes = sorted(k[2] for k in sequential if k[1] == algorithm)
+            one = sequential[("sequential", algorithm, sizes[-1])]
+            if len(sizes) < 2 or sizes[-1] != one[2]:
+                continue  # the grid holds no one batch of every edit
+            small = sequential[("sequential", algorithm, sizes[0])]
+            ci = tuple(np.percentile(small[1] - one[1], [2.5, 97.5]))
+            rows.append(findings._row(f"g. smaller sequential B keeps general ability better ({task}, {algorithm})",
+                                      f"F1(B = {sizes[0]} × {one[2] // sizes[0]}) − F1(one batch of {one[2]})",
+                                      small[0] - one[0], ci, findings._direction(*ci, +1),
+                                      "(the paper's claim c, read on general ability)", len(unedited)))
+    return rows
+
+
+GROUPS = ("task", *RUN_COLUMNS)
+STAGE = Stage(run, counts)
+FIGURES = {"downstream": figures.DOWNSTREAM}
+CLAIMS = {"g": claim_g}
+SUMMARIES = {"downstream": ("answers", GROUPS)}
+OUTPUTS = {"answers": ".answers.parquet"}
