@@ -119,7 +119,7 @@ def test_a_resume_beside_a_job_that_outlived_snakemake_is_refused_then_ends_clea
     so it is surely alive when the resume starts). The resumed job refuses to write beside it, naming
     the process; once the orphan is gone, a run ends with exactly the clean run's results."""
     source, _, want = tiny_run
-    target_name = "emmet-layer1-b1"
+    target_name = "emmet-layer0-b2"  # a job of the clean run (layer 0 is its best)
     workdir = tmp_path / "orphaned"
     workdir.mkdir()
     copy_model(source, workdir)
@@ -148,11 +148,11 @@ def test_a_resume_beside_a_job_that_outlived_snakemake_is_refused_then_ends_clea
         assert resumed.returncode != 0
         assert f"is being written by pid {orphan}" in log and "still running" in log, log[-2000:]
     finally:
-        os.killpg(process.pid, signal.SIGKILL)  # the orphan, in Snakemake's session
-        os.kill(orphan, signal.SIGCONT)
+        os.kill(orphan, signal.SIGKILL)  # the orphan itself (it may have left Snakemake's process group)
     deadline = time.time() + 60
     while alive(orphan) and time.time() < deadline:
         time.sleep(0.05)
+    assert not alive(orphan)
     assert snakemake(workdir, "--unlock").returncode == 0
     final = snakemake(workdir)
     assert final.returncode == 0, final.stderr[-3000:]
