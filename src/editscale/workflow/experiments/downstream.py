@@ -43,8 +43,12 @@ def run(job: Job) -> None:
 
     parts = [score(run="unedited", algorithm="", layers=layer_name(layers), batch_size=0, n_edits=0)]
     records = data.read_records(job.input["records"])
+    if s.batch.algorithms and len(layers) > 1:
+        log.warning("downstream: the batch points are measured at one layer; the chosen window %s has only its "
+                    "sequential points", layer_name(layers))
     if s.batch.algorithms and len(layers) == 1:
         layer = layers[0]
+        w0 = layout.weight(loaded, layer).detach().clone()  # restored exactly after each point
         C = load_stats(job.files("stats")[0], device=job.run.device)[0]
         for algorithm in s.batch.algorithms:
             solver = editing.prepare(edit_config(s, algorithm, layer, job.run), C)
@@ -56,7 +60,8 @@ def run(job: Job) -> None:
                     parts.append(score(run="batch", algorithm=algorithm, layers=layer_name(layers), batch_size=size,
                                        n_edits=size))
                 finally:
-                    editing.revert_delta(loaded, layout, layer, edit.delta)
+                    with torch.no_grad():
+                        layout.weight(loaded, layer).copy_(w0)
                 log.info("downstream after one batch of %d (%s)", size, algorithm)
     for path in job.files("sequential"):
         parts += replay(job, path, score, loaded, layout)
