@@ -170,3 +170,55 @@ def test_the_command_line_scores_a_model_with_its_cis(tiny_gpt2_dir, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "editscale", "downstream", str(tiny_gpt2_dir), "--shots", "11"],
                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert bad.returncode == 2 and "shots = 11" in bad.stderr
+
+
+def test_finding_g_pairs_each_point_with_the_unedited_model_and_skips_tasks_at_chance():
+    """(g) on answers made so that each verdict must come out one way: SST-2 answered 90% right
+    unedited, 60% after one batch of 1024 (a fall), unchanged by EMMET's batch, 85% after 1024
+    sequential edits at B = 256 (better than the one batch); CoLA at chance unedited, so it gets
+    one "not measured" row and no verdicts."""
+    from editscale.workflow import findings
+    from editscale.workflow.experiments.downstream import claim_g
+
+    n = 200
+    labels = np.arange(n) % 2
+
+    def answers(task, run, algorithm, size, n_edits, wrong):
+        prediction = labels.copy()
+        prediction[wrong] = 1 - prediction[wrong]
+        return pd.DataFrame({"task": task, "run": run, "algorithm": algorithm, "layers": "3", "batch_size": size,
+                             "n_edits": n_edits, "item": range(n), "label": labels, "prediction": prediction})
+
+    def first(fraction):  # the first `fraction` of the items answered wrong
+        return np.arange(n) < fraction * n
+
+    table = pd.concat([
+        answers("sst2", "unedited", "", 0, 0, first(0.1)),
+        answers("sst2", "batch", "memit", 1024, 1024, first(0.4)),
+        answers("sst2", "batch", "emmet", 1024, 1024, first(0.1)),
+        answers("sst2", "sequential", "memit", 256, 512, first(0.12)),  # not the run's last point: not read
+        answers("sst2", "sequential", "memit", 256, 1024, first(0.15)),
+        answers("sst2", "sequential", "memit", 1024, 1024, first(0.4)),
+        answers("cola", "unedited", "", 0, 0, np.random.default_rng(0).random(n) < 0.5),
+        answers("cola", "batch", "memit", 1024, 1024, first(0.9)),
+    ], ignore_index=True)
+    runs = findings.Runs(chosen={"downstream": table}, every={}, n_layers=30, layer="3", window=None,
+                         options=Findings(n_boot=500, seed=0))
+    rows = claim_g(runs)
+    by_statistic = {row["statistic"]: row for row in rows}
+
+    (cola,) = [row for row in rows if "cola" in row["claim"]]
+    assert cola["verdict"] == findings.NOT_MEASURED and "not above chance" in cola["statistic"]
+    fall = by_statistic["F1(batch B = 1024, 1024 edits) − F1(unedited)"]
+    memit = [row for row in rows if row["claim"] == "g. edits cost general ability (sst2, memit, batch)"]
+    assert memit == [fall] and fall["verdict"] == findings.REPRODUCED and fall["ci_high"] < 0 and fall["n_cases"] == n
+    assert fall["value"] == pytest.approx(downstream.weighted_f1(labels, np.where(first(0.4), 1 - labels, labels))
+                                          - downstream.weighted_f1(labels, np.where(first(0.1), 1 - labels, labels)))
+    (same,) = [row for row in rows if row["claim"] == "g. edits cost general ability (sst2, emmet, batch)"]
+    assert same["verdict"] == findings.INCONCLUSIVE and same["value"] == 0
+    assert "F1(sequential B = 256, 1024 edits) − F1(unedited)" in by_statistic  # the run's last point, not 512
+    assert not any("512 edits" in statistic for statistic in by_statistic)
+    kept = by_statistic["F1(B = 256 × 4) − F1(one batch of 1024)"]
+    assert kept["claim"] == "g. smaller sequential B keeps general ability better (sst2, memit)"
+    assert kept["verdict"] == findings.REPRODUCED and kept["ci_low"] > 0
+    assert len(rows) == 1 + 4 + 1  # cola's; sst2: two batch points, two sequential runs; the comparison

@@ -224,6 +224,27 @@ def _batch_files(run_dir: Path) -> list[Path]:
     return files
 
 
+def replay(stored: dict, model, layout) -> Iterator[int]:
+    """A finished run's weights, batch by batch: its stored factors (`stored_edits`) added back in
+    their order, as the run added them (so the weights are the run's own, bit for bit); yields the
+    edits so far after each batch. W₀ is restored from a copy when the loop ends or is left."""
+    layers = sorted(int(k.split(".")[0].removeprefix("layer")) for k in stored if k.endswith(".A"))
+    w0 = {layer: layout.weight(model, layer).detach().clone() for layer in layers}
+    start = 0
+    try:
+        for width in stored["batch_sizes"].tolist():
+            for layer in layers:
+                # A (d_out, B), Bᵀ (B, d_in): this batch's columns of the run's factors
+                A, B = (stored[f"layer{layer}.{x}"][:, start : start + width].to(w0[layer].device) for x in "AB")
+                apply_delta(model, layout, layer, A @ B.T)
+            start += width
+            yield start
+    finally:
+        with torch.no_grad():
+            for layer, weight in w0.items():
+                layout.weight(model, layer).copy_(weight)
+
+
 def stored_edits(run_dir: str | Path) -> dict:
     """Every stored batch's factors side by side, per layer l: ΔW_total = A Bᵀ with
     `layer<l>.A` (d_out, N) and `layer<l>.B` (d_in, N), as an `editor.Edit` stores them."""

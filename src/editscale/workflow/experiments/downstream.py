@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from editscale import artifacts, data, editing
+from editscale.editing import sequential
 from editscale.editing.covariance import load_stats
 from editscale.editing.value_file import ValueFile
 from editscale.evaluation import downstream as check
@@ -70,31 +71,17 @@ def run(job: Job) -> None:
 
 
 def replay(job: Job, path, score, model, layout) -> list[pd.DataFrame]:
-    """A sequential run's stored factors added back batch by batch, in its order (so the weights are
-    the run's own), scored at its retained points, then taken off again from a copy of W₀."""
-    s = job.settings
-    stored = artifacts.read_tensors(path)
-    meta = artifacts.read_metadata(path)
-    sizes = stored["batch_sizes"].tolist()
-    B, n = int(meta["batch_size"]), sum(sizes)
-    points = set(retained_at(n, B, s.sequential.retained_every_edits))
-    layers = sorted(int(k.split(".")[0].removeprefix("layer")) for k in stored if k.endswith(".A"))
-    w0 = {layer: layout.weight(model, layer).detach().clone() for layer in layers}
-    out, start = [], 0
-    try:
-        for b, width in enumerate(sizes):
-            for layer in layers:
-                A, Bt = (stored[f"layer{layer}.{x}"][:, start : start + width] for x in "AB")
-                editing.apply_delta(model, layout, layer, (A @ Bt.T).to(w0[layer].device))
-            start += width
-            if b in points:
-                out.append(score(run="sequential", algorithm=meta["algorithm"], layers=meta["layers"], batch_size=B,
-                                 n_edits=start))
-                log.info("downstream after %d sequential edits (%s, B = %d)", start, meta["algorithm"], B)
-    finally:
-        with torch.no_grad():
-            for layer, weight in w0.items():
-                layout.weight(model, layer).copy_(weight)
+    """A sequential run's weights rebuilt from its stored factors (`editing.sequential.replay`),
+    scored at its retained points; W₀ is back when it returns."""
+    stored, meta = artifacts.read_tensors(path), artifacts.read_metadata(path)
+    B, n = int(meta["batch_size"]), int(stored["batch_sizes"].sum())
+    points = set(retained_at(n, B, job.settings.sequential.retained_every_edits))
+    out = []
+    for b, n_edits in enumerate(sequential.replay(stored, model, layout)):
+        if b in points:
+            out.append(score(run="sequential", algorithm=meta["algorithm"], layers=meta["layers"], batch_size=B,
+                             n_edits=n_edits))
+            log.info("downstream after %d sequential edits (%s, B = %d)", n_edits, meta["algorithm"], B)
     return out
 
 
