@@ -258,3 +258,22 @@ def test_a_missing_cuda_device_is_named_with_its_key_at_the_job(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match="model.device = cuda, but .* has no CUDA device.*model.device: cpu"):
         load_model(job)
+
+
+def test_a_job_uses_the_threads_snakemake_gave_it_not_the_configs(tmp_path):
+    """`--set-threads downstream=2` (or --cores below the config's threads) is what Snakemake counts
+    as busy cores; torch inside the job must use exactly that many, whatever `threads:` says."""
+    from types import SimpleNamespace
+
+    from editscale.workflow.job import Job, logged
+
+    smk = SimpleNamespace(config={"threads": 1}, rule="downstream", threads=2, input={}, output={}, wildcards={},
+                          log=[str(tmp_path / "job.log")])
+    before = torch.get_num_threads()
+    try:
+        job = Job.of(smk)
+        with logged(job):
+            inside = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert job.run.threads == 2 and inside == 2

@@ -36,10 +36,13 @@ class Job:
 
     @staticmethod
     def of(smk) -> "Job":
-        """The job Snakemake's `snakemake` object describes, its config parsed into typed settings."""
+        """The job Snakemake's `snakemake` object describes, its config parsed into typed settings.
+        Its torch threads are the ones Snakemake gave it (the config's `threads`, capped by --cores,
+        or --set-threads), so the scheduler's count of busy cores is the truth."""
         parsed = settings.parse(smk.config)
-        return Job(smk.rule, parsed, Execution.of(parsed), _named(smk.input), _named(smk.output),
-                   dict(smk.wildcards.items()), str(smk.log[0]))
+        run = dataclasses.replace(Execution.of(parsed), threads=int(smk.threads))
+        return Job(smk.rule, parsed, run, _named(smk.input), _named(smk.output), dict(smk.wildcards.items()),
+                   str(smk.log[0]))
 
     def files(self, name: str) -> list[str]:
         """The input `name` as a list of paths, however many it holds."""
