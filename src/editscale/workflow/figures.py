@@ -71,7 +71,7 @@ def _metric_axis(ax, metric: str) -> None:
         ax.ticklabel_format(axis="y", useOffset=False)
 
 
-def _save(fig, out_png, formats, title: str) -> None:
+def _save(fig, out_png, formats, title: str, legend: str = "outside right upper") -> None:
     import matplotlib.pyplot as plt
 
     # Wrapped to the panels' width: a longer title runs off the canvas and under the legend.
@@ -80,7 +80,7 @@ def _save(fig, out_png, formats, title: str) -> None:
     for ax in fig.axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
-    fig.legend(list(handles.values()), list(handles), loc="outside right upper", frameon=False)
+    fig.legend(list(handles.values()), list(handles), loc=legend, frameon=False)
     out = Path(out_png)
     for fmt in formats:
         with artifacts.atomic_path(out.with_suffix(f".{fmt}")) as tmp:
@@ -269,12 +269,16 @@ def downstream(summary: pd.DataFrame, colors, out, formats) -> None:
         unedited = mine[mine.run == "unedited"]
         start = float(unedited["value"].iloc[0]) if len(unedited) else None
         batch_runs, seq_runs = mine[mine.run == "batch"], mine[mine.run == "sequential"]
-        for color, (algorithm, part) in zip(colors, batch_runs.groupby("algorithm")):
-            _band(row[0], part.rename(columns={"value": "mean"}), "batch_size", algorithm, color)
-        for color, ((algorithm, size), part) in zip(colors, seq_runs.groupby(["algorithm", "batch_size"])):
+        batch_lines = list(batch_runs.groupby("algorithm"))
+        seq_lines = list(seq_runs.groupby(["algorithm", "batch_size"]))
+        # One colour per line across both panels: a batch algorithm and a sequential run never share one.
+        batch_colors, seq_colors = colors[: len(batch_lines)], colors[len(batch_lines):]
+        for color, (algorithm, part) in zip(batch_colors, batch_lines):
+            _band(row[0], part.rename(columns={"value": "mean"}), "batch_size", f"{algorithm}, one batch", color)
+        for color, ((algorithm, size), part) in zip(seq_colors, seq_lines):
             first = unedited.assign(n_edits=0) if len(unedited) else unedited
             line = pd.concat([first, part]).rename(columns={"value": "mean"})
-            _band(row[1], line, "n_edits", f"{algorithm} B = {size}", color)
+            _band(row[1], line, "n_edits", f"{algorithm}, sequential B = {size}", color)
         for ax, x in zip(row, ("batch size B (one batch)", "edits (sequential)")):
             _unedited(ax, start)
             ax.axhline(mine["chance"].iloc[0], ls=":", lw=1, color="0.3", label="chance", zorder=0)
@@ -286,7 +290,8 @@ def downstream(summary: pd.DataFrame, colors, out, formats) -> None:
             row[0].set_xscale("log", base=2)
             row[0].set_xticks(sizes, [str(b) for b in sizes], rotation=45)
             row[0].minorticks_off()
-    _save(fig, out, formats, "General ability after edits (downstream check), weighted F1 and 95% CI")
+    # A tall, two-panel figure: a legend at the top would run under the title.
+    _save(fig, out, formats, "Downstream check: weighted F1, 95% CI", legend="outside right center")
 
 
 @dataclass
