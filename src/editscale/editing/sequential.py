@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+from tqdm.auto import tqdm
 
 from editscale import algorithms, artifacts, settings
 from editscale.algorithms import KeyMemory
@@ -110,6 +111,9 @@ class SequentialRun:
 
     def __iter__(self) -> Iterator[tuple[int, list]]:
         state, layers, model, layout = self.state, self.layers, self.model, self.layout
+        # Progress in facts, not batches: at B = 1 every fact is a batch of its own (values, solve, scoring).
+        bar = tqdm(total=sum(map(len, self.batches)), initial=sum(map(len, self.batches[: state.batches_done])),
+                   unit="fact", desc=f"sequential B = {len(self.batches[0]) if self.batches else 0}")
         for b in range(state.batches_done, len(self.batches)):
             known = self.first_batch if b == 0 else None
             edits = edit_window(model, self.tokenizer, layout, self.cfg, layers, self.batches[b], self.templates,
@@ -129,10 +133,12 @@ class SequentialRun:
                                         metadata={"identity": self.identity,
                                                   "diagnostics": json.dumps(state.diagnostics[-1])})
             state.batches_done = b + 1
+            bar.update(len(self.batches[b]))
             if state.batches_done % self.snapshot_every == 0 and state.batches_done < len(self.batches):
                 weights = {f"layer{layer}.weight": layout.weight(model, layer) for layer in layers}
                 artifacts.write_safetensors(weights, self.run_dir / "snapshot.safetensors",
                                             metadata={"identity": self.identity, "batches_done": state.batches_done})
+        bar.close()
 
 
 def _diagnostics(edits: dict) -> dict:
