@@ -6,6 +6,7 @@ import pytest
 
 from editscale.settings import Findings
 from editscale.workflow import findings
+from editscale.workflow.experiments import protocols
 from editscale.workflow.findings import CONTRADICTED, INCONCLUSIVE, REPRODUCED
 
 N = 200
@@ -134,10 +135,11 @@ def retained(es_ps: dict, ns: dict | None = None, n=64, algorithms=("memit",), n
     ({4: 0, 16: 0, 64: 0}, {4: 6, 16: -6, 64: 0}, 2.0, [REPRODUCED, CONTRADICTED, CONTRADICTED]),  # B = 4 best: the smallest
 ])
 def test_sequential_verdicts_for_every_batch_size(es_ps, ns, noise, verdicts):
-    rows = findings.sequential_vs_batch(retained(es_ps, ns, noise=noise), OPTIONS)
+    table = retained(es_ps, ns, noise=noise)
+    rows = protocols.sequential_vs_batch(table.iloc[:0], table, OPTIONS)  # retained alone
     assert [r["verdict"] for r in rows] == verdicts, rows
-    assert [r["statistic"] for r in rows[:2]] == ["NS(B = 4 × 16) − NS(one batch of 64)",
-                                                  "NS(B = 16 × 4) − NS(one batch of 64)"]
+    assert [r["statistic"] for r in rows[:2]] == ["NS(B = 4 × 16) − NS(one batch of 64), retained",
+                                                  "NS(B = 16 × 4) − NS(one batch of 64), retained"]
     # The detail carries the paired ES and Score gaps: ES moves by es_ps[B] − es_ps[64] (noise aside).
     for row, size in zip(rows[:2], (4, 16)):
         es = float(row["detail"].split("ES ")[1].split(" ")[0])

@@ -18,6 +18,7 @@ from conftest import (
 
 from editscale import settings
 from editscale.workflow import experiments
+from editscale.workflow.experiments import protocols
 from editscale.workflow.stages import selection_name
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(SHARED is None, reason="needs the offline data folder")]
@@ -48,7 +49,12 @@ def test_end_to_end_then_nothing_to_do(workdir):
     sweep, batch, seq = s.sweep, s.batch, s.sequential
     assert len(summary["sweep"]) == len(sweep.algorithms) * len(sweep.layers) * n_metrics
     assert len(summary["batch"]) == len(batch.algorithms) * len(batch.sizes) * n_metrics
-    assert len(summary["immediate"]) == len(seq.algorithms) * len(seq.sizes) * n_metrics
+    # Immediate cases pooled by stretch: N/4 edits, or a batch where B is longer.
+    stretches = sum(-(-seq.n // max(size, seq.n // protocols.STRETCHES)) for size in seq.sizes)
+    assert len(summary["immediate"]) == len(seq.algorithms) * stretches * n_metrics
+    immediate = summary["immediate"]
+    headline = immediate[(immediate.batch_size < seq.n) & immediate.metric.isin(["ES", "PS", "NS", "Score"])]
+    assert len(headline) and headline.versus_one_batch.notna().all()  # each point beside the one batch, same cases
     every = seq.retained_every_edits  # retained after every multiple of max(B, every) edits, and at the end
     checkpoints = sum(len(set(range(max(size, every), seq.n + 1, max(size, every))) | {seq.n}) for size in seq.sizes)
     assert len(summary["retained"]) == len(seq.algorithms) * (checkpoints + len(seq.sizes)) * n_metrics  # + 0 edits

@@ -163,7 +163,7 @@ def _pairs(groups: dict, field: str, fail, text, answer) -> list[tuple[str, str]
 
 METRICS = ("Efficacy", "Paraphrase", "Specificity", "Locality", "Portability")
 LABELS = {"Efficacy": "efficacy (top-1 acc.)", "Paraphrase": "paraphrase (top-1 acc.)",
-          "Specificity": "specificity (NQ top-1 acc.)", "Locality": "locality (agreement with unedited)",
+          "Specificity": "specificity (neighbourhood top-1 acc.)", "Locality": "locality (agreement with unedited)",
           "Portability": "portability (top-1 acc.)"}
 HEADLINE = ("Efficacy", "Paraphrase", "Specificity")
 SCORED_KINDS = ("rewrite", "paraphrase", "neighborhood", "portability")

@@ -46,9 +46,9 @@ def _grid(rows: int, cols: int, width: float = 2.7, height: float = 2.4):
     return fig, axes
 
 
-def _band(ax, frame: pd.DataFrame, x: str, label, color) -> None:
+def _band(ax, frame: pd.DataFrame, x: str, label, color, ls: str = "-") -> None:
     frame = frame.sort_values(x)
-    ax.plot(frame[x], frame["mean"], marker="o", ms=3, lw=1.4, color=color, label=str(label))
+    ax.plot(frame[x], frame["mean"], marker="o", ms=3, lw=1.4, ls=ls, color=color, label=str(label))
     if {"ci_low", "ci_high"} <= set(frame) and frame.ci_low.notna().any():
         ax.fill_between(frame[x], frame.ci_low, frame.ci_high, color=color, alpha=0.18, lw=0)
 
@@ -71,7 +71,7 @@ def _metric_axis(ax, metric: str) -> None:
         ax.ticklabel_format(axis="y", useOffset=False)
 
 
-def _save(fig, out_png, formats, title: str, legend: str = "outside right upper") -> None:
+def _save(fig, out_png, formats, title: str, legend: str = "outside lower center") -> None:
     import matplotlib.pyplot as plt
 
     # Wrapped to the panels' width: a longer title runs off the canvas and under the legend.
@@ -80,7 +80,8 @@ def _save(fig, out_png, formats, title: str, legend: str = "outside right upper"
     for ax in fig.axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
-    fig.legend(list(handles.values()), list(handles), loc=legend, frameon=False)
+    columns = min(len(handles), 4) if legend.endswith("center") and "lower" in legend else 1
+    fig.legend(list(handles.values()), list(handles), loc=legend, frameon=False, ncols=max(columns, 1))
     out = Path(out_png)
     for fmt in formats:
         with artifacts.atomic_path(out.with_suffix(f".{fmt}")) as tmp:
@@ -127,27 +128,51 @@ def batch(summary: pd.DataFrame, baseline: pd.DataFrame, colors, out, formats) -
     _save(fig, out, formats, f"Batch editing from the unedited model, mean and 95% CI {_note(summary)}")
 
 
-def _one_batch(ax, part: pd.DataFrame, label: str, color) -> None:
-    """A run of one batch of every edit, as the reference line (and CI band) the sequential runs are read against."""
-    last = part.sort_values("n_edits").iloc[-1]
-    ax.axhline(last["mean"], ls=":", lw=1.4, color=color, label=label, zorder=1)
-    if {"ci_low", "ci_high"} <= set(part) and np.isfinite(last.get("ci_low", np.nan)):
-        ax.axhspan(last.ci_low, last.ci_high, color=color, alpha=0.12, lw=0, zorder=0)
+def _one_batch(ax, point: pd.DataFrame, x: float, label: str, color) -> None:
+    """One batch of all N edits: one point at N with its 95% CI, never a line from 0 to N."""
+    if not len(point):
+        return
+    row = point.iloc[0]
+    ax.errorbar([x], [row["mean"]], yerr=[[row["mean"] - row.ci_low], [row.ci_high - row["mean"]]], fmt="D", ms=5,
+                capsize=3, color=color, label=label, zorder=3)
+
+
+def _versus(ax, part: pd.DataFrame, x: str, label, color, ls="-") -> None:
+    """Sequential − the one batch on the same cases, paired, with its 95% CI."""
+    part = part.dropna(subset=["versus_one_batch"]).sort_values(x)
+    if not len(part):
+        return
+    ax.plot(part[x], part.versus_one_batch, marker="o", ms=3, lw=1.4, ls=ls, color=color, label=str(label))
+    ax.fill_between(part[x], part.versus_low, part.versus_high, color=color, alpha=0.15, lw=0)
+
+
+def _zero(ax, metric: str) -> None:
+    ax.axhline(0, lw=1, color="0.3", zorder=0)
+    ax.set_title(f"{metric}: sequential − one batch", fontsize=8)
+
+
+def _one_batch_of(table: pd.DataFrame, edits: str = "n_edits") -> int | None:
+    """The N of a sequential grid whose largest B is one batch of all N edits, else None (`edits`:
+    the column counting edits, `stretch` in the immediate summary)."""
+    n = int(table[edits].max()) if edits in table and len(table) else None
+    return n if n is not None and n in set(table.batch_size) and table.batch_size.nunique() > 1 else None
 
 
 def sequential(retained: pd.DataFrame, quality: pd.DataFrame, baseline: pd.DataFrame, colors, out, formats) -> None:
-    """Retained metrics of every edit so far against edits, one line per B, from the unedited model at 0.
-    A B that edits every record in one batch is drawn as a horizontal reference line at its end."""
+    """Retained metrics of every edit so far against edits, one line per B from the unedited model at 0,
+    the one batch of all N as one point at N; below, each retained point against the one batch on the
+    same cases (the k cases edited so far), paired."""
     algorithms = sorted(retained.algorithm.unique())
     headline = _headline(retained)
     columns = [*headline, "drift_perplexity"]
-    fig, axes = _grid(len(algorithms), len(columns))
+    fig, axes = _grid(2 * len(algorithms), len(columns))
     sizes = sorted(retained.batch_size.unique())
     unedited_quality = quality[quality.n_edits == 0]
     runs = quality[quality.n_edits > 0]
-    for row, algorithm in zip(axes, algorithms):
+    for i, algorithm in enumerate(algorithms):
+        row, below = axes[2 * i], axes[2 * i + 1]
         mine = retained[retained.algorithm == algorithm]
-        n = int(mine.n_edits.max()) if len(mine) else 0
+        n = _one_batch_of(mine)
         for ax, metric in zip(row, columns):
             for color, size in zip(colors, sizes):
                 if metric in headline:
@@ -155,8 +180,10 @@ def sequential(retained: pd.DataFrame, quality: pd.DataFrame, baseline: pd.DataF
                 else:
                     part = runs[(runs.algorithm == algorithm) & (runs.batch_size == size)]
                     part = pd.concat([unedited_quality, part]).assign(mean=lambda q: q[metric])[["n_edits", "mean"]]
-                if size == n and len(sizes) > 1 and len(part[part.n_edits > 0]):
-                    _one_batch(ax, part[part.n_edits > 0], f"one batch of {n}", color)
+                if size == n:
+                    end = part[part.n_edits == n]
+                    _one_batch(ax, end.assign(ci_low=end.get("ci_low", end["mean"]),
+                                              ci_high=end.get("ci_high", end["mean"])), n, f"one batch of {n}", color)
                 else:
                     _band(ax, part, "n_edits", f"B = {size}", color)
             if metric in headline:  # the runs' own start: the unedited model on the same records
@@ -166,32 +193,53 @@ def sequential(retained: pd.DataFrame, quality: pd.DataFrame, baseline: pd.DataF
                 _unedited(ax, float(unedited_quality[metric].iloc[0]))
             _metric_axis(ax, metric)
             ax.set_xlabel("edits")
+        for ax, metric in zip(below, columns):
+            if metric not in headline or n is None or "versus_one_batch" not in mine:
+                ax.axis("off")
+                continue
+            for color, size in zip(colors, sizes):
+                _versus(ax, mine[(mine.metric == metric) & (mine.batch_size == size)], "n_edits", f"B = {size}", color)
+            _zero(ax, metric)
+            ax.set_xlabel("edits (the cases edited so far)")
         row[0].set_ylabel(algorithm)
-    _save(fig, out, formats, f"Sequential-batch editing: every edit so far, mean and 95% CI {_note(retained)}")
+        below[0].set_ylabel(f"{algorithm}: paired, same cases")
+    _save(fig, out, formats, f"Sequential-batch editing, retained: every edit so far, mean and 95% CI "
+                             f"{_note(retained)}")
 
 
 def immediate_vs_retained(immediate: pd.DataFrame, retained: pd.DataFrame, colors, out, formats) -> None:
+    """The two protocols side by side, one line per B: immediate (the paper's: each stretch of batches
+    scored right after its own edits, at the mean edits in the model then; dashed) and retained (every
+    edit so far; solid); the one batch of all N as one point at N. Below, each against the one batch
+    on the same cases, paired."""
     algorithms = sorted(immediate.algorithm.unique())
-    final = retained[retained.n_edits == retained.groupby(["algorithm", "batch_size"]).n_edits.transform("max")]
     headline = _headline(immediate)
-    fig, axes = _grid(len(algorithms), len(headline))
+    fig, axes = _grid(2 * len(algorithms), len(headline))
     sizes = sorted(immediate.batch_size.unique())
-    positions = {b: i for i, b in enumerate(sizes)}
-    for row, algorithm in zip(axes, algorithms):
-        for ax, metric in zip(row, headline):
-            for shift, color, (label, table) in zip((-0.1, 0.1), colors, (
-                    ("immediate (each batch after its edit)", immediate),
-                    ("retained (all edits, at the end)", final))):
-                part = table[(table.algorithm == algorithm) & (table.metric == metric)].sort_values("batch_size")
-                x = np.array([positions[b] for b in part.batch_size]) + shift
-                ax.errorbar(x, part["mean"], yerr=[part["mean"] - part.ci_low, part.ci_high - part["mean"]], fmt="o",
-                            ms=4, capsize=2, color=color, label=label)
-            _metric_axis(ax, metric)
-            ax.set_xticks(range(len(sizes)), [str(b) for b in sizes])
-            ax.set_xlabel("batch size B")
+    for i, algorithm in enumerate(algorithms):
+        row, below = axes[2 * i], axes[2 * i + 1]
+        now, kept = immediate[immediate.algorithm == algorithm], retained[retained.algorithm == algorithm]
+        n = _one_batch_of(now, "stretch")
+        for top, low, metric in zip(row, below, headline):
+            for color, size in zip(colors, sizes):
+                part = now[(now.metric == metric) & (now.batch_size == size)]
+                if size == n:
+                    _one_batch(top, part, n, f"one batch of {n}", color)
+                    continue
+                _band(top, part.assign(n_edits=part.load), "n_edits", f"B = {size}, immediate", color, "--")
+                later = kept[(kept.metric == metric) & (kept.batch_size == size) & (kept.n_edits > 0)]
+                _band(top, later, "n_edits", f"B = {size}, retained", color)
+                if "versus_one_batch" in part:
+                    _versus(low, part.assign(n_edits=part.load), "n_edits", f"B = {size}, immediate", color, "--")
+                    _versus(low, later, "n_edits", f"B = {size}, retained", color)
+            _metric_axis(top, metric)
+            top.set_xlabel("edits in the model when scored")
+            _zero(low, metric)
+            low.set_xlabel("edits in the model when scored")
         row[0].set_ylabel(algorithm)
-    _save(fig, out, formats, f"Sequential runs: each batch right after its edit vs every edit at the end "
-                             f"{_note(immediate)}")
+        below[0].set_ylabel(f"{algorithm}: paired, same cases")
+    _save(fig, out, formats, f"Sequential runs under two protocols: immediate (the paper's, dashed) and retained "
+                             f"(solid), mean and 95% CI {_note(immediate)}")
 
 
 def weight_health(health: pd.DataFrame, retained: pd.DataFrame, colors, out, formats) -> None:
@@ -276,14 +324,23 @@ def downstream(summary: pd.DataFrame, colors, out, formats) -> None:
         for color, (algorithm, part) in zip(batch_colors, batch_lines):
             _band(row[0], part.rename(columns={"value": "mean"}), "batch_size", f"{algorithm}, one batch", color)
         for color, ((algorithm, size), part) in zip(seq_colors, seq_lines):
+            if len(seq_lines) > 1 and size == seq_runs[seq_runs.algorithm == algorithm].n_edits.max():
+                _one_batch(row[1], part.rename(columns={"value": "mean"}), size, f"{algorithm}, one batch of {size}",
+                           color)  # the grid's one batch of every edit: a point at N, not a line from 0
+                continue
             first = unedited.assign(n_edits=0) if len(unedited) else unedited
             line = pd.concat([first, part]).rename(columns={"value": "mean"})
             _band(row[1], line, "n_edits", f"{algorithm}, sequential B = {size}", color)
+        # A task the unedited model does not do above chance cannot show a fall: said on its panels.
+        informative = bool(unedited["informative"].iloc[0]) if len(unedited) and "informative" in unedited else True
         for ax, x in zip(row, ("batch size B (one batch)", "edits (sequential)")):
             _unedited(ax, start)
             ax.axhline(mine["chance"].iloc[0], ls=":", lw=1, color="0.3", label="chance", zorder=0)
             ax.set_ylim(0, 1)
-            ax.set_title(f"{task}: weighted F1")
+            ax.set_title(f"{task}: weighted F1" + ("" if informative else "\nunedited not above chance: no verdict"),
+                         color="black" if informative else "0.45", fontsize=None if informative else 8)
+            if not informative:
+                ax.set_facecolor("0.94")
             ax.set_xlabel(x)
         if len(batch_runs):
             sizes = sorted(batch_runs.batch_size.unique())

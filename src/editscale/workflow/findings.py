@@ -59,7 +59,7 @@ class Paired:
         return values[:, column].mean(), values[self.picks, column].mean(1)
 
 
-def _ci(replicates: np.ndarray) -> tuple[float, float]:
+def interval(replicates: np.ndarray) -> tuple[float, float]:
     low, high = np.percentile(replicates, [2.5, 97.5])
     return float(low), float(high)
 
@@ -87,13 +87,13 @@ def largest_gap(cases: pd.DataFrame, over: str, first: str, second: str, options
     return max(gaps, key=lambda g: g[0])[1:] if gaps else None
 
 
-def _direction(low: float, high: float, expected_sign: int) -> str:
+def direction(low: float, high: float, expected_sign: int) -> str:
     if low > 0 or high < 0:
         return REPRODUCED if (low > 0) == (expected_sign > 0) else CONTRADICTED
     return INCONCLUSIVE
 
 
-def _equivalence(low: float, high: float, margin: float) -> str:
+def equivalence(low: float, high: float, margin: float) -> str:
     if -margin < low and high < margin:
         return REPRODUCED
     if low > margin or high < -margin:
@@ -101,7 +101,16 @@ def _equivalence(low: float, high: float, margin: float) -> str:
     return INCONCLUSIVE
 
 
-def _row(claim, statistic, value, ci, verdict, paper, n, detail=""):
+MIN_CASES = 20  # fewer cases than this, and a bootstrap CI is too rough to settle a claim either way
+
+
+def finding(claim, statistic, value, ci, verdict, paper, n, detail=""):
+    """A row of the findings table. A verdict drawn from fewer than MIN_CASES cases (a sequential
+    run's last batch at small B, say) is read as inconclusive: a percentile bootstrap over a handful
+    of cases undercovers, and over one case it is a point."""
+    if n < MIN_CASES and verdict in (REPRODUCED, CONTRADICTED):
+        verdict, detail = INCONCLUSIVE, (f"{detail}; " if detail else "") + (
+            f"{n} cases, fewer than {MIN_CASES}: too few for its bootstrap CI to settle the claim")
     return dict(claim=claim, statistic=statistic, value=float(value), ci_low=ci[0], ci_high=ci[1], verdict=verdict,
                 paper=paper, n_cases=int(n), detail=detail)
 
@@ -112,7 +121,7 @@ def layer_scores(sweep: pd.DataFrame, options: Findings) -> pd.DataFrame:
     layers = Paired(sweep, "layer", options)
     scores = {layer: layers.mean(layer, "Score") for layer in layers.conditions}
     best = p_best({layer: replicates for layer, (_, replicates) in scores.items()})
-    return pd.DataFrame([{"layer": int(layer), "Score": float(mean), "ci_low": _ci(reps)[0], "ci_high": _ci(reps)[1],
+    return pd.DataFrame([{"layer": int(layer), "Score": float(mean), "ci_low": interval(reps)[0], "ci_high": interval(reps)[1],
                           "p_best": best[layer], "n_cases": layers.n} for layer, (mean, reps) in scores.items()])
 
 
@@ -125,29 +134,29 @@ def best_layer(sweep: pd.DataFrame, n_layers: int, options: Findings) -> list[di
     best = max(scores, key=lambda layer: scores[layer][0])
     early = [layer for layer in layers.conditions if layer < options.early_fraction * n_layers]
     late = [layer for layer in layers.conditions if layer not in early]
-    per_layer = "; ".join(f"layer {layer}: {scores[layer][0]:.1f} [{_ci(scores[layer][1])[0]:.1f}, "
-                          f"{_ci(scores[layer][1])[1]:.1f}], P(best) {chance[layer]:.2f}" for layer in layers.conditions)
+    per_layer = "; ".join(f"layer {layer}: {scores[layer][0]:.1f} [{interval(scores[layer][1])[0]:.1f}, "
+                          f"{interval(scores[layer][1])[1]:.1f}], P(best) {chance[layer]:.2f}" for layer in layers.conditions)
     p_early = sum(chance[layer] for layer in early)
     if early and late:
         # The best early layer against the best late one, paired over the same cases.
         top_early = max(early, key=lambda layer: scores[layer][0])
         top_late = max(late, key=lambda layer: scores[layer][0])
         diff = scores[top_early][0] - scores[top_late][0]
-        ci = _ci(scores[top_early][1] - scores[top_late][1])
-        verdict = _direction(*ci, +1)
+        ci = interval(scores[top_early][1] - scores[top_late][1])
+        verdict = direction(*ci, +1)
         statistic = f"Score(best early layer {top_early}) − Score(best later layer {top_late})"
     else:
-        diff, ci, verdict = scores[best][0], _ci(scores[best][1]), INCONCLUSIVE
+        diff, ci, verdict = scores[best][0], interval(scores[best][1]), INCONCLUSIVE
         statistic = f"Score of the best layer {best} (no {'later' if early else 'early'} layer swept to compare)"
-    rows.append(_row("a. the best layer is an early one", statistic, diff, ci, verdict,
+    rows.append(finding("a. the best layer is an early one", statistic, diff, ci, verdict,
                      "layer 1 of Llama-3-8B's 32", layers.n,
                      f"best layer {best} of {n_layers} (P(best) {chance[best]:.2f}); P(the best is early, layer < "
                      f"{options.early_fraction * n_layers:g}) {p_early:.2f}; {per_layer}"))
     if {"rome", "memit"} <= set(sweep.algorithm):
         layer, gap, replicates, n = largest_gap(sweep, "layer", "rome", "memit", options)
-        ci = _ci(replicates)
-        rows.append(_row("a. ROME ≈ MEMIT across layers", f"largest Score(ROME) − Score(MEMIT), at layer {layer}", gap,
-                         ci, _equivalence(*ci, options.margin), "similar at every layer", n,
+        ci = interval(replicates)
+        rows.append(finding("a. ROME ≈ MEMIT across layers", f"largest Score(ROME) − Score(MEMIT), at layer {layer}", gap,
+                         ci, equivalence(*ci, options.margin), "similar at every layer", n,
                          f"margin ±{options.margin:g} Score points"))
     return rows
 
@@ -166,70 +175,15 @@ def batch_size_effect(batch: pd.DataFrame, options: Findings) -> list[dict]:
         y, y_boot = np.array([m for m, _ in ns]), np.stack([r for _, r in ns], 1)  # (n_boot, n_sizes)
         xc = x - x.mean()
         slope, slope_boot = float(xc @ (y - y.mean()) / (xc @ xc)), (y_boot - y_boot.mean(1, keepdims=True)) @ xc / (xc @ xc)
-        ci = _ci(slope_boot)
+        ci = interval(slope_boot)
         span = f"B = {sizes.conditions[0]} to {sizes.conditions[-1]}"
-        rows.append(_row(f"b. {spec} falls as B grows ({algorithm})", f"slope of {spec} per doubling of B", slope, ci,
-                         _direction(*ci, -1), "NS falls as B grows", sizes.n, span))
+        rows.append(finding(f"b. {spec} falls as B grows ({algorithm})", f"slope of {spec} per doubling of B", slope, ci,
+                         direction(*ci, -1), "NS falls as B grows", sizes.n, span))
         diff = y[-1] - y[0]
-        ci = _ci(y_boot[:, -1] - y_boot[:, 0])
-        rows.append(_row(f"b. {spec} falls as B grows ({algorithm})", f"{spec}(B = {sizes.conditions[-1]}) − "
-                         f"{spec}(B = {sizes.conditions[0]})", diff, ci, _direction(*ci, -1), "NS falls as B grows",
+        ci = interval(y_boot[:, -1] - y_boot[:, 0])
+        rows.append(finding(f"b. {spec} falls as B grows ({algorithm})", f"{spec}(B = {sizes.conditions[-1]}) − "
+                         f"{spec}(B = {sizes.conditions[0]})", diff, ci, direction(*ci, -1), "NS falls as B grows",
                          sizes.n))
-    return rows
-
-
-def sequential_vs_batch(retained: pd.DataFrame, options: Findings) -> list[dict]:
-    """(c) At equal total edits N, sequential batches keep NS better than one batch of all of them,
-    and the best sequential batch size (the paper: 1024 of 4096) is an intermediate one.
-
-    One row per sequential B: NS(B × N/B) − NS(one batch of N), paired over the N cases, when the
-    grid holds the one batch (B = N); then the best B by Score, with P(best) for every B."""
-    rows = []
-    for algorithm in sorted(retained.algorithm.unique()):
-        runs = retained[retained.algorithm == algorithm]
-        final = runs[runs.n_edits == runs.groupby("batch_size").n_edits.transform("max")]
-        n = int(final.n_edits.max())
-        final = final[final.n_edits == n]
-        sizes = Paired(final, "batch_size", options)
-        if len(sizes.conditions) < 2:
-            continue
-        smallest, largest = sizes.conditions[0], sizes.conditions[-1]
-        if largest == n:  # one batch of every edit is part of the sequential grid
-            spec = sizes.specificity
-            ns_one = sizes.mean(largest, spec)
-            for size in sizes.conditions[:-1]:
-                ns_seq = sizes.mean(size, spec)
-                ci = _ci(ns_seq[1] - ns_one[1])
-                # The claim's other side: a schedule that keeps NS may keep fewer edits (Run 2's one batch
-                # kept more), so the detail gives the paired efficacy and Score gaps too.
-                others = []
-                for metric in (sizes.efficacy, "Score"):
-                    seq, one = sizes.mean(size, metric), sizes.mean(largest, metric)
-                    low, high = _ci(seq[1] - one[1])
-                    others.append(f"{metric} {seq[0] - one[0]:+.2f} [{low:.2f}, {high:.2f}]")
-                rows.append(_row(f"c. sequential keeps {spec} better than one batch ({algorithm})",
-                                 f"{spec}(B = {size} × {n // size}) − {spec}(one batch of {n})", ns_seq[0] - ns_one[0],
-                                 ci, _direction(*ci, +1), "smaller sequential batches keep NS better", sizes.n,
-                                 f"{n} edits; {spec} {ns_seq[0]:.1f} against {ns_one[0]:.1f}; same difference in "
-                                 + ", ".join(others)))
-        scores = {b: sizes.mean(b, "Score") for b in sizes.conditions}
-        chance = p_best({b: replicates for b, (_, replicates) in scores.items()})
-        best = max(scores, key=lambda b: scores[b][0])
-        others = [b for b in (smallest, largest) if b != best]
-        margins = {b: _ci(scores[best][1] - scores[b][1]) for b in others}
-        if best in (smallest, largest):
-            beaten = [b for b in sizes.conditions if b != best]
-            verdict = CONTRADICTED if all(_ci(scores[best][1] - scores[b][1])[0] > 0 for b in beaten) else INCONCLUSIVE
-        else:
-            verdict = REPRODUCED if all(ci[0] > 0 for ci in margins.values()) else INCONCLUSIVE
-        worst_margin = min(margins, key=lambda b: scores[best][0] - scores[b][0]) if margins else best
-        value = scores[best][0] - scores[worst_margin][0] if margins else scores[best][0]
-        rows.append(_row(f"c. the best sequential batch size is intermediate ({algorithm})",
-                         f"Score(best B = {best}) − Score(B = {worst_margin})" if margins else f"Score(B = {best})",
-                         value, margins.get(worst_margin, _ci(scores[best][1])), verdict, "B = 1024 of 4096 edits",
-                         sizes.n, f"{n} edits; best B = {best}; " + "; ".join(
-                             f"B = {b}: Score {s[0]:.1f} [{_ci(s[1])[0]:.1f}, {_ci(s[1])[1]:.1f}], P(best) {chance[b]:.2f}"
-                             for b, s in scores.items())))
     return rows
 
 
@@ -247,9 +201,9 @@ def memit_vs_emmet(batch: pd.DataFrame, options: Findings) -> list[dict]:
         if found is None:
             continue
         size, gap, replicates, n = found
-        ci = _ci(replicates)
-        rows.append(_row(f"d. MEMIT ≈ {label}", f"largest Score(MEMIT) − Score({label}), at B = {size}", gap, ci,
-                         _equivalence(*ci, options.margin), "similar at every batch size", n,
+        ci = interval(replicates)
+        rows.append(finding(f"d. MEMIT ≈ {label}", f"largest Score(MEMIT) − Score({label}), at B = {size}", gap, ci,
+                         equivalence(*ci, options.margin), "similar at every batch size", n,
                          f"margin ±{options.margin:g} Score points"))
     return rows
 
@@ -265,10 +219,10 @@ def retention(retained: pd.DataFrame, options: Findings) -> list[dict]:
     eff = algos.efficacy
     es = {a: algos.mean(a, eff) for a in algos.conditions}
     ranked = sorted(es, key=lambda a: es[a][0], reverse=True)
-    ci = _ci(es[ranked[0]][1] - es[ranked[1]][1])
+    ci = interval(es[ranked[0]][1] - es[ranked[1]][1])
     verdict = f"{ranked[0]} retains most" if ci[0] > 0 else INCONCLUSIVE
-    detail = "; ".join(f"{a}: {eff} {es[a][0]:.1f} [{_ci(es[a][1])[0]:.1f}, {_ci(es[a][1])[1]:.1f}]" for a in ranked)
-    return [_row(f"e. retention after {int(final.n_edits.max())} sequential edits (B = {int(final.batch_size.min())})",
+    detail = "; ".join(f"{a}: {eff} {es[a][0]:.1f} [{interval(es[a][1])[0]:.1f}, {interval(es[a][1])[1]:.1f}]" for a in ranked)
+    return [finding(f"e. retention after {int(final.n_edits.max())} sequential edits (B = {int(final.batch_size.min())})",
                  f"{eff}({ranked[0]}) − {eff}({ranked[1]})", es[ranked[0]][0] - es[ranked[1]][0], ci, verdict,
                  "(not in the paper)", algos.n, detail)]
 
@@ -300,11 +254,11 @@ def window_vs_layer(batch: pd.DataFrame, retained: pd.DataFrame, layer: str, win
                      f"{n_edits} sequential edits in batches of {size}")
             for metric in (pair.specificity, "Score"):
                 spread, one = pair.mean(window, metric), pair.mean(layer, metric)
-                ci = _ci(spread[1] - one[1])
+                ci = interval(spread[1] - one[1])
                 claim = (f"keeps {pair.specificity} better" if metric == pair.specificity else "scores better")
-                rows.append(_row(f"f. a window {claim} than one layer ({algorithm}, {experiment})",
+                rows.append(finding(f"f. a window {claim} than one layer ({algorithm}, {experiment})",
                                  f"{metric}(layers {window}) − {metric}(layer {layer}), {where}",
-                                 spread[0] - one[0], ci, _direction(*ci, +1),
+                                 spread[0] - one[0], ci, direction(*ci, +1),
                                  "(not in the paper; MEMIT spreads edits over layers)", pair.n,
                                  f"{metric} {spread[0]:.1f} over layers {window} against {one[0]:.1f} at layer {layer}"))
     return rows
@@ -327,7 +281,7 @@ class Runs:
 def not_measured(claim: str, why: str) -> dict:
     """A findings row for a claim the config's settings leave unmeasurable: it says why, instead of
     the claim silently vanishing from the table."""
-    return _row(claim, why, float("nan"), (float("nan"), float("nan")), NOT_MEASURED, "", 0)
+    return finding(claim, why, float("nan"), (float("nan"), float("nan")), NOT_MEASURED, "", 0)
 
 
 def table(runs: Runs, claims: dict) -> pd.DataFrame:

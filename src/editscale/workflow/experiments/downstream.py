@@ -133,9 +133,9 @@ def claim_g(runs: findings.Runs) -> list[dict]:
             n = int(point.n_edits.iloc[0])
             scored[(run_, algorithm, size)] = (value, boot, n)
             ci = tuple(np.percentile(boot - base_boot, [2.5, 97.5]))
-            rows.append(findings._row(f"g. edits cost general ability ({task}, {algorithm}, {run_})",
+            rows.append(findings.finding(f"g. edits cost general ability ({task}, {algorithm}, {run_})",
                                       f"F1({run_} B = {size}, {n} edits) − F1(unedited)", value - base, ci,
-                                      findings._direction(*ci, -1), "(not in the paper; AlphaEdit, ENCORE report it)",
+                                      findings.direction(*ci, -1), "(not in the paper; AlphaEdit, ENCORE report it)",
                                       len(unedited), f"weighted F1 {value:.2f} against {base:.2f} unedited"))
         sequential = {k: v for k, v in scored.items() if k[0] == "sequential"}
         for algorithm in sorted({k[1] for k in sequential}):
@@ -145,9 +145,9 @@ def claim_g(runs: findings.Runs) -> list[dict]:
                 continue  # the grid holds no one batch of every edit
             small = sequential[("sequential", algorithm, sizes[0])]
             ci = tuple(np.percentile(small[1] - one[1], [2.5, 97.5]))
-            rows.append(findings._row(f"g. smaller sequential B keeps general ability better ({task}, {algorithm})",
+            rows.append(findings.finding(f"g. smaller sequential B keeps general ability better ({task}, {algorithm})",
                                       f"F1(B = {sizes[0]} × {one[2] // sizes[0]}) − F1(one batch of {one[2]})",
-                                      small[0] - one[0], ci, findings._direction(*ci, +1),
+                                      small[0] - one[0], ci, findings.direction(*ci, +1),
                                       "(the paper's claim c, read on general ability)", len(unedited)))
     return rows
 

@@ -15,7 +15,7 @@ from editscale.editing.sequential import SequentialRun, run_identity, stored_edi
 from editscale.editing.value_file import ValueFile
 from editscale.settings import layer_name, results
 from editscale.workflow import figures, findings
-from editscale.workflow.experiments import common
+from editscale.workflow.experiments import common, protocols
 from editscale.workflow.job import Job, Stage
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,8 @@ def jobs(s, chosen, window) -> list[dict]:
 
 
 def claim_c(runs: findings.Runs) -> list[dict]:
-    return findings.sequential_vs_batch(runs.chosen["retained"], runs.options) if len(runs.chosen["retained"]) else []
+    """(c) under the immediate (the paper's), last-batch and retained protocols (`protocols`)."""
+    return protocols.sequential_vs_batch(runs.chosen["immediate"], runs.chosen["retained"], runs.options)
 
 
 def claim_e(runs: findings.Runs) -> list[dict]:
@@ -110,7 +111,9 @@ STAGE = Stage(run, counts)
 FIGURES = {"sequential": figures.SEQUENTIAL, "immediate_vs_retained": figures.IMMEDIATE_VS_RETAINED,
            "weight_health": figures.WEIGHT_HEALTH}
 CLAIMS = {"c": claim_c, "e": claim_e}
-SUMMARIES = {"immediate": ("immediate", GROUPS), "retained": ("retained", (*GROUPS, "n_edits"))}
+# Immediate cases pooled by stretch of edits (protocols.stretch); every point beside the one batch on the same cases.
+SUMMARIES = {"immediate": ("immediate", (*GROUPS, "stretch")), "retained": ("retained", (*GROUPS, "n_edits"))}
+summarise = protocols.summarise
 COLLECTED = {"quality": "quality", "health": "batches"}
 OUTPUTS = {kind: f".{kind}.parquet" for kind in ("immediate", "retained", "quality", "batches")} | {
     "edits": ".edits.safetensors"}
