@@ -101,8 +101,8 @@ def keeps_specificity(cases: pd.DataFrame, protocol: str, algorithm: str, option
         pair = paired(seq, one, options)
         spec = pair.specificity
         s, o, value, ci = gap(pair, spec)
-        others = [f"{m} {gap(pair, m)[2]:+.2f} [{gap(pair, m)[3][0]:.2f}, {gap(pair, m)[3][1]:.2f}]"
-                  for m in (pair.efficacy, "Score")]
+        others = [f"{m} {diff:+.2f} [{low:.2f}, {high:.2f}]"
+                  for m in (pair.efficacy, "Score") for _, _, diff, (low, high) in [gap(pair, m)]]
         load = float(seq[seq.case_id.isin(pair.case_ids)].n_edits.mean())
         detail = (f"{PROTOCOLS[protocol]}; {n} edits; {spec} {s:.1f} against {o:.1f}; on the same cases "
                   + ", ".join(others) + f"; mean edits in the model when scored: {load:.0f} against {n}")
