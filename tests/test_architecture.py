@@ -60,6 +60,91 @@ def test_every_part_is_a_declared_layer():
     assert parts == set(ALLOWED)
 
 
+def import_graph(package: Path) -> dict[str, set[str]]:
+    """Every module of `package` -> the package's modules it imports, anywhere in its body (local
+    imports inside functions included). `from a.b import c` counts as an import of the module a.b.c
+    where that is a module, else of a.b; a parent package's __init__ is not counted, since Python
+    runs it before any submodule and it can import its own submodules without a loop."""
+    root = package.name
+
+    def name_of(path: Path) -> str:
+        parts = list(path.relative_to(package.parent).with_suffix("").parts)
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    files = {name_of(p): p for p in package.rglob("*.py")}
+    graph = {}
+    for name, path in files.items():
+        here = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(here[:len(here) - node.level + 1] + ([base] if base else []))
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in files else base for a in node.names]
+            else:
+                continue
+            for target in targets:
+                while target and target not in files and target.startswith(root):
+                    target = target.rpartition(".")[0]
+                if target in files:
+                    found.add(target)
+        graph[name] = found - {name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The graph's strongly connected parts of more than one module (Tarjan's algorithm): each a loop."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            part = []
+            while not part or part[-1] != v:
+                part.append(stack.pop())
+                on_stack.discard(part[-1])
+            if len(part) > 1:
+                found.append(sorted(part))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_package_has_no_import_loop_inside_or_across_layers():
+    """Imports between layers point down (above); inside a layer, local imports included, no module
+    may reach itself again (issue 39: job.py once imported the experiments that import it)."""
+    graph = import_graph(PACKAGE)
+    assert len(graph) > 50 and sum(map(len, graph.values())) > 100  # the graph was actually read
+    assert cycles(graph) == []
+
+
+def test_the_loop_check_sees_a_loop_made_by_a_local_import(tmp_path):
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sub" / "__init__.py").write_text("from pkg.sub import a\n")  # a package importing its own
+    (package / "sub" / "a.py").write_text("from pkg.sub.b import thing\n")
+    (package / "sub" / "b.py").write_text("def thing():\n    from . import c\n")  # local, relative
+    (package / "sub" / "c.py").write_text("import pkg.sub.a\n")
+    (package / "d.py").write_text("from pkg.sub import a\n")
+    assert cycles(import_graph(package)) == [["pkg.sub.a", "pkg.sub.b", "pkg.sub.c"]]
+    (package / "sub" / "c.py").write_text("import os\n")
+    assert cycles(import_graph(package)) == []
+
+
 # --- Experiments are declared once: in editscale.workflow.experiments.EXPERIMENTS. ---------------
 REPO = PACKAGE.parents[1]
 

@@ -9,7 +9,7 @@ from editscale.data import DATASETS
 from editscale.editing.stats import stats_id
 from editscale.models import inspect_local, local_config, slug
 from editscale.workflow import experiments as X
-from editscale.workflow.job import params as job_params
+from editscale.workflow.dispatch import params as job_params
 from editscale.workflow.stages import resolve_data, selection_name
 
 SETTINGS = S.parse(config)
@@ -98,7 +98,7 @@ def window_stats(wildcards):
 
 
 def params(rule):
-    """A rule's one param: the digest of the result settings its stage counts (job.params)."""
+    """A rule's one param: the digest of the result settings its stage counts (dispatch.params)."""
     return lambda wildcards: job_params(rule, SETTINGS, wildcards)
 
 

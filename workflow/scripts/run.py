@@ -1,4 +1,4 @@
 # The one script every rule runs: its job (typed settings, execution settings, named files) to its stage.
-from editscale.workflow import job
+from editscale.workflow import dispatch
 
-job.run(snakemake)
+dispatch.run(snakemake)

@@ -6,7 +6,10 @@ results depend on is its stage's `counts`; the rule's only param is their digest
 result setting reruns exactly the jobs that read it and an execution setting reruns nothing.
 
     rule batch:  params: settings=lambda w: params("batch", SETTINGS, w)   script: "../scripts/run.py"
-    run.py:      job.run(snakemake)   ->   STAGES["batch"].run(Job.of(snakemake))
+    run.py:      dispatch.run(snakemake)   ->   STAGES["batch"].run(Job.of(snakemake))
+
+`Job` and `Stage` sit below every stage and experiment; the dispatch from a rule to its stage
+(`workflow/dispatch.py`) sits above them all, so the workflow package has no import loop.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from editscale import algorithms, artifacts, editing, settings
+from editscale import algorithms, editing, settings
 from editscale.settings import Execution, Settings
 
 
@@ -81,35 +84,6 @@ class Stage:
     wildcards to a plain dict; everything else a job reads is execution only)."""
     run: Callable[[Job], None]
     counts: Callable[[Settings, dict], dict]
-
-
-def params(rule: str, s: Settings, wildcards) -> str:
-    """A rule's param: the digest of the settings its stage counts (`Stage.counts`)."""
-    return settings.digest(stages()[rule].counts(s, dict(wildcards.items()) if hasattr(wildcards, "items") else {}))
-
-
-def stages() -> dict[str, Stage]:
-    """Every rule's stage: the experiments' (`experiments.EXPERIMENTS`) and the shared ones'."""
-    from editscale.workflow import experiments, report, stages as shared
-
-    return {**shared.STAGES, **report.STAGES, **experiments.STAGES,
-            **{e.name: e.stage for e in experiments.EXPERIMENTS.values() if e.stage is not None}}
-
-
-def run(smk) -> None:
-    """Run the job `smk` describes (the one generic script, workflow/scripts/run.py)."""
-    job = Job.of(smk)
-    inputs = [path for name in job.input for path in job.files(name)]
-    outputs = [path for value in job.output.values() for path in ([value] if isinstance(value, str) else value)]
-    with logged(job):
-        for path in inputs:  # each as its job wrote it, from inputs that have not changed since
-            artifacts.verify(path)
-        for path in outputs:
-            artifacts.forget(path)
-        stages()[job.rule].run(job)
-        for path in outputs:
-            if Path(path).is_file():
-                artifacts.record(path, inputs)
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ from editscale.data.registry import get as get_dataset
 from editscale.editing.covariance import load_stats
 from editscale.evaluation import fluency, metrics
 from editscale.settings import Evaluation, Execution, results
-from editscale.workflow.job import Job
+from editscale.workflow.job import Job, edit_config
 from editscale.workflow.stages import load_model
 
 log = logging.getLogger(__name__)
@@ -71,8 +71,6 @@ def edit_job(job: Job, n: int):
 def counted_edit(s, w: dict) -> dict:
     """What an edit job's results depend on: the model and the edit as `EditConfig.counted` counts it
     (a variant's overrides in place)."""
-    from editscale.workflow.job import edit_config
-
     return {"model": results(s.model), **edit_config(s, w["algorithm"], 0).counted(), "layer": w["layer"]}
 
 
