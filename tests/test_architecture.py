@@ -191,10 +191,73 @@ def test_experiments_are_declared_once():
     assert not listed, listed
 
 
+REGISTRIES = [PACKAGE / "algorithms" / "registry.py", PACKAGE / "workflow" / "experiments"]
+# Not an experiment: the library's lazy attribute `editscale.downstream` (the downstream check).
+NOT_AN_EXPERIMENT = {(PACKAGE / "__init__.py", "downstream")}
+
+
+def compared_names(path: Path, names: set) -> list[str]:
+    """Where `path` compares a value with one of `names` (==, !=, in, <= ... against a literal name or
+    a literal collection holding one): a branch on what a thing is called, where a property is meant."""
+    if path.suffix != ".py":  # a rule file: a name beside a comparison operator
+        import io
+        import tokenize
+
+        tokens = [tok for tok in tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
+                  if tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT, tokenize.INDENT)]
+        found = []
+        for before, token, after in zip(tokens, tokens[1:], tokens[2:]):
+            if token.string in ("==", "!=", "in") and {before.string.strip("\"'"), after.string.strip("\"'")} & names:
+                found.append(f"{path.relative_to(REPO)}:{token.start[0]}")
+        return found
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Compare):
+            continue
+        literals = set()
+        for side in (node.left, *node.comparators):
+            items = side.elts if isinstance(side, (ast.Set, ast.Tuple, ast.List)) else [side]
+            literals |= {item.value for item in items if isinstance(item, ast.Constant) and isinstance(item.value, str)}
+        hit = {name for name in literals & names if (path, name) not in NOT_AN_EXPERIMENT}
+        if hit:
+            found.append(f"{path.relative_to(REPO)}:{node.lineno} compares with {sorted(hit)}")
+    return found
+
+
+def test_no_module_outside_a_registry_branches_on_an_experiments_or_algorithms_name():
+    """What an algorithm is (it takes a window, keeps earlier keys) and what an experiment does (its runs
+    span the layers, it starts from the unedited model) are fields of their entries; only the
+    registries that declare them compare names (issue 39)."""
+    from editscale import algorithms
+    from editscale.workflow import experiments
+
+    names = set(algorithms.ALGORITHMS) | set(experiments.EXPERIMENTS)
+    sources = [p for p in PACKAGE.rglob("*.py") if not any(r == p or r in p.parents for r in REGISTRIES)]
+    sources += [REPO / "workflow" / "Snakefile", *(REPO / "workflow" / "rules").glob("*.smk")]
+    found = [where for path in sources for where in compared_names(path, names)]
+    assert not found, found
+
+
+def test_the_name_check_sees_a_comparison(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("def f(a, w):\n    x = [a]\n    return a != 'rome' or {'x', 'sweep'} <= set(w)\n")
+    rule = tmp_path / "r.smk"
+    rule.write_text('rule r:\n    input: lambda w: [] if w.kind == "batch" else [w.kind]\n')
+    global REPO
+    repo, REPO = REPO, tmp_path
+    try:
+        assert [w.split(" ")[0] for w in compared_names(module, {"rome", "sweep", "batch"})] == ["m.py:3", "m.py:3"]
+        assert compared_names(rule, {"rome", "sweep", "batch"}) == ["r.smk:2"]
+        assert compared_names(module, {"memit"}) == []
+    finally:
+        REPO = repo
+
+
 def test_every_experiment_has_a_figure_a_caption_a_summary_and_a_rule():
     from editscale.workflow import experiments
 
     kinds = set(experiments.summary_groups())
+    snakefile = (REPO / "workflow" / "Snakefile").read_text()
     letters = [letter for e in experiments.EXPERIMENTS.values() for letter in e.claims]
     assert len(letters) == len(set(letters))  # a claim belongs to one experiment
     for name, entry in experiments.EXPERIMENTS.items():
@@ -204,6 +267,7 @@ def test_every_experiment_has_a_figure_a_caption_a_summary_and_a_rule():
         assert set(entry.summaries) | set(entry.reads), name
         assert set(entry.reads) <= kinds, name
         if entry.stage is not None:
+            assert f'include: "rules/{name}.smk"' in snakefile, f"workflow/Snakefile does not include {name}'s rules"
             rule = (REPO / "workflow" / "rules" / f"{name}.smk").read_text()
             assert f"rule {name}:" in rule and f'experiment_outputs("{name}")' in rule, name
             assert {output for output, _ in entry.summaries.values()} <= set(entry.outputs), name

@@ -204,7 +204,7 @@ def test_a_window_editor_spreads_each_edit_and_builds_on_it_sequentially(tiny, t
     assert sorted(editscale.Edit.load(tmp_path / "w.safetensors").factors) == [0, 1]
     editor.edit(FACTS[:1], sequential=True)
     assert [editor.memories[layer].size for layer in (0, 1)] == [1, 1]  # one key kept at each layer
-    with pytest.raises(ValueError, match="ROME edits one layer"):
+    with pytest.raises(ValueError, match="rome edits one layer"):
         editscale.Editor(model, tok, layout, algorithm="rome", layers=[0, 1], stats=stats, progress=False)
     with pytest.raises(ValueError, match="one C for a window"):
         editscale.Editor(model, tok, layout, layers=[0, 1], stats=stats[0], progress=False)

@@ -5,11 +5,11 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
+from test_protocols import N, run_tables
 
 from editscale.settings import Findings
 from editscale.workflow import figures
-from editscale.workflow.experiments import protocols
-from test_protocols import N, run_tables
+from editscale.workflow.experiments import downstream, protocols, sequential
 
 matplotlib.use("Agg")
 OPTIONS = Findings(n_boot=200, seed=0)
@@ -20,7 +20,7 @@ GROUPS = ["algorithm", "layer", "layers", "batch_size"]
 def drawn(monkeypatch):
     """The figure each drawing function would save, kept open to be read."""
     kept = []
-    monkeypatch.setattr(figures, "_save", lambda fig, *args, **kwargs: kept.append(fig))
+    monkeypatch.setattr(figures, "save", lambda fig, *args, **kwargs: kept.append(fig))
     return kept
 
 
@@ -45,7 +45,7 @@ def test_the_sequential_figure_draws_the_one_batch_as_a_point_and_the_paired_gap
     quality = pd.DataFrame([{"n_edits": 0, "drift_perplexity": 40.0, "algorithm": "", "batch_size": 0}] + [
         {"n_edits": k, "drift_perplexity": 40.0 + k, "algorithm": "memit", "batch_size": b}
         for b in (16, 64, N) for k in range(64, N + 1, 64) if b < N or k == N])
-    figures.sequential(retained, quality, retained.iloc[:0], ["C0", "C1", "C2"], "x.png", ["png"])
+    sequential.draw_retained(retained, quality, retained.iloc[:0], ["C0", "C1", "C2"], "x.png", ["png"])
     (fig,) = drawn
     assert not lines(fig, f"one batch of {N}")  # never a line...
     points = one_batch_points(fig, f"one batch of {N}")
@@ -59,7 +59,7 @@ def test_the_sequential_figure_draws_the_one_batch_as_a_point_and_the_paired_gap
 
 def test_the_protocols_figure_draws_immediate_and_retained_beside_the_one_batch(drawn):
     immediate, retained = summaries()
-    figures.immediate_vs_retained(immediate, retained, ["C0", "C1", "C2"], "x.png", ["png"])
+    sequential.draw_immediate_vs_retained(immediate, retained, ["C0", "C1", "C2"], "x.png", ["png"])
     (fig,) = drawn
     assert one_batch_points(fig, f"one batch of {N}") and not lines(fig, f"one batch of {N}")
     now = immediate[(immediate.batch_size == 16) & (immediate.metric == "NS")].sort_values("load")
@@ -81,7 +81,7 @@ def test_the_downstream_figure_draws_the_one_batch_as_a_point_and_marks_tasks_wi
         for row in rows[-6:]:
             row.update(informative=informative)
     summary = pd.DataFrame(rows).assign(metric="f1", value=0.6, ci_low=0.5, ci_high=0.7, chance=0.5)
-    figures.downstream(summary, ["C0", "C1", "C2"], "x.png", ["png"])
+    downstream.draw(summary, ["C0", "C1", "C2"], "x.png", ["png"])
     (fig,) = drawn
     assert not lines(fig, "memit, sequential B = 1024")  # the one batch is not a sequential line...
     assert one_batch_points(fig, "memit, one batch of 1024")  # ...but a point at N

@@ -5,8 +5,11 @@ import pandas as pd
 import pytest
 
 from editscale.settings import Findings
-from editscale.workflow import findings
+from editscale.workflow import experiments, findings
+from editscale.workflow.experiments import batch as batch_experiment
 from editscale.workflow.experiments import protocols
+from editscale.workflow.experiments import sequential as sequential_experiment
+from editscale.workflow.experiments import sweep as sweep_experiment
 from editscale.workflow.findings import CONTRADICTED, INCONCLUSIVE, REPRODUCED
 
 N = 200
@@ -56,7 +59,7 @@ def sweep(shifts: dict, algorithms=("rome", "memit"), algo_shift=0.0, noise=2.0)
     ({1: 0.05, 2: 0, 20: 0, 28: 0}, INCONCLUSIVE),  # no real difference
 ])
 def test_best_layer_verdicts(shifts, verdict):
-    rows = findings.best_layer(sweep(shifts), 30, OPTIONS)
+    rows = sweep_experiment.layer_claims(sweep(shifts), 30, OPTIONS)
     assert rows[0]["verdict"] == verdict, rows[0]
     assert "layer 1:" in rows[0]["detail"] and rows[0]["n_cases"] == N
 
@@ -64,7 +67,7 @@ def test_best_layer_verdicts(shifts, verdict):
 @pytest.mark.parametrize("algo_shift,noise,verdict", [(0.0, 1.0, REPRODUCED), (15.0, 1.0, CONTRADICTED),
                                                       (5.0, 25.0, INCONCLUSIVE)])
 def test_rome_memit_equivalence_verdicts(algo_shift, noise, verdict):
-    rows = findings.best_layer(sweep({1: 0, 20: 0}, algo_shift=algo_shift, noise=noise), 30, OPTIONS)
+    rows = sweep_experiment.layer_claims(sweep({1: 0, 20: 0}, algo_shift=algo_shift, noise=noise), 30, OPTIONS)
     assert rows[1]["claim"] == "a. ROME ≈ MEMIT across layers" and rows[1]["verdict"] == verdict, rows[1]
 
 
@@ -86,14 +89,14 @@ def batch(ns_by_size: dict, noise=2.0, algorithms=("memit", "emmet"), emmet_shif
     ({16: 0, 64: 0.1, 256: -0.1, 1024: 0}, 30.0, INCONCLUSIVE),
 ])
 def test_ns_falls_with_batch_size_verdicts(ns_by_size, noise, verdict):
-    rows = findings.batch_size_effect(batch(ns_by_size, noise), OPTIONS)
+    rows = batch_experiment.batch_size_effect(batch(ns_by_size, noise), OPTIONS)
     assert {r["verdict"] for r in rows} == {verdict}, rows
     assert len(rows) == 4  # slope and difference, for each algorithm
 
 
 @pytest.mark.parametrize("emmet_shift,verdict", [(0.0, REPRODUCED), (-20.0, CONTRADICTED)])
 def test_memit_emmet_equivalence_verdicts(emmet_shift, verdict):
-    rows = findings.memit_vs_emmet(batch({16: 0, 64: 0}, noise=1.0, emmet_shift=emmet_shift), OPTIONS)
+    rows = batch_experiment.memit_vs_emmet(batch({16: 0, 64: 0}, noise=1.0, emmet_shift=emmet_shift), OPTIONS)
     assert rows[0]["verdict"] == verdict, rows
 
 
@@ -103,8 +106,8 @@ def test_each_emmet_variant_gets_its_own_d_row_and_leaves_emmets_unchanged():
     plain = batch({16: 0, 64: 0}, noise=1.0, emmet_shift=-20.0)
     far = plain[plain.algorithm == "memit"].assign(algorithm="emmet@emmet_lambda=1")  # as MEMIT: ≈ holds
     near = plain[(plain.algorithm == "emmet") & (plain.batch_size == 64)].assign(algorithm="emmet@emmet_lambda=0.01")
-    rows = findings.memit_vs_emmet(pd.concat([plain, far, near], ignore_index=True), OPTIONS)
-    assert rows[0] == findings.memit_vs_emmet(plain, OPTIONS)[0]
+    rows = batch_experiment.memit_vs_emmet(pd.concat([plain, far, near], ignore_index=True), OPTIONS)
+    assert rows[0] == batch_experiment.memit_vs_emmet(plain, OPTIONS)[0]
     assert [r["claim"] for r in rows] == ["d. MEMIT ≈ EMMET", "d. MEMIT ≈ EMMET (emmet_lambda=0.01)",
                                           "d. MEMIT ≈ EMMET (emmet_lambda=1)"]
     assert [r["verdict"] for r in rows] == [CONTRADICTED, CONTRADICTED, REPRODUCED]
@@ -159,21 +162,21 @@ def test_p_best_is_a_distribution_that_finds_a_clear_winner_and_shares_ties():
 
 
 def test_layer_scores_give_each_layers_ci_and_chance_of_being_best():
-    table = findings.layer_scores(sweep({1: 10, 2: 9.95, 20: 0, 28: -5}), OPTIONS)
+    table = sweep_experiment.layer_scores(sweep({1: 10, 2: 9.95, 20: 0, 28: -5}), OPTIONS)
     assert list(table.layer) == [1, 2, 20, 28] and abs(table.p_best.sum() - 1) < 1e-9
     assert (table.ci_low < table.Score).all() and (table.Score < table.ci_high).all()
     assert table.p_best[table.layer >= 20].sum() < 0.01  # the late layers are never best
     assert 0 < table.p_best[table.layer == 2].item() < table.p_best[table.layer == 1].item()
-    rows = findings.best_layer(sweep({1: 10, 2: 9.95, 20: 0, 28: -5}), 30, OPTIONS)
+    rows = sweep_experiment.layer_claims(sweep({1: 10, 2: 9.95, 20: 0, 28: -5}), 30, OPTIONS)
     assert "P(the best is early" in rows[0]["detail"] and "P(best)" in rows[0]["detail"]
 
 
 def test_retention_names_the_algorithm_that_keeps_most_or_says_it_cannot_tell():
     clear = retained({1: 0}, algorithms=("memit", "alphaedit"))
     clear.loc[clear.algorithm == "alphaedit", "ES"] += 20
-    (row,) = findings.retention(clear, OPTIONS)
+    (row,) = sequential_experiment.retention(clear, OPTIONS)
     assert row["verdict"] == "alphaedit retains most" and row["value"] > 0
-    (row,) = findings.retention(retained({1: 0}, algorithms=("memit", "emmet"), noise=30.0), OPTIONS)
+    (row,) = sequential_experiment.retention(retained({1: 0}, algorithms=("memit", "emmet"), noise=30.0), OPTIONS)
     assert row["verdict"] == INCONCLUSIVE
 
 
@@ -195,8 +198,9 @@ def test_the_table_is_seeded_and_renders():
     assert not np.allclose(tables[0].ci_low, tables[2].ci_low)
     text = findings.markdown(tables[0])
     assert text.count("\n| ") == len(tables[0]) and f"**reproduced at n = {N}**" in text  # a line per claim
-    with_layers = findings.markdown(tables[0], findings.layer_scores(sweep({1: 5, 20: 0}), OPTIONS))
-    assert "| 1 |" in with_layers and "P(best)" in with_layers
+    with_layers = findings.markdown(tables[0], experiments.appendix({"sweep": sweep({1: 5, 20: 0})}, OPTIONS))
+    assert "| 1 |" in with_layers and "P(best)" in with_layers  # the sweep's appendix, from its entry
+    assert with_layers.startswith(text.rstrip("\n"))
 
 
 def test_the_largest_gap_is_found_where_the_two_differ_most_and_signed():

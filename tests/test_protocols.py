@@ -67,7 +67,7 @@ def test_the_protocols_disagree_where_the_tables_make_them():
     assert "mean edits in the model when scored: 256 against 256" in last["detail"]
     # The retained path on the way, each point on the cases edited so far: +4.5 after 64 edits.
     assert "after 64: +4.5" in kept["detail"] or "after 64: +4.4" in kept["detail"] or "after 64: +4.6" in kept["detail"]
-    assert all(f"B = 64 × 4" in r["statistic"] for r in (paper, last, kept))
+    assert all("B = 64 × 4" in r["statistic"] for r in (paper, last, kept))
 
 
 def test_one_fact_at_a_time_cannot_settle_the_last_batch_protocol():

@@ -3,7 +3,6 @@ that a job would die on, the command line's errors, and the library's guards and
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from editscale import artifacts, editing
+from editscale import algorithms, artifacts, editing
 from editscale.algorithms import KeyMemory
 from editscale.data.records import check_edit
 from editscale.editing import covariance, keys, values
@@ -179,9 +179,9 @@ class Editor:
         if not layers or not all(0 <= layer < self.layout.n_layers(model) for layer in layers):
             raise ValueError(f"layers {layers} must be one or more of the model's {self.layout.n_layers(model)} "
                              f"layers (0 to {self.layout.n_layers(model) - 1})")
-        if algorithm == "rome" and len(layers) > 1:
-            raise ValueError(f"ROME edits one layer; layers={layers} is a window (use memit, emmet, alphaedit or "
-                             f"encore)")
+        if not algorithms.get(algorithm).window and len(layers) > 1:
+            spreads = ", ".join(a.name for a in algorithms.ALGORITHMS.values() if a.window)
+            raise ValueError(f"{algorithm} edits one layer; layers={layers} is a window (use {spreads})")
         self.layers, self.layer = layers, layers[-1]  # v* is optimised at the window's last layer
         self.config = editing.EditConfig(algorithm, self.layer, edit=edit, values=value_settings)
         self.progress = progress

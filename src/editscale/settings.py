@@ -315,11 +315,11 @@ class ConfigError(ValueError):
 
 
 def check(s: Settings, *, n_layers: int | None = None, model_exists: bool | None = None,
-          max_batch: dict | None = None, datasets: dict | None = None, variant=None,
+          algorithms: dict | None = None, datasets: dict | None = None, variant=None,
           aliases: dict | None = None, model_config: dict | None = None) -> None:
     """Cross-key checks, before any job starts. `n_layers` (the model's depth, when it is known
     without loading it), `model_exists` (False when model.spec names a missing local path),
-    `max_batch` ({algorithm: largest batch it edits}), `datasets` ({name: its edit targets, the
+    `algorithms` ({name: its registry entry: `max_batch`, `window`}), `datasets` ({name: its edit targets, the
     default first}), `variant` (algorithms.variant: a name -> (algorithm, overrides), ValueError
     for a bad one), `aliases` ({dataset: its `auto…` source aliases}) and `model_config` (the model's
     config.json, when it is on disk) come from the caller, which can look."""
@@ -355,7 +355,7 @@ def check(s: Settings, *, n_layers: int | None = None, model_exists: bool | None
     for key, algos, sizes in (("batch", s.batch.algorithms, s.batch.sizes),
                               ("sequential", s.sequential.algorithms, s.sequential.sizes)):
         for algorithm in algos:
-            limit = (max_batch or {}).get(base[algorithm])
+            limit = getattr((algorithms or {}).get(base[algorithm]), "max_batch", None)
             if limit is not None and max(sizes) > limit:
                 problems.append(f"{key}.algorithms has {algorithm}, which edits {limit} fact at a time, but "
                                 f"{key}.sizes goes up to {max(sizes)}; drop it there (the sweep runs it)")
@@ -377,8 +377,8 @@ def check(s: Settings, *, n_layers: int | None = None, model_exists: bool | None
                             "the single-layer edit")
     if s.layer != "auto" and len(window(s.layer)) > 1:
         for key, algos in (("batch", s.batch.algorithms), ("sequential", s.sequential.algorithms)):
-            if "rome" in {base[a] for a in algos}:
-                problems.append(f"layer = {list(window(s.layer))} is a window, but {key}.algorithms has rome, which "
+            for one in sorted({base[a] for a in algos if not getattr((algorithms or {}).get(base[a]), "window", True)}):
+                problems.append(f"layer = {list(window(s.layer))} is a window, but {key}.algorithms has {one}, which "
                                 f"edits one layer; drop it there, or name one layer")
     layers = [*s.sweep.layers, *(window(s.layer) if s.layer != "auto" else []), *s.window.layers]
     if n_layers is not None:

@@ -16,7 +16,7 @@ SETTINGS = S.parse(config)
 S.check(
     SETTINGS,
     **dict(zip(("model_exists", "n_layers"), inspect_local(SETTINGS.model.spec))),
-    max_batch={name: a.max_batch for name, a in ALGORITHMS.items()},
+    algorithms=ALGORITHMS,
     variant=variant,
     datasets={name: d.targets for name, d in DATASETS.items()},
     aliases={name: set(d.aliases) for name, d in DATASETS.items()},
@@ -116,15 +116,16 @@ def experiment_outputs(name):
     }
 
 
-def outputs_of(name, output):
-    """The files `output` of every job of experiment `name` in this config."""
+def outputs_of(name, output, layer=None):
+    """The files `output` of every job of experiment `name` in this config (X.jobs: its own and
+    those another experiment adds), or of those at the job's `layer` wildcard when `layer` is set."""
 
     def files(wildcards=None):
-        entry = X.EXPERIMENTS[name]
-        pattern = experiment_path(name) + entry.outputs[output]
+        pattern = experiment_path(name) + X.EXPERIMENTS[name].outputs[output]
         return [
             pattern.format(**w)
-            for w in entry.jobs(SETTINGS, chosen_layer, compared_window)
+            for w in X.jobs(name, SETTINGS, chosen_layer, compared_window)
+            if not layer or w["layer"] == wildcards.layer
         ]
 
     return files

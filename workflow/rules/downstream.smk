@@ -11,11 +11,7 @@ rule downstream:
             else []
         ),
         stats=window_stats,
-        sequential=lambda w: [
-            path
-            for path in outputs_of("sequential", "edits")(w)
-            if f"-layer{w.layer}-b" in path
-        ],
+        sequential=outputs_of("sequential", "edits", layer=True),
     output:
         **experiment_outputs("downstream"),
     log:

@@ -1,8 +1,10 @@
 """Every editing algorithm, declared once: adding one means one entry here (and its settings).
 
 An entry says which edit settings the algorithm reads (so only those rerun its results), how to
-build its operator T from C, its ridge ρ for a batch of n, and whether it keeps the keys of earlier
-sequential batches. The maths is in `prepared`.
+build its operator T from C, its ridge ρ for a batch of n, and what it is: whether it keeps the keys
+of earlier sequential batches, spreads an edit over a window of layers, and holds its edits as
+equality constraints. Code outside this registry asks these properties, never an algorithm's name.
+The maths is in `prepared`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ class Algorithm:
     ridge: Callable[[dict, int], float]  # (settings, n) -> ρ
     system: str  # the small system it solves, for messages
     remembers: bool = False  # earlier sequential batches' keys join the system
+    window: bool = True  # it can spread an edit over a window of layers (False: it edits one layer)
+    equality: bool = False  # its edits are equality constraints (ROME, EMMET), not a least-squares fit
     max_batch: int | None = None
     source: str = ""  # where the update comes from
 
@@ -40,12 +44,13 @@ def _regularised_inverse(C, settings, *, mode, max_condition):
 
 
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
-    Algorithm("rome", (), _inverse, lambda s, n: 0.0, "ROME: kᵀC⁻¹k", max_batch=1,
+    Algorithm("rome", (), _inverse, lambda s, n: 0.0, "ROME: kᵀC⁻¹k", max_batch=1, window=False,
+              equality=True,
               source="Meng et al. 2022 (ROME), eq. 2"),
     Algorithm("memit", ("mom2_update_weight",), _inverse, lambda s, n: s["mom2_update_weight"],
               "MEMIT: KᵀC⁻¹K + λI", source="Meng et al. 2023 (MEMIT), eq. 14; unified-model-editing memit_main.py"),
     Algorithm("emmet", ("mom2_update_weight", "emmet_lambda"), _inverse,
-              lambda s, n: s["mom2_update_weight"] * s["emmet_lambda"] if n > 1 else 0.0, "EMMET: KᵀC⁻¹K + λεI",
+              lambda s, n: s["mom2_update_weight"] * s["emmet_lambda"] if n > 1 else 0.0, "EMMET: KᵀC⁻¹K + λεI", equality=True,
               source="Gupta et al. 2024 (EMMET); unified-model-editing emmet_main.py"),
     Algorithm("alphaedit", ("nullspace_threshold", "alphaedit_l2"), _projector, lambda s, n: s["alphaedit_l2"],
               "AlphaEdit: UᵀPU + αI", remembers=True, source="Fang et al. 2025 (AlphaEdit), eq. 11; AlphaEdit_main.py"),

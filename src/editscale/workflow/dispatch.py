@@ -14,7 +14,8 @@ from pathlib import Path
 
 from editscale import artifacts, settings
 from editscale.settings import Settings
-from editscale.workflow import experiments, report, stages as shared
+from editscale.workflow import experiments, report
+from editscale.workflow import stages as shared
 from editscale.workflow.job import Job, Stage, logged
 
 

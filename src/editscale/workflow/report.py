@@ -18,33 +18,29 @@ log = logging.getLogger(__name__)
 
 
 def summarise(job: Job) -> None:
-    """Aggregate the per-case tables of one kind (`job.wildcards["kind"]`); also write CSV and
-    Markdown copies beside. For sequential runs (`retained`), the unedited model on each run's
-    records is the run's first point, at 0 edits (from the baseline's per-case table)."""
+    """Aggregate the per-case tables of one kind (`job.wildcards["kind"]`) by the columns its
+    experiment declares; also write CSV and Markdown copies beside. A kind that starts from the
+    unedited model (its entry's `starts`) gets those rows first, from the baseline's per-case table."""
     kind, paths, out = job.wildcards["kind"], job.files("cases"), job.output["table"]
     groups = experiments.summary_groups()[kind]
     if not paths:  # the experiment is not in this config
         write_table(pd.DataFrame(columns=[*groups, *metrics.AGGREGATE_COLUMNS]), out)
         return
-    cases = pd.concat([artifacts.read_parquet(p) for p in paths], ignore_index=True)
-    if kind == "retained":
-        cases = pd.concat([_unedited_start(cases, artifacts.read_parquet(job.input["baseline"])), cases],
+    tables = [artifacts.read_parquet(p) for p in paths]
+    for path, table in zip(paths, tables):
+        missing = [column for column in groups if column not in table.columns]
+        if missing:
+            raise ValueError(f"{path}: summary kind {kind!r} groups by {groups}, but this per-case table has no "
+                             f"{missing}; its experiment's stage must write them (or its entry's summaries must "
+                             f"not group by them)")
+    cases = pd.concat(tables, ignore_index=True)
+    entry = experiments.owner(kind)  # None: the baseline's, summarised plainly
+    if entry is not None and kind in entry.starts:
+        cases = pd.concat([entry.starts[kind](cases, artifacts.read_parquet(job.input["baseline"])), cases],
                           ignore_index=True)
     options = job.settings.findings
-    own = experiments.summariser(kind)
-    write_table(own(cases, groups, options) if own else metrics.aggregate(cases, by=groups, n_boot=options.n_boot,
-                                                                          seed=options.seed), out)
-
-
-def _unedited_start(retained: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame:
-    runs = retained.groupby(["algorithm", "layer", "layers", "batch_size"])
-    parts = []
-    for (algorithm, layer, layers, size), run in runs:
-        final = run[run.n_edits == run.n_edits.max()]
-        start = baseline[baseline.case_id.isin(final.case_id)]
-        parts.append(start.assign(algorithm=algorithm, layer=layer, layers=layers, batch_size=size, batch=-1,
-                                  n_edits=0))
-    return pd.concat(parts, ignore_index=True)[retained.columns.intersection(parts[0].columns)]
+    write_table(entry.summarise(cases, groups, options) if entry is not None and entry.summarise
+                else metrics.aggregate(cases, by=groups, n_boot=options.n_boot, seed=options.seed), out)
 
 
 def collect(job: Job) -> None:
@@ -63,7 +59,7 @@ def write_findings(job: Job) -> None:
              if job.files(kind) else empty for kind in experiments.summary_sources()}
     n_layers = artifacts.read_yaml(job.input["model"], {"n_layers": int})["n_layers"]
     main, spread = chosen_and_window(job)
-    chosen = {kind: t if kind == "sweep" or main == "auto" else t[t["layers"].astype(str) == main]
+    chosen = {kind: t[t["layers"].astype(str) == main] if experiments.at_chosen_layer(kind) and main != "auto" else t
               for kind, t in every.items()}
     options = job.settings.findings
     table = findings.table(findings.Runs(chosen, every, n_layers, main, spread, options, missing_findings(job, main)),
@@ -71,8 +67,7 @@ def write_findings(job: Job) -> None:
     for row in table.itertuples(index=False):
         log.info("%s: %s = %.2f [%.2f, %.2f] -> %s", row.claim, row.statistic, row.value, row.ci_low, row.ci_high,
                  row.verdict)
-    layers = findings.layer_scores(every["sweep"], options) if len(every["sweep"]) else None
-    write_table(table, job.output["table"], findings.markdown(table, layers))
+    write_table(table, job.output["table"], findings.markdown(table, experiments.appendix(every, options)))
 
 
 def plot_all(job: Job) -> None:
@@ -83,8 +78,8 @@ def plot_all(job: Job) -> None:
     every = {kind: artifacts.read_parquet(path) for kind, path in job.input.items() if kind != "best"}
     main, spread = chosen_and_window(job)
     tables = dict(every)
-    for kind, table in every.items():  # the sweep's runs span the layers; the unedited model's rows have none
-        if kind != "sweep" and main != "auto" and len(table) and "layers" in table:
+    for kind, table in every.items():  # the unedited model's rows have no layers
+        if experiments.at_chosen_layer(kind) and main != "auto" and len(table) and "layers" in table:
             tables[kind] = table[(table["layers"].astype(str) == main) | table["layers"].isna()]
     canvas = figures.Canvas(tables, every, main, spread, palette(n_colors=10), palette,
                             list(job.settings.plots.formats), missing_findings(job, main))

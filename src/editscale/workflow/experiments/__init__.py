@@ -1,48 +1,40 @@
-"""The experiments, each declared once. An entry names its settings section and results folder
-(both its name), its jobs' wildcards, outputs and stage, the summary tables it feeds and what
-they group by, its figures and its claims. The workflow's targets, the summary kinds, the report
-groups, the figure list and the findings are all derived from `EXPERIMENTS`.
+"""The experiments, each declared once, in its own module of this package, as that module's
+`EXPERIMENT` (`entry.Experiment`): its settings section and results folder (both its name), its
+jobs' wildcards, outputs and stage, the summary tables it feeds and what they group by, its figures
+and its claims. The registry finds them itself: every module here that exports an `EXPERIMENT`.
+The workflow's targets, the summary kinds, the report groups, the figure list, the findings and the
+rule files Snakemake includes are all derived from `EXPERIMENTS`.
 
-Adding an experiment means one module (its stage, jobs, figures and claims) and one entry here,
-and its rule file (`workflow/rules/<name>.smk`), whose outputs come from the entry.
+Adding an experiment means its module here, its rule file (`workflow/rules/<name>.smk`, whose
+outputs come from the entry) and its figures' captions (`workflow/report/<figure>.rst`), and
+nothing else (docs/design.md; tests/test_experiment_added.py adds one in a copy of the package).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
+import importlib
+import pkgutil
 
-from editscale.workflow.experiments import batch, common, downstream, sequential, sweep, window
+from editscale.workflow.experiments import common, sweep
+from editscale.workflow.experiments.entry import Experiment
 from editscale.workflow.job import Stage
 
 
-@dataclass(frozen=True)
-class Experiment:
-    name: str  # its rule, its folder under the run's results and its settings section
-    figures: dict  # figure name -> figures.Figure (caption: workflow/report/<name>.rst)
-    claims: dict  # claim letter -> claim(findings.Runs) -> rows of the findings table
-    stage: Stage | None = None  # None: it runs no job of its own (the window rides on batch and sequential)
-    jobs: Callable | None = None  # (settings, chosen(), window()) -> each job's wildcards
-    stem: str = ""  # one job's file name under <run>/<name>/, from its wildcards
-    outputs: dict = field(default_factory=dict)  # output name -> suffix after the stem
-    summaries: dict = field(default_factory=dict)  # summary kind -> (its output, the columns it groups by)
-    collected: dict = field(default_factory=dict)  # table kind -> the output stacked as it is
-    reads: tuple = ()  # other experiments' summary kinds it draws on
-    summarise: Callable | None = None  # (per-item table, groups, options) -> summary; None: metrics.aggregate
+def _found() -> list[Experiment]:
+    """Every module of this package that exports an `EXPERIMENT`, in the order of their claims' letters
+    (the paper's a–e, then this project's), which orders the figures and the findings table too."""
+    entries = []
+    for module in pkgutil.iter_modules(__path__):
+        entry = getattr(importlib.import_module(f"{__name__}.{module.name}"), "EXPERIMENT", None)
+        if entry is not None:
+            if entry.name != module.name:
+                raise ImportError(f"{__name__}.{module.name} exports the experiment {entry.name!r}: an experiment's "
+                                  f"module is named after it (its rule file, settings section and folder are)")
+            entries.append(entry)
+    return sorted(entries, key=lambda e: (min(e.claims, default="~"), e.name))
 
 
-EXPERIMENTS = {e.name: e for e in (
-    Experiment("sweep", sweep.FIGURES, sweep.CLAIMS, sweep.STAGE, sweep.jobs, "{algorithm}-layer{layer}",
-               sweep.OUTPUTS, sweep.SUMMARIES),
-    Experiment("batch", batch.FIGURES, batch.CLAIMS, batch.STAGE, batch.jobs, "{algorithm}-layer{layer}-b{size}",
-               batch.OUTPUTS, batch.SUMMARIES),
-    Experiment("sequential", sequential.FIGURES, sequential.CLAIMS, sequential.STAGE, sequential.jobs,
-               "{algorithm}-layer{layer}-b{size}", sequential.OUTPUTS, sequential.SUMMARIES, sequential.COLLECTED,
-               summarise=sequential.summarise),
-    Experiment("window", window.FIGURES, window.CLAIMS, reads=window.READS),
-    Experiment("downstream", downstream.FIGURES, downstream.CLAIMS, downstream.STAGE, downstream.jobs,
-               "layer{layer}", downstream.OUTPUTS, downstream.SUMMARIES, summarise=downstream.summarise),
-)}
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in _found()}
 
 # Stages beside the experiments': the unedited model every result is read against, and the
 # sweep's best layer (a checkpoint).
@@ -52,6 +44,14 @@ STAGES = {
     "best_layer": sweep.BEST_LAYER,
 }
 BASELINE_KIND = "baseline"  # the unedited model's summary, beside the experiments' kinds
+
+
+def jobs(name: str, s, chosen, window) -> list[dict]:
+    """Every job of experiment `name` in this config: its own, then those other experiments add to it
+    (the window's runs), each as its wildcards."""
+    entry = EXPERIMENTS[name]
+    own = entry.jobs(s, chosen, window) if entry.jobs else []
+    return own + [w for e in EXPERIMENTS.values() if name in e.adds for w in e.adds[name](s, chosen, window)]
 
 
 def summary_groups() -> dict:
@@ -65,10 +65,17 @@ def summary_sources() -> dict:
     return {kind: (e.name, output) for e in EXPERIMENTS.values() for kind, (output, _) in e.summaries.items()}
 
 
-def summariser(kind: str):
-    """What summarises a kind's per-item tables: its experiment's own, else None (metrics.aggregate)."""
-    owner = summary_sources().get(kind)
-    return EXPERIMENTS[owner[0]].summarise if owner else None
+def owner(kind: str) -> Experiment | None:
+    """The experiment whose summary `kind` is (None: the baseline's)."""
+    source = summary_sources().get(kind)
+    return EXPERIMENTS[source[0]] if source else None
+
+
+def at_chosen_layer(kind: str) -> bool:
+    """Whether a kind's tables are read at the chosen layer (every kind's but the sweep's, which spans
+    the layers, and the baseline's, which has none)."""
+    entry = owner(kind)
+    return entry is not None and not entry.across_layers
 
 
 def collected_sources() -> dict:
@@ -84,6 +91,11 @@ def figures() -> dict:
 def claims() -> dict:
     """Every claim letter -> its claim function."""
     return {letter: claim for e in EXPERIMENTS.values() for letter, claim in e.claims.items()}
+
+
+def appendix(every: dict, options) -> list[str]:
+    """The lines every experiment adds below the findings table."""
+    return [line for e in EXPERIMENTS.values() if e.appendix for line in e.appendix(every, options)]
 
 
 def read_layer(path) -> int:

@@ -23,6 +23,7 @@ from editscale.editing.value_file import ValueFile
 from editscale.evaluation import downstream as check
 from editscale.settings import layer_name, results
 from editscale.workflow import figures, findings
+from editscale.workflow.experiments.entry import Experiment
 from editscale.workflow.experiments.sequential import retained_at
 from editscale.workflow.job import Job, Stage, edit_config
 from editscale.workflow.stages import load_model
@@ -152,9 +153,56 @@ def claim_g(runs: findings.Runs) -> list[dict]:
     return rows
 
 
+def draw(summary: pd.DataFrame, colors, out, formats) -> None:
+    """(g): each task's weighted F1 with its 95% CI, against B after one batch (left) and against
+    edits in each sequential run (right); the unedited model dashed, chance dotted."""
+    f1 = summary[summary.metric == "f1"]
+    tasks = list(dict.fromkeys(f1.task))
+    fig, axes = figures.grid(len(tasks), 2)
+    for row, task in zip(axes, tasks):
+        mine = f1[f1.task == task]
+        unedited = mine[mine.run == "unedited"]
+        start = float(unedited["value"].iloc[0]) if len(unedited) else None
+        batch_runs, seq_runs = mine[mine.run == "batch"], mine[mine.run == "sequential"]
+        batch_lines = list(batch_runs.groupby("algorithm"))
+        seq_lines = list(seq_runs.groupby(["algorithm", "batch_size"]))
+        # One colour per line across both panels: a batch algorithm and a sequential run never share one.
+        batch_colors, seq_colors = colors[: len(batch_lines)], colors[len(batch_lines):]
+        for color, (algorithm, part) in zip(batch_colors, batch_lines):
+            figures.band(row[0], part.rename(columns={"value": "mean"}), "batch_size", f"{algorithm}, one batch", color)
+        for color, ((algorithm, size), part) in zip(seq_colors, seq_lines):
+            if len(seq_lines) > 1 and size == seq_runs[seq_runs.algorithm == algorithm].n_edits.max():
+                # the grid's one batch of every edit: a point at N, not a line from 0
+                figures.one_batch(row[1], part.rename(columns={"value": "mean"}), size,
+                                  f"{algorithm}, one batch of {size}", color)
+                continue
+            first = unedited.assign(n_edits=0) if len(unedited) else unedited
+            line = pd.concat([first, part]).rename(columns={"value": "mean"})
+            figures.band(row[1], line, "n_edits", f"{algorithm}, sequential B = {size}", color)
+        # A task the unedited model does not do above chance cannot show a fall: said on its panels.
+        informative = bool(unedited["informative"].iloc[0]) if len(unedited) and "informative" in unedited else True
+        for ax, x in zip(row, ("batch size B (one batch)", "edits (sequential)")):
+            figures.unedited(ax, start)
+            ax.axhline(mine["chance"].iloc[0], ls=":", lw=1, color="0.3", label="chance", zorder=0)
+            ax.set_ylim(0, 1)
+            ax.set_title(f"{task}: weighted F1" + ("" if informative else "\nunedited not above chance: no verdict"),
+                         color="black" if informative else "0.45", fontsize=None if informative else 8)
+            if not informative:
+                ax.set_facecolor("0.94")
+            ax.set_xlabel(x)
+        if len(batch_runs):
+            sizes = sorted(batch_runs.batch_size.unique())
+            row[0].set_xscale("log", base=2)
+            row[0].set_xticks(sizes, [str(b) for b in sizes], rotation=45)
+            row[0].minorticks_off()
+    # A tall, two-panel figure: a legend at the top would run under the title.
+    figures.save(fig, out, formats, "Downstream check: weighted F1, 95% CI", legend="outside right center")
+
+
 GROUPS = ("task", *RUN_COLUMNS)
-STAGE = Stage(run, counts)
-FIGURES = {"downstream": figures.DOWNSTREAM}
-CLAIMS = {"g": claim_g}
-SUMMARIES = {"downstream": ("answers", GROUPS)}
-OUTPUTS = {"answers": ".answers.parquet"}
+EXPERIMENT = Experiment(
+    "downstream", figures={"downstream": figures.Figure(
+        lambda c, out: draw(c.tables["downstream"], c.colors, out, c.formats), lambda c: len(c.tables["downstream"]))},
+    claims={"g": claim_g}, stage=Stage(run, counts),
+    jobs=jobs, stem="layer{layer}", outputs={"answers": ".answers.parquet"},
+    summaries={"downstream": ("answers", GROUPS)}, summarise=summarise)
