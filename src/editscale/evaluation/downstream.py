@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from editscale import paths
+from editscale.evaluation import bootstrap
 from editscale.settings import Downstream, Findings
 
 POOL = 10  # glue_eval's FEW_SHOT_TEST_SPLIT: items[:10] are the few-shot pool, items[10:] the tests
@@ -204,11 +205,11 @@ def summarise(items: pd.DataFrame, options: Findings = Findings()) -> pd.DataFra
     for key, group in items.groupby(keys, sort=False):
         key = key if isinstance(key, tuple) else (key,)
         labels, predictions = group.label.to_numpy(), group.prediction.to_numpy()
-        picks = np.random.default_rng(options.seed).integers(0, len(group), size=(options.n_boot, len(group)))
+        picks = bootstrap.resample(len(group), options.n_boot, options.seed)  # (n_boot, items)
         task = TASKS[dict(zip(keys, key))["task"]]
         for name, metric in METRICS.items():
             boot = [metric(labels[pick], predictions[pick]) for pick in picks]
-            low, high = np.percentile(boot, [2.5, 97.5])
+            low, high = bootstrap.interval(boot)
             chance = 0.0 if name == "mcc" else task.chance
             rows.append({**dict(zip(keys, key)), "metric": name, "value": metric(labels, predictions),
                          "ci_low": float(low), "ci_high": float(high), "chance": chance,

@@ -14,6 +14,7 @@ import pandas as pd
 
 from editscale.data.records import dataset_of
 from editscale.data.registry import get as get_dataset
+from editscale.evaluation import bootstrap
 from editscale.evaluation.scoring import LowRankEdits, score_pairs
 from editscale.settings import Evaluation, Findings
 
@@ -101,8 +102,7 @@ def aggregate(per_case_table: pd.DataFrame, *, by: list[str] | None = None, fmt:
     rows = []
     for key, group in groups:
         key = key if isinstance(key, tuple) else (key,)
-        rng = np.random.default_rng(seed)
-        picks = rng.integers(0, len(group), size=(n_boot, len(group)))
+        picks = bootstrap.resample(len(group), n_boot, seed)  # (n_boot, cases)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # an optional metric that no case has
             boot = {m: np.nanmean(group[m].to_numpy(dtype=float)[picks], axis=1) for m in metric_names}
@@ -118,11 +118,11 @@ def aggregate(per_case_table: pd.DataFrame, *, by: list[str] | None = None, fmt:
             values = values[~np.isnan(values)]
             if not len(values):
                 continue
-            lo, hi = np.nanpercentile(boot[metric], [2.5, 97.5])
+            lo, hi = bootstrap.interval(boot[metric])
             rows.append({**common, "metric": metric, "mean": values.mean(),
                          "std": values.std(ddof=1) if len(values) > 1 else 0.0, "ci_low": lo, "ci_high": hi})
         means = [group[m].mean() for m in entry.headline]
         boot_score = [harmonic_mean(v) for v in zip(*(boot[m] for m in entry.headline))]
-        lo, hi = np.nanpercentile(boot_score, [2.5, 97.5])
+        lo, hi = bootstrap.interval(boot_score)
         rows.append({**common, "metric": "Score", "mean": harmonic_mean(means), "std": np.nan, "ci_low": lo, "ci_high": hi})
     return pd.DataFrame(rows)

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from editscale import settings
+from editscale.workflow import text
 
 ROOT = Path(__file__).resolve().parents[3]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -64,12 +65,13 @@ def render() -> str:
             out += [f"Type: {_type(spec)}. Default: {_default(value)}.", ""]
             continue
         meta = {f.name: f for f in dataclasses.fields(value)}
-        out += ["| key | type | default | meaning |", "|---|---|---|---|"]
+        rows = []
         for key, sub in spec["properties"].items():
             execution = meta[key].metadata.get("execution") if key in meta else False
-            text = sub.get("description", "").replace("|", "/").replace(" (execution only)", "")
-            text = (text + (" *Execution only.*" if execution else "")).strip()
-            out.append(f"| `{key}` | {_type(sub).replace('|', '/')} | {_default(getattr(value, key, None))} | {text} |")
+            meaning = sub.get("description", "").replace("|", "/").replace(" (execution only)", "")
+            meaning = (meaning + (" *Execution only.*" if execution else "")).strip()
+            rows.append([f"`{key}`", _type(sub).replace("|", "/"), _default(getattr(value, key, None)), meaning])
+        out += text.table(["key", "type", "default", "meaning"], rows)
         out.append("")
     return "\n".join(out).rstrip() + "\n"
 

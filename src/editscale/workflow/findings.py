@@ -22,8 +22,10 @@ import pandas as pd
 
 from editscale.data.records import dataset_of
 from editscale.data.registry import get as get_dataset
+from editscale.evaluation.bootstrap import interval, resample  # noqa: F401 (interval: part of the toolkit)
 from editscale.evaluation.metrics import harmonic_mean
 from editscale.settings import Findings
+from editscale.workflow import text
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +46,7 @@ class Paired:
         shared = set.intersection(*(set(wide.loc[c].index) for c in self.conditions))
         self.case_ids = sorted(shared)
         self.values = {c: wide.loc[c].loc[self.case_ids].to_numpy(dtype=float) for c in self.conditions}
-        rng = np.random.default_rng(options.seed)
-        self.picks = rng.integers(0, len(self.case_ids), size=(options.n_boot, len(self.case_ids)))
+        self.picks = resample(len(self.case_ids), options.n_boot, options.seed)  # (n_boot, cases)
 
     @property
     def n(self) -> int:
@@ -58,11 +59,6 @@ class Paired:
             return harmonic_mean(values.mean(0)), harmonic_mean(values[self.picks].mean(1))
         column = self.metrics.index(metric)
         return values[:, column].mean(), values[self.picks, column].mean(1)
-
-
-def interval(replicates: np.ndarray) -> tuple[float, float]:
-    low, high = np.percentile(replicates, [2.5, 97.5])
-    return float(low), float(high)
 
 
 def p_best(replicates: dict) -> dict:
@@ -151,10 +147,10 @@ def verdict_at_n(verdict: str, n: int) -> str:
 
 def markdown(table: pd.DataFrame, appendix: list[str] = ()) -> str:
     """The findings table, each row's detail below it, then the experiments' appendix lines."""
-    lines = ["| claim | statistic | value [95% CI] | verdict | paper | cases |", "|---|---|---|---|---|---|"]
-    for row in table.itertuples(index=False):
-        lines.append(f"| {row.claim} | {row.statistic} | {row.value:.2f} [{row.ci_low:.2f}, {row.ci_high:.2f}] | "
-                     f"**{verdict_at_n(row.verdict, row.n_cases)}** | {row.paper} | {row.n_cases} |")
+    lines = text.table(["claim", "statistic", "value [95% CI]", "verdict", "paper", "cases"],
+                       [[row.claim, row.statistic, f"{row.value:.2f} [{row.ci_low:.2f}, {row.ci_high:.2f}]",
+                         f"**{verdict_at_n(row.verdict, row.n_cases)}**", row.paper, row.n_cases]
+                        for row in table.itertuples(index=False)])
     details = [f"- {row.claim}: {row.detail}" for row in table.itertuples(index=False) if row.detail]
     lines += [""] + details if details else []
     lines += ["", *appendix] if appendix else []

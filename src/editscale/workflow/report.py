@@ -11,7 +11,7 @@ import pandas as pd
 from editscale import artifacts
 from editscale.evaluation import metrics
 from editscale.settings import compared_window, layer_name, results
-from editscale.workflow import experiments, figures, findings
+from editscale.workflow import experiments, figures, findings, text
 from editscale.workflow.job import Job, Stage
 
 log = logging.getLogger(__name__)
@@ -123,12 +123,7 @@ def write_table(table: pd.DataFrame, out_parquet, text: str | None = None) -> No
 
 
 def markdown(table: pd.DataFrame) -> str:
-    def cell(v):
-        return f"{v:.2f}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
+    return "\n".join(text.table(list(table.columns), table.itertuples(index=False))) + "\n"
 
 
 _NOTHING = lambda s, w: {}  # noqa: E731: reads tables only; their settings are in their inputs' paths

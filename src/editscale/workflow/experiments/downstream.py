@@ -21,6 +21,7 @@ from editscale.editing import sequential
 from editscale.editing.covariance import load_stats
 from editscale.editing.value_file import ValueFile
 from editscale.evaluation import downstream as check
+from editscale.evaluation.bootstrap import interval, resample
 from editscale.settings import layer_name, results
 from editscale.workflow import figures, findings
 from editscale.workflow.experiments.entry import Experiment
@@ -111,7 +112,7 @@ def claim_g(runs: findings.Runs) -> list[dict]:
     rows, options = [], runs.options
     for task, mine in items.groupby("task", sort=False):
         unedited = mine[mine.run == "unedited"].set_index("item")
-        picks = np.random.default_rng(options.seed).integers(0, len(unedited), (options.n_boot, len(unedited)))
+        picks = resample(len(unedited), options.n_boot, options.seed)  # (n_boot, items)
         chance = check.TASKS[task].chance
 
         def f1(points: pd.DataFrame):
@@ -120,7 +121,7 @@ def claim_g(runs: findings.Runs) -> list[dict]:
                                                                    for p in picks])
 
         base, base_boot = f1(unedited)
-        low, high = np.percentile(base_boot, [2.5, 97.5])
+        low, high = interval(base_boot)
         if low <= chance:
             rows.append(findings.not_measured(f"g. general ability after edits ({task})",
                                               f"the unedited model's weighted F1 {base:.2f} [{low:.2f}, {high:.2f}] "
@@ -133,7 +134,7 @@ def claim_g(runs: findings.Runs) -> list[dict]:
             value, boot = f1(point.set_index("item").loc[unedited.index].reset_index())
             n = int(point.n_edits.iloc[0])
             scored[(run_, algorithm, size)] = (value, boot, n)
-            ci = tuple(np.percentile(boot - base_boot, [2.5, 97.5]))
+            ci = interval(boot - base_boot)
             rows.append(findings.finding(f"g. edits cost general ability ({task}, {algorithm}, {run_})",
                                       f"F1({run_} B = {size}, {n} edits) − F1(unedited)", value - base, ci,
                                       findings.direction(*ci, -1), "(not in the paper; AlphaEdit, ENCORE report it)",
@@ -145,7 +146,7 @@ def claim_g(runs: findings.Runs) -> list[dict]:
             if len(sizes) < 2 or sizes[-1] != one[2]:
                 continue  # the grid holds no one batch of every edit
             small = sequential[("sequential", algorithm, sizes[0])]
-            ci = tuple(np.percentile(small[1] - one[1], [2.5, 97.5]))
+            ci = interval(small[1] - one[1])
             rows.append(findings.finding(f"g. smaller sequential B keeps general ability better ({task}, {algorithm})",
                                       f"F1(B = {sizes[0]} × {one[2] // sizes[0]}) − F1(one batch of {one[2]})",
                                       small[0] - one[0], ci, findings.direction(*ci, +1),

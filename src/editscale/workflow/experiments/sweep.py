@@ -8,7 +8,7 @@ import yaml
 
 from editscale import artifacts
 from editscale.evaluation import metrics
-from editscale.workflow import figures, findings
+from editscale.workflow import figures, findings, text
 from editscale.workflow.experiments import common
 from editscale.workflow.experiments.entry import Experiment
 from editscale.workflow.experiments.independent import independent
@@ -121,10 +121,10 @@ def layer_table(every: dict, options) -> list[str]:
     if layers is None or not len(layers):
         return []
     return (["Each swept layer's Score (mean over the sweep's algorithms), its 95% CI and the bootstrap "
-             "probability that it is the best layer:", "", "| layer | Score [95% CI] | P(best) | cases |",
-             "|---|---|---|---|"]
-            + [f"| {r.layer} | {r.Score:.1f} [{r.ci_low:.1f}, {r.ci_high:.1f}] | {r.p_best:.2f} | {r.n_cases} |"
-               for r in layers.itertuples(index=False)])
+             "probability that it is the best layer:", ""]
+            + text.table(["layer", "Score [95% CI]", "P(best)", "cases"],
+                         [[r.layer, f"{r.Score:.1f} [{r.ci_low:.1f}, {r.ci_high:.1f}]", f"{r.p_best:.2f}", r.n_cases]
+                          for r in layers.itertuples(index=False)]))
 
 
 EXPERIMENT = Experiment(
