@@ -91,7 +91,7 @@ class Edit:
             if not torch.isfinite(self.delta(layer)).all():
                 raise ValueError(f"this edit's ΔW at layer {layer} is not finite; it is not applied")
         layout = layout_for(model)
-        before = {layer: layout.weight(model, layer).detach().clone() for layer in self.factors}
+        before = editing.weights(model, layout, self.factors)
         for layer in self.factors:
             editing.apply_delta(model, layout, layer, self.delta(layer))
         stack.append((self, before))
@@ -110,9 +110,7 @@ class Edit:
         for _, before in stack[at:]:
             for layer, weight in before.items():
                 original.setdefault(layer, weight)
-        with torch.no_grad():
-            for layer, weight in original.items():
-                layout.weight(model, layer).copy_(weight)
+        editing.put_weights(model, layout, original)
         stack.pop(at)
         model.__dict__[APPLIED].pop(at)
         later = stack[at:]
@@ -200,7 +198,7 @@ class Editor:
                            {str(layer): digest for layer, digest in self.stats_source.items()}}
 
     def _weights(self) -> dict:
-        return {layer: self.layout.weight(self.model, layer).detach().clone() for layer in self.layers}
+        return editing.weights(self.model, self.layout, self.layers)
 
     def _stats(self, stats, settings: Stats, results_dir: str) -> dict:
         """{layer: (C, its sha256)} for every window layer."""

@@ -10,9 +10,12 @@ from .batches import (
                       check_conflicts,
                       independent_batches,
                       prepare,
+                      put_weights,
+                      restored,
                       revert_delta,
+                      weights,
 )
 from .window import edit_batch, edit_window
 
 __all__ = ["BatchEdit", "EditConfig", "apply_delta", "batch_slices", "check_conflicts", "edit_batch", "edit_window",
-           "independent_batches", "prepare", "revert_delta"]
+           "independent_batches", "prepare", "put_weights", "restored", "revert_delta", "weights"]

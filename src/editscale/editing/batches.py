@@ -8,6 +8,7 @@ them, is `window.edit_window`; sequential batches are in `sequential`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -88,6 +89,28 @@ def apply_delta(model, layout, layer: int, delta: torch.Tensor, sign: float = 1.
 
 def revert_delta(model, layout, layer: int, delta: torch.Tensor) -> None:
     apply_delta(model, layout, layer, delta, sign=-1.0)
+
+
+def weights(model, layout, layers) -> dict:
+    """{layer: a copy of W_layer as it is now} (d_out, d_in) each: what `put_weights` puts back."""
+    return {layer: layout.weight(model, layer).detach().clone() for layer in layers}
+
+
+def put_weights(model, layout, saved: dict) -> None:
+    """W_layer ← saved[layer], bit for bit, for every layer saved (the one way weights are restored)."""
+    with torch.no_grad():
+        for layer, weight in saved.items():
+            layout.weight(model, layer).copy_(weight)
+
+
+@contextlib.contextmanager
+def restored(model, layout, layers):
+    """The block may write `layers`' weights: they are put back as they were when it ends or is left."""
+    saved = weights(model, layout, layers)
+    try:
+        yield saved
+    finally:
+        put_weights(model, layout, saved)
 
 
 @dataclass

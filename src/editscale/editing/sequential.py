@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from editscale import algorithms, artifacts, settings
 from editscale.algorithms import KeyMemory
-from editscale.editing.batches import EditConfig, apply_delta, batch_slices, check_conflicts
+from editscale.editing.batches import EditConfig, apply_delta, batch_slices, check_conflicts, restored
 from editscale.editing.health import weight_health
 from editscale.editing.values import Values
 from editscale.editing.window import edit_window
@@ -235,9 +235,8 @@ def replay(stored: dict, model, layout) -> Iterator[int]:
     their order, as the run added them (so the weights are the run's own, bit for bit); yields the
     edits so far after each batch. W₀ is restored from a copy when the loop ends or is left."""
     layers = sorted(int(k.split(".")[0].removeprefix("layer")) for k in stored if k.endswith(".A"))
-    w0 = {layer: layout.weight(model, layer).detach().clone() for layer in layers}
     start = 0
-    try:
+    with restored(model, layout, layers) as w0:
         for width in stored["batch_sizes"].tolist():
             for layer in layers:
                 # A (d_out, B), Bᵀ (B, d_in): this batch's columns of the run's factors
@@ -245,10 +244,6 @@ def replay(stored: dict, model, layout) -> Iterator[int]:
                 apply_delta(model, layout, layer, A @ B.T)
             start += width
             yield start
-    finally:
-        with torch.no_grad():
-            for layer, weight in w0.items():
-                layout.weight(model, layer).copy_(weight)
 
 
 def stored_edits(run_dir: str | Path) -> dict:

@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 
 from editscale.algorithms import KeyMemory, Prepared
-from editscale.editing.batches import BatchEdit, EditConfig, apply_delta
+from editscale.editing.batches import BatchEdit, EditConfig, apply_delta, restored
 from editscale.editing.keys import compute_keys
 from editscale.editing.values import Values, compute_values
 from editscale.models.hooks import block_output, forward_until
@@ -84,9 +84,8 @@ def edit_window(model, tokenizer, layout, cfg: EditConfig, layers: Sequence[int]
                          f"values for a batch of {len(facts)} facts")
     labels = [f.get("case_id", i) for i, f in enumerate(facts)]
     memories = memories or {}
-    originals = {layer: layout.weight(model, layer).detach().clone() for layer in layers[:-1]}  # the last is never written
     edits: dict[int, BatchEdit] = {}
-    try:
+    with restored(model, layout, layers[:-1]):  # the last is never written
         for i, layer in enumerate(layers):
             solver = _solver(solvers, layer)
             if i == 0:  # the model as the values saw it: v* − h_L is their residual
@@ -104,10 +103,6 @@ def edit_window(model, tokenizer, layout, cfg: EditConfig, layers: Sequence[int]
             if i < len(layers) - 1:  # the layers above see this one
                 apply_delta(model, layout, layer, edit.delta)
             edits[layer] = edit
-    finally:
-        with torch.no_grad():
-            for layer, weight in originals.items():
-                layout.weight(model, layer).copy_(weight)
     for edit in edits.values():
         edit.diagnostics.update(value_loss=float(values.loss.mean()), value_steps=float(values.steps.float().mean()),
                                 converged=float(values.converged.float().mean()), delta_norm=float(edit.delta.norm()))

@@ -7,9 +7,9 @@ from .loading import (
            context_length,
            gguf_to_folder,
            inspect_local,
-           local_config,
            load,
            load_tokenizer,
+           local_config,
            resolve,
            slug,
 )

@@ -14,7 +14,6 @@ import logging
 
 import numpy as np
 import pandas as pd
-import torch
 
 from editscale import artifacts, data, editing
 from editscale.editing import sequential
@@ -51,20 +50,16 @@ def run(job: Job) -> None:
                     "sequential points", layer_name(layers))
     if s.batch.algorithms and len(layers) == 1:
         layer = layers[0]
-        w0 = layout.weight(loaded, layer).detach().clone()  # restored exactly after each point
         C = load_stats(job.files("stats")[0], device=job.run.device)[0]
         for algorithm in s.batch.algorithms:
             solver = editing.prepare(edit_config(s, algorithm, layer, job.run), C)
             for size in s.batch.sizes:
                 first = ValueFile.for_records(job.files("values"), records.case_id.head(size), job.input["records"])
                 (edit,) = editing.independent_batches(solver, first.keys.T, first.values.residual.T, size)
-                editing.apply_delta(loaded, layout, layer, edit.delta)
-                try:
+                with editing.restored(loaded, layout, [layer]):  # W₀ back, exactly, after each point
+                    editing.apply_delta(loaded, layout, layer, edit.delta)
                     parts.append(score(run="batch", algorithm=algorithm, layers=layer_name(layers), batch_size=size,
                                        n_edits=size))
-                finally:
-                    with torch.no_grad():
-                        layout.weight(loaded, layer).copy_(w0)
                 log.info("downstream after one batch of %d (%s)", size, algorithm)
     for path in job.files("sequential"):
         parts += replay(job, path, score, loaded, layout)
