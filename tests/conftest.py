@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from editscale import paths
+from editscale import models, paths
 from editscale.artifacts import read_tensors
 
 SHARED = paths.shared_data()
@@ -85,6 +85,19 @@ def save_tiny(folder: Path, kind: str, tokenizer, seed: int = 0) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def pytest_generate_tests(metafunc):
+    """`tiny` runs each test on every architecture a module names in `TINY` (default: both)."""
+    if "tiny" in metafunc.fixturenames:
+        metafunc.parametrize("tiny", getattr(metafunc.module, "TINY", ("llama", "gpt2")), indirect=True)
+
+
+@pytest.fixture
+def tiny(request, tiny_llama_dir, tiny_gpt2_dir):
+    """A tiny random model, freshly loaded for each test (a test may edit it): (model, tokenizer,
+    layout), one per architecture in the module's `TINY` (Llama with a BOS token, GPT-2 without)."""
+    return models.load(str({"llama": tiny_llama_dir, "gpt2": tiny_gpt2_dir}[request.param]))
 
 
 @pytest.fixture(scope="session")

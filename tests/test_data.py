@@ -6,13 +6,13 @@ import json
 
 import pandas as pd
 import pytest
+from conftest import SHARED
 
-from editscale import artifacts, paths
+from editscale import artifacts
 from editscale.data import counterfact as data
 from editscale.data import records
 from editscale.data.counterfact import CounterFactError
 
-SHARED = paths.shared_data()
 # Only the tests on the real files need them; the malformed-input tests build their own.
 needs_data = pytest.mark.skipif(SHARED is None, reason="needs the offline data folder (shared/data)")
 FULL = SHARED / "counterfact" / "full" if SHARED else None

@@ -15,6 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "device"))
 import wheels as carried  # noqa: E402
+from conftest import SHARED
 
 
 def device_image(view: Path) -> int:
@@ -47,9 +48,7 @@ def device_image(view: Path) -> int:
 
 @pytest.mark.slow
 def test_device_plan_runs_the_tiny_workflow_from_the_carried_wheels_alone(tiny_llama_dir, tmp_path):
-    from editscale import paths
-
-    if paths.shared_data() is None:
+    if SHARED is None:
         pytest.skip("needs the offline data (../shared/data)")
     carry = tmp_path / "carry"
     here = f"{sys.version_info.major}.{sys.version_info.minor}"

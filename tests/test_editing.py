@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import covariance_standin
 
-from editscale import algorithms, editing, models
+from editscale import algorithms, editing
 from editscale.editing import sequential
 from editscale.editing.batches import EditConfig
 from editscale.editing.keys import compute_keys
@@ -34,10 +34,10 @@ def config(algorithm, edit=SEQ):
     return EditConfig(algorithm=algorithm, layer=1, edit=edit, values=FAST)
 
 
-def run(tiny, cfg, facts, batch_size, run_dir, after_batch=None, **kw):
+def run(tiny_c, cfg, facts, batch_size, run_dir, after_batch=None, **kw):
     """A sequential run to the end, `after_batch(b, facts)` called on each applied batch as the
     workflow evaluates it; its state."""
-    model, tok, layout, C = tiny
+    model, tok, layout, C = tiny_c
     edits = sequential.SequentialRun(model, tok, layout, cfg, facts, TEMPLATES, editing.prepare(cfg, C), batch_size,
                                      run_dir, **{"identity": "test", **kw})
     for b, batch_facts in edits:
@@ -46,15 +46,15 @@ def run(tiny, cfg, facts, batch_size, run_dir, after_batch=None, **kw):
     return edits.state
 
 
-@pytest.fixture(params=["llama", "gpt2"])
-def tiny(request, tiny_llama_dir, tiny_gpt2_dir):
-    folder = {"llama": tiny_llama_dir, "gpt2": tiny_gpt2_dir}[request.param]
-    model, tok, layout = models.load(str(folder))
+@pytest.fixture
+def tiny_c(tiny):
+    """The tiny model with a C for layer 1."""
+    model, tok, layout = tiny_c
     return model, tok, layout, covariance_standin(model, tok, layout, 1)
 
 
-def test_apply_and_revert_restore_the_weights(tiny):
-    model, _, layout, _ = tiny
+def test_apply_and_revert_restore_the_weights(tiny_c):
+    model, _, layout, _ = tiny_c
     before = layout.weight(model, 1).clone()
     delta = torch.randn_like(before)
     editing.apply_delta(model, layout, 1, delta)
@@ -63,8 +63,8 @@ def test_apply_and_revert_restore_the_weights(tiny):
     torch.testing.assert_close(layout.weight(model, 1), before)
 
 
-def test_non_finite_delta_never_reaches_the_model(tiny):
-    model, _, layout, _ = tiny
+def test_non_finite_delta_never_reaches_the_model(tiny_c):
+    model, _, layout, _ = tiny_c
     before = layout.weight(model, 1).clone()
     delta = torch.zeros_like(before)
     delta[0, 0] = float("nan")
@@ -74,9 +74,9 @@ def test_non_finite_delta_never_reaches_the_model(tiny):
 
 
 @pytest.mark.parametrize("algorithm", ["rome", "memit", "emmet", "alphaedit"])
-def test_edit_moves_the_key_toward_the_value(tiny, algorithm):
+def test_edit_moves_the_key_toward_the_value(tiny_c, algorithm):
     """After applying ΔW, W's output on each key changes by about its residual (exactly for ROME/EMMET λ=0)."""
-    model, tok, layout, C = tiny
+    model, tok, layout, C = tiny_c
     facts = FACTS[:1] if algorithm == "rome" else FACTS[:3]
     cfg = config(algorithm, EditSettings(emmet_lambda=0.0, mom2_update_weight=1e-6, nullspace_threshold=1e-2,
                                          alphaedit_l2=1e-9))
@@ -87,15 +87,15 @@ def test_edit_moves_the_key_toward_the_value(tiny, algorithm):
     assert edit.diagnostics["n"] == len(facts) and edit.diagnostics["condition"] > 0
 
 
-def test_rome_refuses_batches(tiny):
-    model, tok, layout, C = tiny
+def test_rome_refuses_batches(tiny_c):
+    model, tok, layout, C = tiny_c
     cfg = config("rome")
     with pytest.raises(ValueError, match="1 fact at a time"):
         editing.edit_batch(model, tok, layout, cfg, FACTS[:2], TEMPLATES, editing.prepare(cfg, C))
 
 
-def test_duplicate_subject_in_a_batch_is_caught_not_nan(tiny):
-    model, tok, layout, C = tiny
+def test_duplicate_subject_in_a_batch_is_caught_not_nan(tiny_c):
+    model, tok, layout, C = tiny_c
     facts = [FACTS[0], dict(FACTS[0], case_id=99, target_new="German"), FACTS[1]]
     before = layout.weight(model, 1).clone()
     cfg = config("emmet", EditSettings(emmet_lambda=0.0))
@@ -118,23 +118,23 @@ def interrupt_at(batch):
 
 
 @pytest.mark.parametrize("algorithm", ["memit", "alphaedit"])
-def test_sequential_resumes_to_the_same_weights(tiny, tmp_path, algorithm):
+def test_sequential_resumes_to_the_same_weights(tiny_c, tmp_path, algorithm):
     """Interrupt while batch 1 is being evaluated (a real exception), rerun, and land on the
     uninterrupted run's weights, bit for bit."""
-    model, tok, layout, _ = tiny
+    model, tok, layout, _ = tiny_c
     w0 = layout.weight(model, 1).clone()
     cfg = config(algorithm)
-    full = run(tiny, cfg, FACTS, 2, tmp_path / "full")
+    full = run(tiny_c, cfg, FACTS, 2, tmp_path / "full")
     w_full = layout.weight(model, 1).clone()
     torch.testing.assert_close(w_full, w0 + full.total, rtol=1e-5, atol=1e-6)
     layout.weight(model, 1).copy_(w0)  # a fresh process starts from the unedited weights
 
     with pytest.raises(Interrupt):
-        run(tiny, cfg, FACTS, 2, tmp_path / "resumed", after_batch=interrupt_at(1))
+        run(tiny_c, cfg, FACTS, 2, tmp_path / "resumed", after_batch=interrupt_at(1))
     assert sorted(p.name for p in (tmp_path / "resumed").iterdir()) == ["batch-00000.safetensors"]
     layout.weight(model, 1).copy_(w0)
     seen = []
-    resumed = run(tiny, cfg, FACTS, 2, tmp_path / "resumed", after_batch=lambda b, _f: seen.append(b))
+    resumed = run(tiny_c, cfg, FACTS, 2, tmp_path / "resumed", after_batch=lambda b, _f: seen.append(b))
     assert seen == [1, 2]  # only the batches that were left
     assert torch.equal(layout.weight(model, 1), w_full) and torch.equal(resumed.total, full.total)
     assert [d["batch"] for d in resumed.diagnostics] == [0, 1, 2]
@@ -144,31 +144,31 @@ def test_sequential_resumes_to_the_same_weights(tiny, tmp_path, algorithm):
         assert torch.equal(resumed.memory.gram, full.memory.gram)
 
 
-def test_a_kill_between_snapshots_replays_from_the_last_one(tiny, tmp_path, caplog):
+def test_a_kill_between_snapshots_replays_from_the_last_one(tiny_c, tmp_path, caplog):
     """Snapshots every 2 batches, killed during batch 3: the rerun loads the weights after batch 2,
     replays batch 2's factors, and ends bit-identical to an uninterrupted run."""
-    model, tok, layout, _ = tiny
+    model, tok, layout, _ = tiny_c
     w0 = layout.weight(model, 1).clone()
     cfg = config("alphaedit")
-    full = run(tiny, cfg, FACTS, 1, tmp_path / "full", snapshot_every=2)
+    full = run(tiny_c, cfg, FACTS, 1, tmp_path / "full", snapshot_every=2)
     w_full = layout.weight(model, 1).clone()
     layout.weight(model, 1).copy_(w0)
     with pytest.raises(Interrupt):
-        run(tiny, cfg, FACTS, 1, tmp_path / "killed", snapshot_every=2, after_batch=interrupt_at(3))
+        run(tiny_c, cfg, FACTS, 1, tmp_path / "killed", snapshot_every=2, after_batch=interrupt_at(3))
     assert (tmp_path / "killed" / "snapshot.safetensors").exists()
     layout.weight(model, 1).copy_(w0)
     with caplog.at_level(logging.INFO, logger="editscale"):
-        resumed = run(tiny, cfg, FACTS, 1, tmp_path / "killed", snapshot_every=2)
+        resumed = run(tiny_c, cfg, FACTS, 1, tmp_path / "killed", snapshot_every=2)
     assert "after batch 3 (snapshot after 2, 1 replayed)" in caplog.text
     assert torch.equal(layout.weight(model, 1), w_full) and torch.equal(resumed.total, full.total)
 
 
-def test_a_batch_writes_only_what_it_adds(tiny, tmp_path):
+def test_a_batch_writes_only_what_it_adds(tiny_c, tmp_path):
     """Factors (and, for algorithms that keep them, keys): O((d_in + d_out)·B) bytes, never a full matrix."""
-    model, _, layout, _ = tiny
+    model, _, layout, _ = tiny_c
     d_out, d_in = layout.weight(model, 1).shape
     for algorithm, tensors in (("memit", {"layer1.A", "layer1.B"}), ("alphaedit", {"layer1.A", "layer1.B", "layer1.keys"})):
-        run(tiny, config(algorithm), FACTS[:4], 2, tmp_path / algorithm)
+        run(tiny_c, config(algorithm), FACTS[:4], 2, tmp_path / algorithm)
         from safetensors import safe_open
 
         with safe_open(str(tmp_path / algorithm / "batch-00001.safetensors"), framework="pt") as f:
@@ -176,11 +176,11 @@ def test_a_batch_writes_only_what_it_adds(tiny, tmp_path):
             assert {tuple(f.get_tensor(k).shape) for k in f.keys()} <= {(d_out, 2), (d_in, 2)}
 
 
-def test_sequential_batches_see_earlier_edits(tiny, tmp_path):
+def test_sequential_batches_see_earlier_edits(tiny_c, tmp_path):
     """Batch 2's values are computed on the model edited by batch 1, unlike independent batches."""
-    model, tok, layout, C = tiny
+    model, tok, layout, C = tiny_c
     cfg = config("memit")
-    seq = run(tiny, cfg, FACTS[:4], 2, tmp_path / "s")
+    seq = run(tiny_c, cfg, FACTS[:4], 2, tmp_path / "s")
     editing.revert_delta(model, layout, 1, seq.total)
     solver = editing.prepare(cfg, C)
     first = editing.edit_batch(model, tok, layout, cfg, FACTS[:2], TEMPLATES, solver)
@@ -190,26 +190,26 @@ def test_sequential_batches_see_earlier_edits(tiny, tmp_path):
     assert not torch.allclose(seq.total, first.delta + second_alone.delta, rtol=1e-4, atol=1e-6)
 
 
-def test_a_run_folder_of_another_run_is_never_resumed(tiny, tmp_path, caplog):
-    model, _, layout, _ = tiny
+def test_a_run_folder_of_another_run_is_never_resumed(tiny_c, tmp_path, caplog):
+    model, _, layout, _ = tiny_c
     w0 = layout.weight(model, 1).clone()
     with pytest.raises(Interrupt):
-        run(tiny, config("memit"), FACTS[:4], 2, tmp_path / "r", identity="old", after_batch=interrupt_at(1))
+        run(tiny_c, config("memit"), FACTS[:4], 2, tmp_path / "r", identity="old", after_batch=interrupt_at(1))
     layout.weight(model, 1).copy_(w0)
-    clean = run(tiny, config("memit"), FACTS[:4], 2, tmp_path / "clean", identity="new")
+    clean = run(tiny_c, config("memit"), FACTS[:4], 2, tmp_path / "clean", identity="new")
     layout.weight(model, 1).copy_(w0)
     with caplog.at_level(logging.WARNING, logger="editscale"):
-        other = run(tiny, config("memit"), FACTS[:4], 2, tmp_path / "r", identity="new")
+        other = run(tiny_c, config("memit"), FACTS[:4], 2, tmp_path / "r", identity="new")
     assert "another run" in caplog.text and "starting over" in caplog.text
     assert torch.equal(other.total, clean.total)
 
 
 @pytest.mark.parametrize("algorithm", ["memit", "alphaedit"])
-def test_sequential_with_cached_first_batch_matches_computing_it(tiny, tmp_path, algorithm, monkeypatch):
+def test_sequential_with_cached_first_batch_matches_computing_it(tiny_c, tmp_path, algorithm, monkeypatch):
     """Batch 0 runs on the unedited model, so keys and values cached there give the same run."""
-    model, tok, layout, C = tiny
+    model, tok, layout, C = tiny_c
     cfg = config(algorithm)
-    computed = run(tiny, cfg, FACTS[:4], 2, tmp_path / "a")
+    computed = run(tiny_c, cfg, FACTS[:4], 2, tmp_path / "a")
     editing.revert_delta(model, layout, 1, computed.total)
     # Cached the way the values rule does it: all four facts in one go, not batch by batch.
     K = compute_keys(model, tok, layout, 1, FACTS[:4], TEMPLATES)
@@ -217,18 +217,18 @@ def test_sequential_with_cached_first_batch_matches_computing_it(tiny, tmp_path,
     first = (K[:2], Values(*(getattr(V, f)[:2] for f in Values.__dataclass_fields__)))
     optimised = []
     monkeypatch.setattr(editing.window, "compute_values", lambda *a, **k: optimised.append(a[4]) or compute_values(*a, **k))
-    reused = run(tiny, cfg, FACTS[:4], 2, tmp_path / "b", first_batch=first)
+    reused = run(tiny_c, cfg, FACTS[:4], 2, tmp_path / "b", first_batch=first)
     torch.testing.assert_close(reused.total, computed.total, rtol=1e-4, atol=1e-6)
     assert [d["value_steps"] for d in reused.diagnostics] == [d["value_steps"] for d in computed.diagnostics]
     assert optimised == [FACTS[2:4]]  # only the second batch was optimised
 
 
-def test_cached_first_batch_of_the_wrong_size_is_refused(tiny, tmp_path):
-    model, tok, layout, C = tiny
+def test_cached_first_batch_of_the_wrong_size_is_refused(tiny_c, tmp_path):
+    model, tok, layout, C = tiny_c
     K = compute_keys(model, tok, layout, 1, FACTS[:1], TEMPLATES)
     V = compute_values(model, tok, layout, 1, FACTS[:1], TEMPLATES, FAST, batch_size=1)
     with pytest.raises(ValueError, match="batch of 2"):
-        run(tiny, config("memit"), FACTS[:4], 2, tmp_path / "c", first_batch=(K, V))
+        run(tiny_c, config("memit"), FACTS[:4], 2, tmp_path / "c", first_batch=(K, V))
 
 
 def test_conflicting_edits_in_a_batch_are_refused_or_named(caplog):
@@ -249,14 +249,14 @@ def test_edits_are_cut_into_batches_one_way():
 
 
 @pytest.mark.parametrize("algorithm", ["memit", "alphaedit"])
-def test_a_replay_of_the_stored_factors_gives_the_runs_weights_after_every_batch(tiny, tmp_path, algorithm):
+def test_a_replay_of_the_stored_factors_gives_the_runs_weights_after_every_batch(tiny_c, tmp_path, algorithm):
     """What the downstream check scores at a sequential point: the weights the run itself had after
     that batch, bit for bit, rebuilt from its stored factors alone; W₀ is back afterwards, also when
     the caller stops early."""
-    model, _, layout, _ = tiny
+    model, _, layout, _ = tiny_c
     w0 = layout.weight(model, 1).clone()
     during = []
-    run(tiny, config(algorithm), FACTS[:5], 2, tmp_path / "run",
+    run(tiny_c, config(algorithm), FACTS[:5], 2, tmp_path / "run",
         after_batch=lambda b, _f: during.append(layout.weight(model, 1).clone()))
     layout.weight(model, 1).copy_(w0)
     stored = sequential.stored_edits(tmp_path / "run")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import covariance_standin
+from conftest import SHARED, covariance_standin
 
 import editscale
 from editscale import editing, models
@@ -25,9 +25,7 @@ EDIT = EditSettings(mom2_update_weight=1e-3)
 QUICK = ValueSettings(steps=4)
 
 
-@pytest.fixture()
-def tiny(tiny_llama_dir):
-    return models.load(str(tiny_llama_dir))
+TINY = ("llama",)  # the Editor on one architecture; test_editing covers both
 
 
 def make_editor(model, tok, layout, algorithm="memit"):
@@ -38,9 +36,7 @@ def make_editor(model, tok, layout, algorithm="memit"):
 
 def test_the_readme_snippet_runs(tiny_llama_dir, tmp_path, monkeypatch):
     """The README's library section, exactly, on the tiny model (its name and layer swapped in)."""
-    from editscale import paths
-
-    if paths.shared_data() is None:
+    if SHARED is None:
         pytest.skip("C comes from the offline corpus")
     text = (ROOT / "README.md").read_text()
     snippet = re.search(r"test_the_readme_snippet_runs -->\n```python\n(.*?)```", text, re.S).group(1)
@@ -51,8 +47,8 @@ def test_the_readme_snippet_runs(tiny_llama_dir, tmp_path, monkeypatch):
     assert (tmp_path / "darrieux.safetensors").exists() and (tmp_path / "edited" / "editscale.json").exists()
     # C went into the workflow's own cache path, with the workflow's provenance.
     (stats,) = (tmp_path / "results").rglob("layer1.safetensors")
-    from editscale.settings import Stats
     from editscale.editing.stats import stats_id
+    from editscale.settings import Stats
 
     assert stats.parent.name == stats_id(Stats()) and stats.parent.parent.name == "stats"
 
@@ -163,9 +159,7 @@ def test_an_exported_folder_loads_in_plain_transformers_with_the_edited_logits(t
 
 
 def test_the_command_line_edits_exports_and_asks(tiny_llama_dir, tmp_path):
-    from editscale import paths
-
-    if paths.shared_data() is None:
+    if SHARED is None:
         pytest.skip("C comes from the offline corpus")
     facts = tmp_path / "facts.jsonl"
     facts.write_text("\n".join(json.dumps(f) for f in FACTS) + "\n")

@@ -7,7 +7,6 @@ import pytest
 import torch
 from conftest import SHARED
 
-from editscale import models
 from editscale.data import corpus
 from editscale.evaluation import fluency
 
@@ -19,12 +18,6 @@ def test_ngram_entropy_by_construction():
     assert fluency.ngram_entropy("the the the the the the") == 0.0
     varied = "the cat sat on the mat while a dog ran past the old red barn"
     assert fluency.ngram_entropy(varied) > fluency.ngram_entropy("the cat the cat the cat the cat the cat")
-
-
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
-def tiny(request, tiny_llama_dir, tiny_gpt2_dir):
-    folder = {"llama": tiny_llama_dir, "gpt2": tiny_gpt2_dir}[request.param]
-    return models.load(str(folder))
 
 
 PROMPTS = ["The mother tongue of Danielle Darrieux is", "Paris is", "Toyota is owned by the company that"]

@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-from editscale import models
 from editscale.data import DATASETS
 from editscale.evaluation import metrics
 from editscale.evaluation.scoring import LowRankEdits, length_batches, target_nll
@@ -109,12 +108,6 @@ def test_aggregate_refuses_undefined_metrics_naming_the_cases():
     with pytest.raises(ValueError, match=r"undefined \(NaN\) for cases \[7\]"):
         metrics.aggregate(cases)
     assert len(metrics.aggregate(cases[cases.case_id == 8]))
-
-
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
-def tiny(request, tiny_llama_dir, tiny_gpt2_dir):
-    folder = {"llama": tiny_llama_dir, "gpt2": tiny_gpt2_dir}[request.param]
-    return models.load(str(folder))
 
 
 RECORDS = pd.DataFrame({

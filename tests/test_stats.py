@@ -4,13 +4,11 @@ import re
 
 import pytest
 import torch
+from conftest import SHARED
 
-from editscale import models, paths
 from editscale.data import corpus
 from editscale.editing import covariance
 from editscale.editing.covariance import load_stats, second_moments, write_stats
-
-SHARED = paths.shared_data()  # the same folder conftest uses
 
 TEXTS = [
     "The mother tongue of Danielle Darrieux is French.",
@@ -27,12 +25,6 @@ TEXTS = [
     "I said that you think the man is French, because he is from Paris.",
 ]
 MAX_LENGTH = 16  # several texts are longer, so truncation is exercised too
-
-
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
-def tiny(request, tiny_llama_dir, tiny_gpt2_dir):
-    folder = {"llama": tiny_llama_dir, "gpt2": tiny_gpt2_dir}[request.param]
-    return models.load(str(folder))
 
 
 def reference_keys(model, tokenizer, layout, layer, texts, skip_first=False):

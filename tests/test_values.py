@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from editscale import models
 from editscale.editing import keys, values
 from editscale.models.tokens import fill, length_buckets
 from editscale.settings import ValueSettings
@@ -20,12 +19,6 @@ FACTS = [
 TEMPLATES = ["{}", "The man said that. {}", "Therefore, because of the rain. {}"]
 # Short runs keep the tests fast; a threshold no fact reaches on one step, one all reach on another.
 CONFIG = ValueSettings(steps=6, loss_threshold=0.05)
-
-
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
-def tiny(request, tiny_llama_dir, tiny_gpt2_dir):
-    folder = {"llama": tiny_llama_dir, "gpt2": tiny_gpt2_dir}[request.param]
-    return models.load(str(folder))
 
 
 def plain_prefixes(model, tok, starts, n_tokens, top_k, seed):

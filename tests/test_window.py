@@ -1,11 +1,11 @@
-"""Multi-layer editing against a plain copy of kmeng01/memit's `execute_memit` layer loop, on tiny
+"""Multi-layer editing against a plain copy of kmeng01/memit's `execute_memit` layer loop, on tiny_stats
 random models; and a window of one layer equal to today's single-layer edit."""
 
 import pytest
 import torch
 from conftest import covariance_standin
 
-from editscale import editing, models
+from editscale import editing
 from editscale.editing.batches import EditConfig
 from editscale.editing.keys import compute_keys
 from editscale.editing.values import compute_values
@@ -25,12 +25,11 @@ EDIT = EditSettings(mom2_update_weight=1e-2)
 WINDOW = [0, 1]
 
 
-@pytest.fixture(params=["llama", "gpt2"])
-def tiny(request, tiny_llama_dir, tiny_gpt2_dir):
-    folder = {"llama": tiny_llama_dir, "gpt2": tiny_gpt2_dir}[request.param]
-    model, tok, layout = models.load(str(folder))
-    stats = {layer: covariance_standin(model, tok, layout, layer) for layer in WINDOW}
-    return model, tok, layout, stats
+@pytest.fixture
+def tiny_stats(tiny):
+    """The tiny model with a C for each layer of the window."""
+    model, tok, layout = tiny_stats
+    return model, tok, layout, {layer: covariance_standin(model, tok, layout, layer) for layer in WINDOW}
 
 
 def _plain_memit(model, tok, layout, facts, layers, stats, lam):
@@ -62,8 +61,8 @@ def _plain_memit(model, tok, layout, facts, layers, stats, lam):
     return deltas
 
 
-def test_window_equals_memits_layer_loop(tiny):
-    model, tok, layout, stats = tiny
+def test_window_equals_memits_layer_loop(tiny_stats):
+    model, tok, layout, stats = tiny_stats
     cfg = EditConfig("memit", WINDOW[-1], edit=EDIT, values=FAST)
     before = {layer: layout.weight(model, layer).clone() for layer in WINDOW}
     solvers = {layer: editing.prepare(cfg, stats[layer]) for layer in WINDOW}
@@ -84,10 +83,10 @@ def test_window_equals_memits_layer_loop(tiny):
 
 
 @pytest.mark.parametrize("algorithm", ["memit", "emmet", "alphaedit", "rome"])
-def test_a_window_of_one_layer_is_todays_edit(tiny, algorithm):
+def test_a_window_of_one_layer_is_todays_edit(tiny_stats, algorithm):
     """The single-layer edit as it was before windows: keys and values at the layer, one solve on
     the values' residual. A window of one layer gives exactly it, and so does edit_batch."""
-    model, tok, layout, stats = tiny
+    model, tok, layout, stats = tiny_stats
     facts = FACTS[:1] if algorithm == "rome" else FACTS
     cfg = EditConfig(algorithm, 1, edit=EDIT, values=FAST)
     solver = editing.prepare(cfg, stats[1])
@@ -99,8 +98,8 @@ def test_a_window_of_one_layer_is_todays_edit(tiny, algorithm):
         assert torch.equal(one.A, today.A) and torch.equal(one.B, today.B) and torch.equal(one.keys, K.T)
 
 
-def test_every_window_layer_needs_its_own_prepared_solver(tiny):
-    model, tok, layout, stats = tiny
+def test_every_window_layer_needs_its_own_prepared_solver(tiny_stats):
+    model, tok, layout, stats = tiny_stats
     cfg = EditConfig("memit", 1, edit=EDIT, values=FAST)
     before = layout.weight(model, 0).clone()
     with pytest.raises(KeyError, match="no prepared solver for layer 1"):
@@ -113,12 +112,12 @@ class Interrupt(Exception):
 
 
 @pytest.mark.parametrize("algorithm", ["memit", "alphaedit"])
-def test_a_window_sequential_run_resumes_bit_identically(tiny, tmp_path, algorithm):
+def test_a_window_sequential_run_resumes_bit_identically(tiny_stats, tmp_path, algorithm):
     """Sequential batches over a window: each layer's factors (and kept keys) per batch, a snapshot
     of every window layer, and a killed run that resumes onto the uninterrupted run's weights."""
     from editscale.editing import sequential
 
-    model, tok, layout, stats = tiny
+    model, tok, layout, stats = tiny_stats
     cfg = EditConfig(algorithm, WINDOW[-1], edit=EditSettings(mom2_update_weight=1e-2, alphaedit_l2=1e-2),
                      values=FAST)
     solvers = {layer: editing.prepare(cfg, stats[layer]) for layer in WINDOW}

@@ -7,12 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import SHARED
 
-from editscale import models, paths
+from editscale import paths
 from editscale.data import records, registry, zsre
 from editscale.evaluation import metrics
 
-SHARED = paths.shared_data()
 needs_data = pytest.mark.skipif(SHARED is None, reason="needs the offline data folder (shared/data)")
 MEND = SHARED / "zsre" / "zsre_mend_eval_portability_gpt4.json" if SHARED else None
 KNOWEDIT = SHARED / "zsre" / "knowedit_ZsRE-test-all.json" if SHARED else None
@@ -94,12 +94,10 @@ def _memit_token_accuracy(model, tok, prompt: str, target: str) -> list[bool]:
     return correct
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_gpt2_dir):
-    return models.load(str(tiny_gpt2_dir))  # no BOS: memit's `tok(target)[:, 0]` is the target's first token
+TINY = ("gpt2",)  # no BOS: memit's `tok(target)[:, 0]` is the target's first token
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def knowing(tiny):
     """A bigram model that has learnt some of the records' texts (each bigram of the first answer
     of every kind), so its token accuracies are neither all 0 nor all 100."""

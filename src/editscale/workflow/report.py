@@ -27,14 +27,15 @@ def summarise(job: Job) -> None:
         write_table(pd.DataFrame(columns=[*groups, *metrics.AGGREGATE_COLUMNS]), out)
         return
     tables = [artifacts.read_parquet(p) for p in paths]
+    entry = experiments.owner(kind)  # None: the baseline's, summarised plainly
+    needed = [column for column in groups if entry is None or column not in entry.derived.get(kind, ())]
     for path, table in zip(paths, tables):
-        missing = [column for column in groups if column not in table.columns]
+        missing = [column for column in needed if column not in table.columns]
         if missing:
             raise ValueError(f"{path}: summary kind {kind!r} groups by {groups}, but this per-case table has no "
-                             f"{missing}; its experiment's stage must write them (or its entry's summaries must "
-                             f"not group by them)")
+                             f"{missing}; its experiment's stage must write them (or its entry must not group by "
+                             f"them, or declare them `derived` by its summariser)")
     cases = pd.concat(tables, ignore_index=True)
-    entry = experiments.owner(kind)  # None: the baseline's, summarised plainly
     if entry is not None and kind in entry.starts:
         cases = pd.concat([entry.starts[kind](cases, artifacts.read_parquet(job.input["baseline"])), cases],
                           ignore_index=True)

@@ -23,6 +23,9 @@ class Experiment:
     collected: dict = field(default_factory=dict)  # table kind -> the output stacked as it is
     reads: tuple = ()  # other experiments' summary kinds it draws on
     summarise: Callable | None = None  # (per-item table, groups, options) -> summary; None: metrics.aggregate
+    # summary kind -> the grouping columns its `summarise` derives itself; every other grouping column
+    # must be in each per-case table, checked when the summary is written
+    derived: dict = field(default_factory=dict)
     # Its runs span the layers (the sweep): its tables are never narrowed to the chosen layer.
     across_layers: bool = False
     # summary kind -> (its per-case table, the baseline's) -> the unedited model's rows it starts from

@@ -275,4 +275,4 @@ EXPERIMENT = Experiment(
     # same cases.
     summaries={"immediate": ("immediate", (*GROUPS, "stretch")), "retained": ("retained", (*GROUPS, "n_edits"))},
     collected={"quality": "quality", "health": "batches"}, summarise=protocols.summarise,
-    starts={"retained": unedited_start})
+    derived={"immediate": ("stretch",)}, starts={"retained": unedited_start})
