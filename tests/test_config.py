@@ -9,10 +9,12 @@ from conftest import snakemake
 
 from editscale import algorithms, models, settings
 from editscale.settings import ConfigError
+from editscale.workflow import experiments
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 ALGORITHMS = algorithms.ALGORITHMS
+CHECKS = experiments.checks()  # each experiment's own cross-key checks, as common.smk passes them
 
 
 def changed(**sections):
@@ -31,7 +33,7 @@ def test_the_default_config_passes_and_keeps_the_references_value_optimisation()
     kl_factor 0.0625, v_weight_decay 1e-3, clamp_norm_factor 4; early stop below 5e-2), read here
     as literals, not from settings.py."""
     parsed = settings.parse(CONFIG)
-    settings.check(parsed, n_layers=30, model_exists=True, algorithms=ALGORITHMS)
+    settings.check(parsed, n_layers=30, model_exists=True, algorithms=ALGORITHMS, more=CHECKS)
     v = parsed.values
     assert (v.lr, v.steps, v.kl_factor, v.weight_decay, v.clamp_factor, v.loss_threshold) == (
         0.5, 25, 0.0625, 1e-3, 4.0, 0.05)
@@ -49,33 +51,33 @@ def test_the_default_config_passes_and_keeps_the_references_value_optimisation()
 ])
 def test_each_cross_key_contradiction_is_named(sections, keys):
     with pytest.raises(ConfigError) as err:
-        settings.check(changed(**sections), n_layers=30, model_exists=True, algorithms=ALGORITHMS)
+        settings.check(changed(**sections), n_layers=30, model_exists=True, algorithms=ALGORITHMS, more=CHECKS)
     assert all(k in str(err.value) for k in keys), str(err.value)
 
 
 def test_variants_of_an_algorithm_are_checked_by_its_registry_entry():
     good = changed(batch={"algorithms": ["memit", "emmet", "emmet@emmet_lambda=10"]})
-    settings.check(good, n_layers=30, model_exists=True, algorithms=ALGORITHMS, variant=algorithms.variant)
+    settings.check(good, n_layers=30, model_exists=True, algorithms=ALGORITHMS, more=CHECKS, variant=algorithms.variant)
     cases = [(dict(batch={"algorithms": ["emmet@emmet_lambda=10.0"]}), ["batch.algorithms", "'emmet@emmet_lambda=10'"]),
              (dict(sequential={"algorithms": ["memit@emmet_lambda=1"]}), ["sequential.algorithms", "memit reads"]),
              (dict(batch={"algorithms": ["rome@mom2_update_weight=1"]}), ["batch.algorithms", "rome reads"])]
     for sections, keys in cases:
         with pytest.raises(ConfigError) as err:
-            settings.check(changed(**sections), n_layers=30, model_exists=True, algorithms=ALGORITHMS,
+            settings.check(changed(**sections), n_layers=30, model_exists=True, algorithms=ALGORITHMS, more=CHECKS,
                            variant=algorithms.variant)
         assert all(k in str(err.value) for k in keys), str(err.value)
 
 
 def test_layers_beyond_the_model_and_missing_model_paths_are_named(tmp_path):
     with pytest.raises(ConfigError, match=r"layers \[30, 31\].*30 layers"):
-        settings.check(changed(sweep={"layers": [1, 30]}, layer=31), n_layers=30, algorithms=ALGORITHMS)
+        settings.check(changed(sweep={"layers": [1, 30]}, layer=31), n_layers=30, algorithms=ALGORITHMS, more=CHECKS)
     assert models.inspect_local(str(tmp_path / "nowhere")) == (False, None)
     assert models.inspect_local("meta-llama/Meta-Llama-3-8B") == (None, None)  # a hub id: not decidable offline
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text('{"num_hidden_layers": 7}')
     assert models.inspect_local(str(tmp_path / "m")) == (True, 7)
     with pytest.raises(ConfigError, match="model.spec.*does not exist"):
-        settings.check(changed(model={"spec": str(tmp_path / "nowhere")}), model_exists=False, algorithms=ALGORITHMS)
+        settings.check(changed(model={"spec": str(tmp_path / "nowhere")}), model_exists=False, algorithms=ALGORITHMS, more=CHECKS)
 
 
 def test_unknown_keys_are_refused():

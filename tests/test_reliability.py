@@ -13,6 +13,7 @@ import editscale
 from editscale import artifacts, settings
 from editscale.data import DATASETS
 from editscale.settings import ConfigError
+from editscale.workflow import experiments
 
 CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 
@@ -91,7 +92,8 @@ ALIASES = {name: set(d.aliases) for name, d in DATASETS.items()}
 ])
 def test_settings_a_job_would_die_on_are_named_before_any_job(sections, extra, keys):
     with pytest.raises(ConfigError) as err:
-        settings.check(changed(**sections), n_layers=30, model_exists=True, aliases=ALIASES, **extra)
+        settings.check(changed(**sections), n_layers=30, model_exists=True, aliases=ALIASES,
+                       more=experiments.checks(), **extra)
     assert all(k in str(err.value) for k in keys), str(err.value)
 
 

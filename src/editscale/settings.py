@@ -316,13 +316,14 @@ class ConfigError(ValueError):
 
 def check(s: Settings, *, n_layers: int | None = None, model_exists: bool | None = None,
           algorithms: dict | None = None, datasets: dict | None = None, variant=None,
-          aliases: dict | None = None, model_config: dict | None = None) -> None:
+          aliases: dict | None = None, model_config: dict | None = None, more=()) -> None:
     """Cross-key checks, before any job starts. `n_layers` (the model's depth, when it is known
     without loading it), `model_exists` (False when model.spec names a missing local path),
     `algorithms` ({name: its registry entry: `max_batch`, `window`}), `datasets` ({name: its edit targets, the
     default first}), `variant` (algorithms.variant: a name -> (algorithm, overrides), ValueError
     for a bad one), `aliases` ({dataset: its `auto…` source aliases}) and `model_config` (the model's
-    config.json, when it is on disk) come from the caller, which can look."""
+    config.json, when it is on disk) come from the caller, which can look. `more`: the experiments'
+    own checks (each `(settings) -> problems`, `experiments.checks()`), which live with them."""
     problems = []
     base = {}  # every algorithm or variant named in the config -> its algorithm's name
     for key in (f.name for f in fields(s) if hasattr(getattr(s, f.name), "algorithms")):  # the experiments'
@@ -341,17 +342,6 @@ def check(s: Settings, *, n_layers: int | None = None, model_exists: bool | None
                             f"of {', '.join(datasets[s.data.dataset])}")
     if not str(s.results).strip():
         problems.append("results is empty; name the folder for outputs, e.g. results: results")
-    n = s.data.n
-    for key, value in (("sweep.n", s.sweep.n), ("sequential.n", s.sequential.n)):
-        if value > n:
-            problems.append(f"{key} = {value} is larger than data.n = {n}, the records selected; raise data.n or "
-                            f"lower {key}")
-    for key, sizes, total, total_key in (("batch.sizes", s.batch.sizes, n, "data.n"),
-                                         ("sequential.sizes", s.sequential.sizes, s.sequential.n, "sequential.n")):
-        for size in sizes:
-            if size > total or total % size:
-                problems.append(f"{key} has {size}, which does not divide {total_key} = {total} into whole batches; "
-                                f"use sizes that divide it")
     for key, algos, sizes in (("batch", s.batch.algorithms, s.batch.sizes),
                               ("sequential", s.sequential.algorithms, s.sequential.sizes)):
         for algorithm in algos:
@@ -359,22 +349,6 @@ def check(s: Settings, *, n_layers: int | None = None, model_exists: bool | None
             if limit is not None and max(sizes) > limit:
                 problems.append(f"{key}.algorithms has {algorithm}, which edits {limit} fact at a time, but "
                                 f"{key}.sizes goes up to {max(sizes)}; drop it there (the sweep runs it)")
-    every = s.sequential.retained_every_edits
-    for size in s.sequential.sizes:
-        if (every % size if size <= every else size % every) or every > s.sequential.n:
-            problems.append(f"sequential.retained_every_edits = {every} and sequential.sizes has {size}: every size "
-                            f"must divide it or be a multiple of it (and it at most sequential.n = "
-                            f"{s.sequential.n}), so all runs are scored after the same numbers of edits")
-    if s.layer == "auto" and not s.sweep.algorithms:
-        problems.append("layer: auto takes the sweep's best layer, but sweep.algorithms is empty; name a layer or "
-                        "an algorithm to sweep")
-    if s.window.layers or s.window.size:
-        if s.layer != "auto" and len(window(s.layer)) > 1:
-            problems.append(f"window compares one layer with a window, but layer = {list(window(s.layer))} is a "
-                            f"window already; name one layer (or auto), or drop window")
-        if s.window.layers and len(s.window.layers) < 2 or s.window.size == 1:
-            problems.append("window.layers needs two or more layers (or window.size two or more); one layer is "
-                            "the single-layer edit")
     if s.layer != "auto" and len(window(s.layer)) > 1:
         for key, algos in (("batch", s.batch.algorithms), ("sequential", s.sequential.algorithms)):
             for one in sorted({base[a] for a in algos if not getattr((algorithms or {}).get(base[a]), "window", True)}):
@@ -420,11 +394,7 @@ def check(s: Settings, *, n_layers: int | None = None, model_exists: bool | None
     if context is not None and s.templates.n_tokens >= context:
         problems.append(f"templates.n_tokens = {s.templates.n_tokens} leaves no room in the model's context of "
                         f"{context} tokens; lower it")
-    if s.layer != "auto" and s.window.size and not s.window.layers and len(window(s.layer)) == 1 \
-            and compared_window(s.window, s.layer) is None:
-        problems.append(f"window.size = {s.window.size} takes the layers ending at layer {window(s.layer)[0]}, which "
-                        f"has none below it, so finding (f) could not be measured; name window.layers, or a later "
-                        f"layer")
+    problems += [problem for own in more for problem in own(s)]  # each experiment's own cross-key checks
     if model_exists is False:
         problems.append(f"model.spec = {s.model.spec!r} names a local path that does not exist; fix the path, or "
                         f"give a hub id such as meta-llama/Meta-Llama-3-8B")

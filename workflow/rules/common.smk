@@ -18,6 +18,7 @@ S.check(
     **dict(zip(("model_exists", "n_layers"), inspect_local(SETTINGS.model.spec))),
     algorithms=ALGORITHMS,
     variant=variant,
+    more=X.checks(),
     datasets={name: d.targets for name, d in DATASETS.items()},
     aliases={name: set(d.aliases) for name, d in DATASETS.items()},
     model_config=local_config(SETTINGS.model.spec),

@@ -56,11 +56,12 @@ def condition(spectrum: torch.Tensor) -> float:
 def solve(A, B, what: str, *, keys=None, symmetric: bool = True, key: str = "condition", labels=None,
           mode: str = "raise", max_condition: float = MAX_CONDITION, diagnostics=None, spectrum=None) -> torch.Tensor:
     """X with A X = B in float64, after checking κ(A). `spectrum` (descending), when the caller has it.
+    A (s, s), B (s, n) -> X (s, n).
 
     eigvalsh and Cholesky read only A's lower triangle, so round-off asymmetry in A is harmless.
     """
     if spectrum is None:
-        spectrum = torch.linalg.eigvalsh(A).flip(0) if symmetric else torch.linalg.svdvals(A)
+        spectrum = torch.linalg.eigvalsh(A).flip(0) if symmetric else torch.linalg.svdvals(A)  # (s,), largest first
     kappa = condition(spectrum)
     if diagnostics is not None:
         diagnostics[key] = kappa
@@ -80,9 +81,9 @@ def fallback(A, B, what, kappa, spectrum, *, keys, labels, mode, max_condition, 
     scale = float(spectrum.abs().max()) or 1.0  # a zero matrix still gets a ridge
     if mode == "ridge":
         return torch.linalg.solve(A + FALLBACK_RCOND * scale * torch.eye(len(A), dtype=A.dtype, device=A.device), B)
-    U, S, Vh = torch.linalg.svd(A)
+    U, S, Vh = torch.linalg.svd(A)  # (s, s), (s,), (s, s): A = U diag(S) Vh
     kept = S > FALLBACK_RCOND * scale
-    return Vh[kept].T @ ((U[:, kept].T @ B) / S[kept, None])
+    return Vh[kept].T @ ((U[:, kept].T @ B) / S[kept, None])  # A⁺B: (s, r) @ (r, n)
 
 
 def explain(what, kappa, max_condition, keys, labels) -> str:
@@ -101,10 +102,10 @@ def degenerate_keys(K, labels, cosine_limit: float = PARALLEL_COSINE) -> list[st
     """Zero keys and pairs with |cos| > cosine_limit; at the default, each alone makes a Gram matrix
     of keys singular."""
     names = [str(x) for x in labels] if labels is not None else [f"column {i}" for i in range(K.shape[1])]
-    norms = K.norm(dim=0)
+    norms = K.norm(dim=0)  # (n,): K is (d_in, n), a key a column
     found = [f"record {names[i]} has a zero key" for i in torch.nonzero(norms == 0).flatten().tolist()]
-    unit = K / norms.clamp_min(torch.finfo(K.dtype).tiny)
-    cosine = (unit.T @ unit).abs().triu(diagonal=1)
+    unit = K / norms.clamp_min(torch.finfo(K.dtype).tiny)  # (d_in, n), unit columns
+    cosine = (unit.T @ unit).abs().triu(diagonal=1)  # (n, n): |cos| of each pair, above the diagonal
     for i, j in torch.nonzero(cosine > cosine_limit).tolist():
         found.append(f"records {names[i]} and {names[j]} have duplicate or parallel keys (|cos| = {cosine[i, j]:.8f})")
     return found

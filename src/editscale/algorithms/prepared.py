@@ -55,12 +55,12 @@ class InverseOfC:
 
     def __init__(self, C: torch.Tensor, shift: float = 0.0, *, mode: str, max_condition: float):
         self.device = C.device
-        A = C.to(torch.float64) + shift * torch.eye(len(C), dtype=torch.float64, device=C.device)
-        spectrum = torch.linalg.eigvalsh(A).flip(0)
+        A = C.to(torch.float64) + shift * torch.eye(len(C), dtype=torch.float64, device=C.device)  # (d_in, d_in)
+        spectrum = torch.linalg.eigvalsh(A).flip(0)  # (d_in,), largest first
         self.condition, self.fallback = condition(spectrum), None
         self._factor = self._pinv = None
         if self.condition <= max_condition:
-            self._factor = torch.linalg.cholesky(A)
+            self._factor = torch.linalg.cholesky(A)  # (d_in, d_in) lower: A = L Lᵀ
             return
         what = "C" if shift == 0 else f"C + {shift:g}·I"
         if mode == "raise":
@@ -73,15 +73,16 @@ class InverseOfC:
             self._factor = torch.linalg.cholesky(A + FALLBACK_RCOND * scale * torch.eye(len(A), dtype=A.dtype,
                                                                                           device=A.device))
         else:
-            eigvals, U = torch.linalg.eigh(A)
+            eigvals, U = torch.linalg.eigh(A)  # (d_in,), (d_in, d_in)
             kept = eigvals > FALLBACK_RCOND * scale
-            self._pinv = (U[:, kept], eigvals[kept])
+            self._pinv = (U[:, kept], eigvals[kept])  # (d_in, r), (r,): A⁺ = U diag(1/s) Uᵀ
 
     def __call__(self, X: torch.Tensor) -> torch.Tensor:
+        """T X for X (d_in, n) -> (d_in, n)."""
         if self._factor is not None:
             return torch.cholesky_solve(X, self._factor)
         U, s = self._pinv
-        return U @ ((U.T @ X) / s[:, None])
+        return U @ ((U.T @ X) / s[:, None])  # (d_in, r) @ (r, n)
 
 
 class NullSpaceProjector:
@@ -89,13 +90,14 @@ class NullSpaceProjector:
 
     def __init__(self, C: torch.Tensor, threshold: float):
         self.device = C.device
-        eigvals, U = torch.linalg.eigh(C.to(torch.float64))
-        self.basis = U[:, eigvals < threshold]
+        eigvals, U = torch.linalg.eigh(C.to(torch.float64))  # (d_in,), (d_in, d_in)
+        self.basis = U[:, eigvals < threshold]  # U₀ (d_in, r)
         self.condition, self.fallback = condition(eigvals.flip(0)), None
         # P X as U₀(U₀ᵀX) costs 2·d·r per column; the dense P, d² per column, is cheaper once r > d/2.
         self._dense = self.basis @ self.basis.T if self.basis.shape[1] > len(C) // 2 else None
 
     def __call__(self, X: torch.Tensor) -> torch.Tensor:
+        """P X for X (d_in, n) -> (d_in, n)."""
         return self._dense @ X if self._dense is not None else self.basis @ (self.basis.T @ X)
 
 
@@ -118,11 +120,11 @@ class KeyMemory:
     def absorb(self, K: torch.Tensor, TK: torch.Tensor) -> None:
         K = K.to(TK.device, torch.float64).contiguous()  # as stored and reloaded: the same bits on replay
         if self.K is None:
-            self.K, self.TK, self.gram = K, TK, K.T @ TK
+            self.K, self.TK, self.gram = K, TK, K.T @ TK  # (d_in, n), (d_in, n), (n, n)
             return
         cross = self.K.T @ TK  # K_pᵀ T K, (m, n)
-        self.gram = torch.cat([torch.cat([self.gram, cross], 1), torch.cat([cross.T, K.T @ TK], 1)], 0)
-        self.K, self.TK = torch.cat([self.K, K], 1), torch.cat([self.TK, TK], 1)
+        self.gram = torch.cat([torch.cat([self.gram, cross], 1), torch.cat([cross.T, K.T @ TK], 1)], 0)  # (m+n, m+n)
+        self.K, self.TK = torch.cat([self.K, K], 1), torch.cat([self.TK, TK], 1)  # (d_in, m + n) each
 
 
 @dataclass
@@ -160,29 +162,29 @@ class Prepared:
         device = self.T.device
         K64, R64 = K.to(device, torch.float64).contiguous(), R.to(device, torch.float64)
         warn_near_parallel(K64, labels)
-        TK = self.transform(K64) if TK is None else TK
+        TK = self.transform(K64) if TK is None else TK  # (d_in, n)
         diagnostics = {"fallback": None, "condition_C": self.T.condition, "fallback_C": self.T.fallback}
         rho = float(self.ridge(n))
         if memory is None or memory.size == 0:
-            M = K64.T @ TK
-            B = self._small(M, TK.T, rho, K64, labels, diagnostics).T
+            M = K64.T @ TK  # (n, n)
+            B = self._small(M, TK.T, rho, K64, labels, diagnostics).T  # (d_in, n): B = T K (M + ρI)⁻¹
         else:
             cross = memory.K.T @ TK  # (m, n)
-            M = torch.cat([torch.cat([K64.T @ TK, cross.T], 1), torch.cat([cross, memory.gram], 1)], 0)
-            E = torch.zeros(len(M), n, dtype=torch.float64, device=device)
+            M = torch.cat([torch.cat([K64.T @ TK, cross.T], 1), torch.cat([cross, memory.gram], 1)], 0)  # (n+m, n+m)
+            E = torch.zeros(len(M), n, dtype=torch.float64, device=device)  # (n + m, n): the first n columns of I
             E[:n] = torch.eye(n, dtype=torch.float64, device=device)
             everyone = None if labels is None else [*labels, *(f"earlier-batch key {j}" for j in range(memory.size))]
-            X = self._small(M, E, rho, torch.cat([K64, memory.K], 1), everyone, diagnostics)
-            B = TK @ X[:n] + memory.TK @ X[n:]
+            X = self._small(M, E, rho, torch.cat([K64, memory.K], 1), everyone, diagnostics)  # (n + m, n)
+            B = TK @ X[:n] + memory.TK @ X[n:]  # (d_in, n)
         dtype = torch.result_type(K, R)
-        A, B = R64.to(dtype), B.to(dtype)
+        A, B = R64.to(dtype), B.to(dtype)  # (d_out, n), (d_in, n): ΔW = A Bᵀ
         if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
             raise IllConditionedError(f"ΔW is not finite in {dtype}: its entries overflow; check the residuals R")
         return Solved(A, B, TK, diagnostics)
 
     def _small(self, M, rhs, rho, keys, labels, diagnostics):
         """X with (M + ρI) X = rhs, M = UᵀTU symmetric positive semi-definite, after checking κ."""
-        M = (M + M.T) / 2 + rho * torch.eye(len(M), dtype=M.dtype, device=M.device)
+        M = (M + M.T) / 2 + rho * torch.eye(len(M), dtype=M.dtype, device=M.device)  # (s, s), symmetrised
         spectrum = None
         if rho > 0 and len(M) > EXACT_CONDITION_SIZE:  # λ_min ≥ ρ, λ_max ≤ ρ + tr(UᵀTU)
             spectrum = torch.stack([M.diagonal().sum() - (len(M) - 1) * rho, M.new_tensor(rho)])

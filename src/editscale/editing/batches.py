@@ -123,7 +123,7 @@ class BatchEdit:
 
     @property
     def delta(self) -> torch.Tensor:
-        return self.A @ self.B.T
+        return self.A @ self.B.T  # (d_out, n) @ (n, d_in) -> ΔW (d_out, d_in)
 
 
 def independent_batches(solver: Prepared, K: torch.Tensor, R: torch.Tensor, batch_size: int,
@@ -135,6 +135,7 @@ def independent_batches(solver: Prepared, K: torch.Tensor, R: torch.Tensor, batc
     out = []
     for cols in batch_slices(K.shape[1], batch_size):
         names = None if labels is None else list(labels[cols])
+        # K (d_in, b), R (d_out, b): this batch's columns
         solved = solver.solve(K[:, cols], R[:, cols], labels=names, TK=TK_all[:, cols])
         out.append(BatchEdit(solved.A, solved.B, K[:, cols], solved.TK, solved.diagnostics))
     return out

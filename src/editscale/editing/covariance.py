@@ -97,7 +97,7 @@ def second_moments(model, tokenizer, layout, layers: Iterable[int], texts: Itera
             for batch in _length_batches(sequences, batch_tokens):
                 inputs = pad_batch(batch, pad_id, device)
                 summed = inputs["attention_mask"].bool()
-                summed[:, :first] = False
+                summed[:, :first] = False  # (batch, seq) mask: the skipped first token
                 with _summing(modules, moments, summed):
                     forward_until(model, modules[layers[-1]], **inputs)
                 tokens += int(summed.sum())
@@ -127,7 +127,7 @@ def _summing(modules: dict, moments: dict, summed: torch.Tensor):
     def add(layer):
         def hook(_module, args):
             k = args[0][summed].float()
-            moments[layer].sum.addmm_(k.T, k)
+            moments[layer].sum.addmm_(k.T, k)  # Σ kkᵀ += kᵀk: k (tokens, d_in) -> (d_in, d_in)
             moments[layer].count += len(k)
         return hook
 

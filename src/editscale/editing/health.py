@@ -18,8 +18,8 @@ import torch
 def singular_values(M: torch.Tensor) -> torch.Tensor:
     """M's singular values, ascending, from the Gram matrix of its smaller side (float64)."""
     M = M.to(torch.float64)
-    gram = M @ M.T if M.shape[0] <= M.shape[1] else M.T @ M
-    return torch.linalg.eigvalsh(gram).clamp(min=0).sqrt()
+    gram = M @ M.T if M.shape[0] <= M.shape[1] else M.T @ M  # (m, m), m = min(d_out, d_in): the smaller Gram
+    return torch.linalg.eigvalsh(gram).clamp(min=0).sqrt()  # singular values of M, ascending
 
 
 def weight_health(w0_norm: float, weight: torch.Tensor, total: torch.Tensor) -> dict:

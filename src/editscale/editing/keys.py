@@ -65,6 +65,7 @@ def sample_prefixes(model, tokenizer, starts: Sequence[str], *, n_tokens: int, t
             # Every position before `position` holds a real token in every row, so no mask is needed.
             out = model(input_ids=ids[:, done:position].to(device), use_cache=True, **{cache_name: past})
             past, done = out[cache_name], position
+            # (rows, vocab): the next token's distribution
             probs = torch.softmax(out.logits[:, -1].float().cpu(), dim=-1)
             top = torch.topk(probs, top_k, dim=-1)
             pick = torch.multinomial(top.values / top.values.sum(1, keepdim=True), 1, generator=generator)
@@ -107,9 +108,9 @@ def compute_keys(model, tokenizer, layout, layer: int, facts, templates: Sequenc
             forward_until(model, module, **inputs)
         rows = torch.arange(len(sequences), device=device)
         per_prompt = seen["k"][rows, torch.tensor(positions, device=device)].double()
-        per_prompt = per_prompt.view(len(chunk), len(templates), -1)
-        keys.append(torch.einsum("t,ftd->fd", weights, per_prompt).float())
-    return torch.cat(keys)
+        per_prompt = per_prompt.view(len(chunk), len(templates), -1)  # (facts, templates, d_in)
+        keys.append(torch.einsum("t,ftd->fd", weights, per_prompt).float())  # (facts, d_in): weighted over templates
+    return torch.cat(keys)  # (n, d_in)
 
 
 def save_templates(templates: Sequence[str], path, **provenance) -> None:

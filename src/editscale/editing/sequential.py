@@ -241,7 +241,7 @@ def replay(stored: dict, model, layout) -> Iterator[int]:
             for layer in layers:
                 # A (d_out, B), Bᵀ (B, d_in): this batch's columns of the run's factors
                 A, B = (stored[f"layer{layer}.{x}"][:, start : start + width].to(w0[layer].device) for x in "AB")
-                apply_delta(model, layout, layer, A @ B.T)
+                apply_delta(model, layout, layer, A @ B.T)  # (d_out, width) @ (width, d_in)
             start += width
             yield start
 
@@ -251,5 +251,5 @@ def stored_edits(run_dir: str | Path) -> dict:
     `layer<l>.A` (d_out, N) and `layer<l>.B` (d_in, N), as an `editor.Edit` stores them."""
     parts = [artifacts.read_tensors(p) for p in _batch_files(Path(run_dir))]
     names = [k for k in parts[0] if k.endswith((".A", ".B"))]
-    out = {name: torch.cat([p[name] for p in parts], 1) for name in names}
+    out = {name: torch.cat([p[name] for p in parts], 1) for name in names}  # A (d_out, N), B (d_in, N)
     return {**out, "batch_sizes": torch.tensor([p[names[0]].shape[1] for p in parts])}

@@ -120,8 +120,8 @@ class _Plan:
         self.tok_fact = self.seq_fact[self.tok_seq]  # (n_tok,) the fact each target token belongs to
         self.seq_count = torch.bincount(self.tok_seq, minlength=len(self.seq_fact)).clamp(min=1)
         # Scored positions: the target tokens (teacher-forced), then each fact's KL position.
-        self.rows = torch.cat([self.tok_seq, self.kl_rows])
-        self.cols = torch.cat([self.tok_pos, self.seq_lookup[self.kl_rows]])
+        self.rows = torch.cat([self.tok_seq, self.kl_rows])  # (targets + kl,): batch row of each scored position
+        self.cols = torch.cat([self.tok_pos, self.seq_lookup[self.kl_rows]])  # (targets + kl,): its position in the row
 
     def to(self, device) -> "_Plan":
         for name in ("seq_fact", "seq_lookup", "seq_is_kl", "tok_seq", "tok_pos", "tok_id", "tok_checked"):
@@ -176,7 +176,7 @@ def kl_current_initial(current: torch.Tensor, initial: torch.Tensor) -> torch.Te
     computes (kl_div(input, target) = Σ exp(target)·(target − input)); gradients flow through
     `current` only, `initial` being the detached distribution of the first step.
     """
-    return (current.exp() * (current - initial)).sum(-1)
+    return (current.exp() * (current - initial)).sum(-1)  # KL(current ‖ initial) per row: (rows, vocab) -> (rows,)
 
 
 @dataclass(frozen=True)
@@ -269,14 +269,14 @@ def _adam_step(param, m, v, grad, idx, running, t, lr, limit, betas=(0.9, 0.999)
     """torch.optim.Adam's update on rows `idx` where `running` (every running row has taken t
     steps), then each updated row clamped to norm `limit`; other rows are left as they are."""
     b1, b2 = betas
-    r = running[:, None]
-    m_new = torch.where(r, b1 * m[idx] + (1 - b1) * grad, m[idx])
-    v_new = torch.where(r, b2 * v[idx] + (1 - b2) * grad * grad, v[idx])
+    r = running[:, None]  # (facts, 1): broadcast over d_out
+    m_new = torch.where(r, b1 * m[idx] + (1 - b1) * grad, m[idx])  # (facts, d_out): Adam's first moment
+    v_new = torch.where(r, b2 * v[idx] + (1 - b2) * grad * grad, v[idx])  # (facts, d_out): second moment
     denom = (v_new.sqrt() / (1 - b2**t) ** 0.5) + eps
     p = param[idx]
     p_new = p - (lr / (1 - b1**t)) * m_new / denom
     norms = p_new.norm(dim=1)
-    p_new = p_new * torch.where(norms > limit, limit / norms, torch.ones_like(norms))[:, None]
+    p_new = p_new * torch.where(norms > limit, limit / norms, torch.ones_like(norms))[:, None]  # clamp each δ's norm
     m[idx], v[idx], param[idx] = m_new, v_new, torch.where(r, p_new, p)
 
 

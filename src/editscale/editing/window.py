@@ -47,7 +47,7 @@ def subject_outputs(model, tokenizer, layout, layer: int, facts, *, batch_size: 
             handle.remove()
         rows = torch.arange(len(chunk), device=device)
         out.append(seen["h"][rows, torch.tensor([i for _, i in located], device=device)].float())
-    return torch.cat(out)
+    return torch.cat(out)  # (n, d_out)
 
 
 def edit_batch(model, tokenizer, layout, cfg: EditConfig, facts, templates, solver: Prepared, *,
@@ -97,7 +97,7 @@ def edit_window(model, tokenizer, layout, cfg: EditConfig, layers: Sequence[int]
                 h = subject_outputs(model, tokenizer, layout, last, facts, batch_size=cfg.key_batch_size)
                 left = values.v_star.to(h.device) - h
             R = left / (len(layers) - i)  # (n, d_out): this layer's share of what is left to write
-            solved = solver.solve(K.T, R.T, memory=memories.get(layer), labels=labels)
+            solved = solver.solve(K.T, R.T, memory=memories.get(layer), labels=labels)  # K.T (d_in, n), R.T (d_out, n)
             edit = BatchEdit(solved.A, solved.B, K.T, solved.TK, solved.diagnostics)
             edit.diagnostics.update(n=len(facts), residual_norm=float(R.norm(dim=1).mean()))
             if i < len(layers) - 1:  # the layers above see this one

@@ -49,7 +49,7 @@ def per_row_edits(module, edits: LowRankEdits | None, row_edit: torch.Tensor | N
                 continue
             rows = torch.nonzero(row_edit == e).squeeze(1).to(x.device)
             A, B = edits.A[e].to(x.device, x.dtype), edits.B[e].to(x.device, x.dtype)
-            out[rows] += (x[rows] @ B) @ A.T
+            out[rows] += (x[rows] @ B) @ A.T  # (rows, d_in) @ (d_in, n) @ (n, d_out): x ΔWᵀ, never forming ΔW
         return out
 
     handle = module.register_forward_hook(hook)
@@ -116,7 +116,7 @@ def score_pairs(model, tokenizer, layout, pairs: Sequence[tuple[str, str]], *,
         inputs = pad_batch([list(rows_ids[row][0]) for row in idx], tokenizer.pad_token_id, device)
         rows = torch.cat([torch.full((spans[i].end - spans[i].start,), r) for r, i in batch_pairs])
         cols = torch.cat([torch.arange(spans[i].start - 1, spans[i].end - 1) for _, i in batch_pairs])
-        targets = torch.cat([torch.tensor(spans[i].target_ids) for _, i in batch_pairs]).to(device)
+        targets = torch.cat([torch.tensor(spans[i].target_ids) for _, i in batch_pairs]).to(device)  # (scored tokens,)
         seen = {}
         handle = norm.register_forward_hook(lambda _m, _a, out: seen.__setitem__("h", out))
         try:

@@ -46,6 +46,11 @@ STAGES = {
 BASELINE_KIND = "baseline"  # the unedited model's summary, beside the experiments' kinds
 
 
+def checks() -> list:
+    """Every experiment's own cross-key check, for `settings.check(..., more=checks())`."""
+    return [e.check for e in EXPERIMENTS.values() if e.check is not None]
+
+
 def jobs(name: str, s, chosen, window) -> list[dict]:
     """Every job of experiment `name` in this config: its own, then those other experiments add to it
     (the window's runs), each as its wildcards."""

@@ -97,10 +97,14 @@ def draw(summary: pd.DataFrame, baseline: pd.DataFrame, colors, out, formats) ->
     figures.save(fig, out, formats, f"Batch editing from the unedited model, mean and 95% CI {figures.note(summary)}")
 
 
+def check(s) -> list[str]:
+    return common.whole_batches("batch.sizes", s.batch.sizes, s.data.n, "data.n")
+
+
 STAGE = Stage(run, lambda s, w: {**common.counted_edit(s, w), "n": s.data.n})
 EXPERIMENT = Experiment(
     "batch", figures={"batch": figures.Figure(
         lambda c, out: draw(c.tables["batch"], c.tables["baseline"], c.colors, out, c.formats),
         lambda c: len(c.tables["batch"]))}, claims={"b": claim_b, "d": claim_d}, stage=STAGE, jobs=jobs,
     stem="{algorithm}-layer{layer}-b{size}", outputs={"nll": ".nll.parquet", "cases": ".cases.parquet"},
-    summaries={"batch": ("cases", ("algorithm", "layer", "layers", "batch_size"))})
+    summaries={"batch": ("cases", ("algorithm", "layer", "layers", "batch_size"))}, check=check)

@@ -68,6 +68,12 @@ def edit_job(job: Job, n: int):
     return (loaded, tokenizer, layout), records, facts, cfg, solvers
 
 
+def whole_batches(key: str, sizes, total: int, total_key: str) -> list[str]:
+    """A problem for each batch size in `sizes` that does not divide `total` into whole batches."""
+    return [f"{key} has {size}, which does not divide {total_key} = {total} into whole batches; use sizes that "
+            f"divide it" for size in sizes if size > total or total % size]
+
+
 def counted_edit(s, w: dict) -> dict:
     """What an edit job's results depend on: the model and the edit as `EditConfig.counted` counts it
     (a variant's overrides in place)."""

@@ -30,6 +30,8 @@ class Experiment:
     across_layers: bool = False
     # summary kind -> (its per-case table, the baseline's) -> the unedited model's rows it starts from
     starts: dict = field(default_factory=dict)
+    # (settings) -> the problems of its own settings with the rest (sizes that must divide n, ...)
+    check: Callable | None = None
     # (every kind's per-case table, findings options) -> lines added below the findings table
     appendix: Callable | None = None
     # Other experiments' jobs it adds (the window's: each window run), as the `jobs` of the one it names:

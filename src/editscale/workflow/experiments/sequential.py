@@ -242,6 +242,20 @@ def draw_weight_health(health: pd.DataFrame, retained: pd.DataFrame, colors, out
 GROUPS = ("algorithm", "layer", "layers", "batch_size")
 
 
+def check(s) -> list[str]:
+    q = s.sequential
+    problems = [f"sequential.n = {q.n} is larger than data.n = {s.data.n}, the records selected; raise data.n or "
+                f"lower sequential.n"] if q.n > s.data.n else []
+    problems += common.whole_batches("sequential.sizes", q.sizes, q.n, "sequential.n")
+    every = q.retained_every_edits
+    for size in q.sizes:
+        if (every % size if size <= every else size % every) or every > q.n:
+            problems.append(f"sequential.retained_every_edits = {every} and sequential.sizes has {size}: every size "
+                            f"must divide it or be a multiple of it (and it at most sequential.n = {q.n}), so all "
+                            f"runs are scored after the same numbers of edits")
+    return problems
+
+
 def unedited_start(retained: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame:
     """Each run's first retained point, at 0 edits: the unedited model on the cases the run edits
     (from the baseline's per-case table)."""
@@ -275,4 +289,4 @@ EXPERIMENT = Experiment(
     # same cases.
     summaries={"immediate": ("immediate", (*GROUPS, "stretch")), "retained": ("retained", (*GROUPS, "n_edits"))},
     collected={"quality": "quality", "health": "batches"}, summarise=protocols.summarise,
-    derived={"immediate": ("stretch",)}, starts={"retained": unedited_start})
+    derived={"immediate": ("stretch",)}, starts={"retained": unedited_start}, check=check)

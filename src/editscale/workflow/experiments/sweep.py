@@ -111,6 +111,17 @@ def draw(summary: pd.DataFrame, baseline: pd.DataFrame, colors, out, formats) ->
     figures.save(fig, out, formats, f"Layer sweep: single edits at each layer, mean and 95% CI {figures.note(summary)}")
 
 
+def check(s) -> list[str]:
+    problems = []
+    if s.sweep.n > s.data.n:
+        problems.append(f"sweep.n = {s.sweep.n} is larger than data.n = {s.data.n}, the records selected; raise "
+                        f"data.n or lower sweep.n")
+    if s.layer == "auto" and not s.sweep.algorithms:
+        problems.append("layer: auto takes the sweep's best layer, but sweep.algorithms is empty; name a layer or "
+                        "an algorithm to sweep")
+    return problems
+
+
 STAGE = Stage(run, lambda s, w: {**common.counted_edit(s, w), "n": s.sweep.n})
 BEST_LAYER = Stage(best_layer, lambda s, w: {})
 
@@ -133,4 +144,4 @@ EXPERIMENT = Experiment(
         lambda c: len(c.tables["sweep"]))}, claims={"a": claim_a}, stage=STAGE, jobs=jobs,
     stem="{algorithm}-layer{layer}", outputs={"nll": ".nll.parquet", "cases": ".cases.parquet"},
     summaries={"sweep": ("cases", ("algorithm", "layer", "layers"))},  # layer: where v* is; layers: its name
-    across_layers=True, appendix=layer_table)
+    across_layers=True, appendix=layer_table, check=check)

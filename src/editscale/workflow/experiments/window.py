@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from editscale import settings
 from editscale.algorithms import variant
 from editscale.workflow import figures, findings
 from editscale.workflow.experiments.entry import Experiment
@@ -98,12 +99,29 @@ def draw(batch: pd.DataFrame, retained: pd.DataFrame, layer: str, spread: str, c
     figures.save(fig, out, formats, f"One layer against a window of layers, mean and 95% CI {figures.note(batch)}")
 
 
+def check(s) -> list[str]:
+    w, problems = s.window, []
+    if w.layers or w.size:
+        if s.layer != "auto" and len(settings.window(s.layer)) > 1:
+            problems.append(f"window compares one layer with a window, but layer = {list(settings.window(s.layer))} "
+                            f"is a window already; name one layer (or auto), or drop window")
+        if w.layers and len(w.layers) < 2 or w.size == 1:
+            problems.append("window.layers needs two or more layers (or window.size two or more); one layer is "
+                            "the single-layer edit")
+    if s.layer != "auto" and w.size and not w.layers and len(settings.window(s.layer)) == 1 \
+            and settings.compared_window(w, s.layer) is None:
+        problems.append(f"window.size = {w.size} takes the layers ending at layer {settings.window(s.layer)[0]}, "
+                        f"which has none below it, so finding (f) could not be measured; name window.layers, or a "
+                        f"later layer")
+    return problems
+
+
 EXPERIMENT = Experiment(
     "window", figures={"window": figures.Figure(
         lambda c, out: draw(c.every["batch"], c.every["retained"], c.layer, c.window, c.colors, out, c.formats),
         lambda c: c.window is not None and (len(c.every["batch"]) or len(c.every["retained"])),
         lambda c: c.missing.get("f"))}, claims={"f": claim_f},
-    reads=("batch", "retained"),  # the summaries of the runs it compares
+    reads=("batch", "retained"), check=check,  # reads: the summaries of the runs it compares
     adds={"batch": lambda s, chosen, window: at_window(s.batch.algorithms, max(s.batch.sizes), window),
           # the smallest B: the longest sequential run
           "sequential": lambda s, chosen, window: at_window(s.sequential.algorithms, min(s.sequential.sizes), window)})
