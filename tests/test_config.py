@@ -138,23 +138,60 @@ def test_the_config_readme_is_generated_from_the_schema_and_defaults():
     assert (REPO / "config" / "README.md").read_text() == configdoc.render()
 
 
-def test_library_defaults_are_the_settings_defaults():
-    """Functions that a user may call without the workflow default to settings.py's values, never
-    to numbers of their own that could disagree (issue 18's table)."""
-    import inspect
+# Library parameters named like a setting whose literal default is deliberate: they are not that setting.
+OWN_DEFAULTS = {
+    ("evaluation/fluency.py", "generate", "seed"): "the sampling seed of one call; no setting",
+    ("evaluation/fluency.py", "generate", "batch_size"): "prompts a forward pass generates for (execution)",
+    ("evaluation/fluency.py", "perplexity", "batch_size"): "texts a forward pass (execution)",
+    ("evaluation/fluency.py", "perplexity", "max_tokens"): "a plain corpus budget; the workflow passes drift_tokens",
+    ("evaluation/fluency.py", "generation_entropy", "seed"): "the sampling seed of one call; no setting",
+    ("evaluation/fluency.py", "generation_entropy", "batch_size"): "prompts a forward pass (execution)",
+    ("evaluation/downstream.py", "forced_choice", "batch_size"): "items a forward pass scores (execution)",
+}
+LIBRARY = ["evaluation/metrics.py", "evaluation/fluency.py", "evaluation/downstream.py", "editor.py",
+           "editing/batches.py"]
 
-    from editscale.editing import EditConfig
-    from editscale.evaluation import fluency, metrics
 
-    def default(fn, name):
-        return inspect.signature(fn).parameters[name].default
+def literal_defaults(source: str, names: set) -> list[tuple[str, str, object]]:
+    """(function, parameter, value) for each public function or method parameter in `source` that is
+    named like a setting and defaults to a number written in place, not to the setting."""
+    import ast
 
-    assert default(metrics.score, "batch_size") == settings.Evaluation().batch_size
-    assert default(metrics.score, "max_tokens") == settings.Evaluation().max_tokens
-    assert default(fluency.drift_perplexity, "max_tokens") == settings.Evaluation().drift_tokens
-    assert default(fluency.generation_entropy, "max_new_tokens") == settings.Evaluation().fluency_tokens
-    assert default(metrics.aggregate, "n_boot") == settings.Findings().n_boot
-    assert EditConfig("memit", 1).value_batch_size == settings.ValueSettings().batch_size
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
+            a = node.args
+            positional = a.posonlyargs + a.args
+            pairs = [*zip(positional[len(positional) - len(a.defaults):], a.defaults),
+                     *((k, d) for k, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None)]
+            found += [(node.name, arg.arg, d.value) for arg, d in pairs if arg.arg in names
+                      and isinstance(d, ast.Constant) and type(d.value) in (int, float)]
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id in names \
+                and isinstance(node.value, ast.Constant) and type(node.value.value) in (int, float):
+            found.append(("(field)", node.target.id, node.value.value))  # a dataclass field, as EditConfig's
+    return found
+
+
+def test_library_defaults_come_from_settings_py():
+    """Functions a user may call without the workflow take their defaults from settings.py's fields
+    (written `Evaluation.batch_size`), never from numbers of their own that could drift from them
+    (issue 18's table). A parameter that only shares a setting's name is listed with its reason."""
+    import dataclasses
+
+    names = {f.name for cls in vars(settings).values() if isinstance(cls, type) and dataclasses.is_dataclass(cls)
+             for f in dataclasses.fields(cls) if type(f.default) in (int, float)}
+    package = REPO / "src" / "editscale"
+    found = {(module, fn, arg): value for module in LIBRARY
+             for fn, arg, value in literal_defaults((package / module).read_text(), names)}
+    assert set(found) - set(OWN_DEFAULTS) == set(), {k: found[k] for k in set(found) - set(OWN_DEFAULTS)}
+    assert set(OWN_DEFAULTS) <= set(found)  # a reason for a default that is gone is stale: drop it
+
+
+def test_the_defaults_check_sees_a_number_written_in_place():
+    source = "def score(x, *, batch_size: int = 64, seed=Findings.seed):\n    pass\n" \
+             "class C:\n    n_boot: int = 100\n    def _private(self, max_tokens=5):\n        pass\n"
+    assert literal_defaults(source, {"batch_size", "seed", "n_boot", "max_tokens"}) == [
+        ("score", "batch_size", 64), ("(field)", "n_boot", 100)]
 
 
 @pytest.mark.parametrize("config,key", [
