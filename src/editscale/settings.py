@@ -224,14 +224,19 @@ def layer_name(layer) -> str:
     return "+".join(map(str, layers))
 
 
+def window_ending_at(w: Window, end: int) -> list[int]:
+    """The `w.size` layers ending at layer `end` (fewer near layer 0): the one place a sized window's
+    bounds are drawn, for (f)'s runs and for the layers C is computed at."""
+    return list(range(max(0, end - w.size + 1), end + 1)) if w.size else []
+
+
 def compared_window(w: Window, chosen) -> str | None:
     """Finding (f)'s window as a path name, for the chosen layer `chosen` (a layer or its name), or
     None: `w.layers`, else the `w.size` layers ending at the chosen layer."""
     if w.layers:
         return layer_name(w.layers)
     if w.size:
-        end = window(chosen)[-1]
-        layers = range(max(0, end - w.size + 1), end + 1)
+        layers = window_ending_at(w, window(chosen)[-1])
         return layer_name(layers) if len(layers) > 1 else None  # at layer 0 there is no window below
     return None
 

@@ -47,12 +47,7 @@ STATS_LAYERS = sorted(
     set(SETTINGS.sweep.layers)
     | (set(S.window(SETTINGS.layer)) if SETTINGS.layer != "auto" else set())
     | set(WINDOW.layers)
-    | {
-        l
-        for end in _ENDS
-        for l in range(max(0, end - WINDOW.size + 1), end + 1)
-        if WINDOW.size
-    }
+    | {l for end in _ENDS for l in S.window_ending_at(WINDOW, end)}
 )
 VALUES = f"{RUN_DIR}/values/layer{{layer}}/records{{start}}-{{end}}.safetensors"
 LAYER_NAME = r"\d+(?:-\d+|(?:\+\d+)+)?"  # a layer (3) or a window (4-8, 4+6): settings.layer_name

@@ -109,6 +109,11 @@ class SequentialRun:
         self.state = _resume(self.run_dir, identity, model, layout, self.layers, self.solvers, self.remembers)
         self.state.unedited = {"batch": -1, "n_edits": 0, **unedited}
 
+    def edits_after(self, b: int) -> int:
+        """The facts edited once batch b is applied (the last batch may be short): the one count of
+        edits so far, for the diagnostics and the caller's tables."""
+        return sum(map(len, self.batches[: b + 1]))
+
     def __iter__(self) -> Iterator[tuple[int, list]]:
         state, layers, model, layout = self.state, self.layers, self.model, self.layout
         # Progress in facts, not batches: at B = 1 every fact is a batch of its own (values, solve, scoring).
@@ -123,7 +128,7 @@ class SequentialRun:
                 if self.remembers:
                     state.memories[layer].absorb(edit.keys, edit.TK)
             health = _health(self.w0_norms, {layer: layout.weight(model, layer) for layer in layers}, state.totals)
-            state.diagnostics.append({"batch": b, "n_edits": sum(map(len, self.batches[: b + 1])),
+            state.diagnostics.append({"batch": b, "n_edits": self.edits_after(b),
                                       **_diagnostics(edits), **health})
             yield b, self.batches[b]  # the caller evaluates the applied batch before it counts as done
             tensors = {f"layer{layer}.{name}": t for layer, edit in edits.items()

@@ -58,7 +58,7 @@ def run(job: Job) -> None:
                           identity=identity, snapshot_every=job.run.snapshot_every, first_batch=first_batch,
                           layers=layers, allow_conflicts=job.run.allow_conflicts)
     for b, batch_facts in edits:  # batch b is applied, and recorded once this body is done
-        done = min((b + 1) * B, n)
+        done = edits.edits_after(b)
         ids = [f["case_id"] for f in batch_facts]
         nll = common.score(loaded, tokenizer, layout, records[records.case_id.isin(ids)], job.run)
         cases = common.label(common.per_case(nll, records, reference), batch=b, n_edits=done)
