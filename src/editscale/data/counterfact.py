@@ -8,15 +8,14 @@ list of these. The full ROME format and EasyEdit's reduced format are both read;
 
 from __future__ import annotations
 
-import os
 import reprlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from editscale import artifacts, paths
-from editscale.data.records import COLUMNS, RecordError, check_edit, download, read_json_records, select
+from editscale import paths
+from editscale.data.records import COLUMNS, RecordError, check_edit, fetch_once, read_json_records, select, source_files
 from editscale.settings import Data
 
 OFFICIAL_URL = "https://rome.baulab.info/data/dsets/counterfact.json"
@@ -85,39 +84,12 @@ def _names(files: list[Path]) -> str:
 
 
 def _files(sources) -> list[Path]:
-    if isinstance(sources, (str, os.PathLike)):
-        sources = [sources]
-    files = []
-    for source in sources:
-        if str(source).startswith(("http://", "https://")):
-            files.append(_download(str(source)))
-            continue
-        path = Path(source)
-        if path.is_dir():
-            found = sorted(path.glob("*.json"))
-            unread = sorted(p.name for p in path.iterdir() if p.suffix in (".jsonl", ".gz", ".parquet", ".csv"))
-            if unread:
-                raise CounterFactError(f"CounterFact folder {path} holds {', '.join(unread)}, which would not be read "
-                                       f"(only *.json lists of records are); convert or move them, or name the "
-                                       f"*.json files instead of the folder")
-            if not found:
-                raise CounterFactError(f"CounterFact folder {path} holds no *.json files; point at the files instead")
-            files += found
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise CounterFactError(f"CounterFact source {path} does not exist; check the path in the config")
-    return files
+    return source_files(sources, CounterFactError, "CounterFact", _download, folders=True)
 
 
 def _download(url: str) -> Path:
-    if url != OFFICIAL_URL:
-        raise CounterFactError(f"unknown CounterFact URL {url}; the official one is {OFFICIAL_URL}")
     target = paths.cache_dir("counterfact") / "counterfact.json"
-    if target.is_file() and artifacts.sha256(target) == OFFICIAL_SHA256:
-        return target
-    # The download only replaces the cache once its hash is right; a bad one leaves the cache untouched.
-    return download(url, target, CounterFactError, sha256=OFFICIAL_SHA256)
+    return fetch_once(url, OFFICIAL_URL, target, CounterFactError, "CounterFact", sha256=OFFICIAL_SHA256)
 
 
 def _normalise(record: dict, file: Path, index: int) -> dict:

@@ -21,6 +21,7 @@ a case's metrics follow from its scored prompts is the dataset's business (`data
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import urllib.request
 from pathlib import Path
@@ -87,6 +88,47 @@ def read_json_records(file: Path, error: type[RecordError], name: str) -> list[d
         found = "a list with non-object items" if isinstance(records, list) else f"a JSON {type(records).__name__}"
         raise error(f"{file} must hold a JSON list of record objects, found {found}")
     return records
+
+
+def source_files(sources, error: type[RecordError], what: str, fetch, *, folders: bool = False,
+                 missing: str = "does not exist; check the path in the config") -> list[Path]:
+    """Each source as the local files it names: a URL through `fetch` (url -> its cached file), a file
+    as it is, and, where the dataset reads folders (`folders`), a folder's *.json lists of records.
+    `what` names the dataset in errors; `missing` says what a source that is none of these is."""
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    files = []
+    for source in sources:
+        path = Path(source)
+        if str(source).startswith(("http://", "https://")):
+            files.append(fetch(str(source)))
+        elif folders and path.is_dir():
+            found = sorted(path.glob("*.json"))
+            unread = sorted(p.name for p in path.iterdir() if p.suffix in (".jsonl", ".gz", ".parquet", ".csv"))
+            if unread:
+                raise error(f"{what} folder {path} holds {', '.join(unread)}, which would not be read (only *.json "
+                            f"lists of records are); convert or move them, or name the *.json files instead of the "
+                            f"folder")
+            if not found:
+                raise error(f"{what} folder {path} holds no *.json files; point at the files instead")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise error(f"{what} source {source} {missing}")
+    return files
+
+
+def fetch_once(url: str, known: str, target: Path, error: type[RecordError], what: str,
+               sha256: str | None = None) -> Path:
+    """The dataset's one known URL, downloaded into `target` once (with `sha256`, also re-fetched when the
+    cached file's hash is not it); any other URL is refused, naming the known one."""
+    if url != known:
+        raise error(f"unknown {what} URL {url}; the known one is {known}")
+    if target.is_file() and (sha256 is None or artifacts.sha256(target) == sha256):
+        return target
+    # The download only replaces the cache once complete (and, with sha256, once its hash is right).
+    return download(url, target, error, sha256=sha256)
 
 
 def download(url: str, target: Path, error: type[RecordError], sha256: str | None = None) -> Path:

@@ -11,14 +11,13 @@ Case ids are record positions, as in memit (`case_id: i`); a second file's conti
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from editscale import paths
-from editscale.data.records import COLUMNS, RecordError, download, read_json_records, select
+from editscale.data.records import COLUMNS, RecordError, fetch_once, read_json_records, select, source_files
 from editscale.settings import Data
 
 # kmeng01/memit's copy (util/globals.yml REMOTE_ROOT_URL + dsets/zsre.py): 19,086 records, no portability.
@@ -69,24 +68,13 @@ def load(sources, n: int | None = None, seed: int = Data.seed, unique_subjects: 
 
 
 def _files(sources) -> list[Path]:
-    if isinstance(sources, (str, os.PathLike)):
-        sources = [sources]
-    files = []
-    for source in sources:
-        if str(source).startswith(("http://", "https://")):
-            files.append(_download(str(source)))
-        elif Path(source).is_file():
-            files.append(Path(source))
-        else:
-            raise ZsreError(f"zsRE source {source} is not a file; name a MEND- or KnowEdit-format JSON file")
-    return files
+    return source_files(sources, ZsreError, "zsRE", _download,
+                        missing="is not a file; name a MEND- or KnowEdit-format JSON file")
 
 
 def _download(url: str) -> Path:
-    if url != OFFICIAL_URL:
-        raise ZsreError(f"unknown zsRE URL {url}; the one known is {OFFICIAL_URL}")
-    target = paths.cache_dir("zsre") / Path(url).name
-    return target if target.is_file() else download(url, target, ZsreError)  # it only lands once complete
+    # memit's file has no published hash: the content's hash is taken from the downloaded file
+    return fetch_once(url, OFFICIAL_URL, paths.cache_dir("zsre") / Path(url).name, ZsreError, "zsRE")
 
 
 def _normalise(record: dict, file: Path, index: int, case_id: int, target: str) -> dict:
