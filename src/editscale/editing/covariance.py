@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from editscale import artifacts
 from editscale.models.hooks import forward_until
-from editscale.models.tokens import pad_batch
+from editscale.models.tokens import length_batches, pad_batch
 from editscale.settings import Stats
 
 log = logging.getLogger(__name__)
@@ -162,13 +162,8 @@ def _read_window(texts, tokenizer, limit: int, max_length: int, first: int, budg
 def _length_batches(sequences: list[list[int]], batch_tokens: int) -> list[list[list[int]]]:
     """Longest first, a new batch whenever its width times its rows would pass `batch_tokens`
     (a sequence longer than that goes alone): the reference's `length_collation`."""
-    batches: list[list[list[int]]] = []
-    for seq in sorted(sequences, key=len, reverse=True):
-        if batches and len(batches[-1][0]) * (len(batches[-1]) + 1) <= batch_tokens:
-            batches[-1].append(seq)
-        else:
-            batches.append([seq])
-    return batches
+    groups = length_batches([len(s) for s in sequences], batch_tokens, longest_first=True)
+    return [[sequences[i] for i in group] for group in groups]
 
 
 def _save(path, settings: dict, moments: dict, samples: int, tokens: int) -> None:

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from editscale.models.hooks import forward_until
 from editscale.models.tokens import continuation_span, pad_batch
+from editscale.models.tokens import length_batches as greedy_length_batches
 from editscale.settings import Evaluation
 
 
@@ -62,13 +63,7 @@ def per_row_edits(module, edits: LowRankEdits | None, row_edit: torch.Tensor | N
 def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[list[int]]:
     """Indices grouped shortest first: at most `batch_size` rows and `max_tokens` padded tokens
     a batch (a row longer than that goes alone), so a few long prompts do not pad all the rest."""
-    batches: list[list[int]] = []
-    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
-        if batches and len(batches[-1]) < batch_size and (len(batches[-1]) + 1) * lengths[i] <= max_tokens:
-            batches[-1].append(i)
-        else:
-            batches.append([i])
-    return batches
+    return greedy_length_batches(lengths, max_tokens, batch_size)
 
 
 @dataclass

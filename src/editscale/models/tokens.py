@@ -95,6 +95,25 @@ def pad_aligned(sequences: list[list[int]], positions: list[int], pad_id: int, d
     return {k: v.to(device) for k, v in inputs.items()}, column
 
 
+def length_batches(lengths, max_tokens: int, batch_size: int | None = None,
+                   longest_first: bool = False) -> list[list[int]]:
+    """Row indices grouped greedily by length, shortest first (or longest first), a new group whenever
+    one more row would pad past `max_tokens` (rows × the group's widest) or pass `batch_size` rows; a
+    row wider than `max_tokens` goes alone. Scoring uses it shortest first; C's pass longest first,
+    as the reference's `length_collation`. Ties keep their order."""
+    groups: list[list[int]] = []
+    widest = 0
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=longest_first):
+        room = batch_size is None or len(groups[-1]) < batch_size if groups else False
+        if room and (len(groups[-1]) + 1) * max(widest, lengths[i]) <= max_tokens:
+            groups[-1].append(i)
+            widest = max(widest, lengths[i])
+        else:
+            groups.append([i])
+            widest = lengths[i]
+    return groups
+
+
 def length_buckets(widths: list[int], overhead: int) -> list[list[int]]:
     """Rows grouped by width so that padding plus a fixed cost per group is least.
 
