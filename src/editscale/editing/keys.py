@@ -67,9 +67,9 @@ def sample_prefixes(model, tokenizer, starts: Sequence[str], *, n_tokens: int, t
             past, done = out[cache_name], position
             # (rows, vocab): the next token's distribution
             probs = torch.softmax(out.logits[:, -1].float().cpu(), dim=-1)
-            top = torch.topk(probs, top_k, dim=-1)
-            pick = torch.multinomial(top.values / top.values.sum(1, keepdim=True), 1, generator=generator)
-            sampled = top.indices.gather(1, pick).squeeze(1)
+            top = torch.topk(probs, top_k, dim=-1)  # (rows, top_k) values and indices
+            pick = torch.multinomial(top.values / top.values.sum(1, keepdim=True), 1, generator=generator)  # (rows, 1)
+            sampled = top.indices.gather(1, pick).squeeze(1)  # (rows,) token ids
             grow = lengths <= position  # rows whose start word has ended
             ids[grow, position] = sampled[grow]
     return ids.tolist()
@@ -82,10 +82,10 @@ def in_context(template: str, prompt: str) -> str:
 
 def template_weights(templates: Sequence[str]) -> torch.Tensor:
     """Weights that average the bare template and the prefixed ones as two equal groups."""
-    bare = torch.tensor([t == "{}" for t in templates], dtype=torch.float64)
+    bare = torch.tensor([t == "{}" for t in templates], dtype=torch.float64)  # (templates,)
     groups = int(bare.any()) + int((~bare.bool()).any())
     weights = torch.where(bare.bool(), 1 / bare.sum().clamp(min=1), 1 / (len(templates) - bare.sum()).clamp(min=1))
-    return weights / groups
+    return weights / groups  # (templates,), summing to 1
 
 
 def compute_keys(model, tokenizer, layout, layer: int, facts, templates: Sequence[str],
@@ -107,6 +107,7 @@ def compute_keys(model, tokenizer, layout, layer: int, facts, templates: Sequenc
         with module_inputs({"k": module}) as seen:
             forward_until(model, module, **inputs)
         rows = torch.arange(len(sequences), device=device)
+        # seen["k"] (facts·templates, seq, d_in) -> the subject's last token of each prompt: (facts·templates, d_in)
         per_prompt = seen["k"][rows, torch.tensor(positions, device=device)].double()
         per_prompt = per_prompt.view(len(chunk), len(templates), -1)  # (facts, templates, d_in)
         keys.append(torch.einsum("t,ftd->fd", weights, per_prompt).float())  # (facts, d_in): weighted over templates
