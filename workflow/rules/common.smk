@@ -114,7 +114,8 @@ def experiment_outputs(name):
 
 def outputs_of(name, output, layer=None):
     """The files `output` of every job of experiment `name` in this config (X.jobs: its own and
-    those another experiment adds), or of those at the job's `layer` wildcard when `layer` is set."""
+    those another experiment adds), or of those at the job's `layer` wildcard when `layer` is set.
+    """
 
     def files(wildcards=None):
         pattern = experiment_path(name) + X.EXPERIMENTS[name].outputs[output]
