@@ -49,7 +49,7 @@ def run(tiny_c, cfg, facts, batch_size, run_dir, after_batch=None, **kw):
 @pytest.fixture
 def tiny_c(tiny):
     """The tiny model with a C for layer 1."""
-    model, tok, layout = tiny_c
+    model, tok, layout = tiny
     return model, tok, layout, covariance_standin(model, tok, layout, 1)
 
 

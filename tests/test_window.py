@@ -28,7 +28,7 @@ WINDOW = [0, 1]
 @pytest.fixture
 def tiny_stats(tiny):
     """The tiny model with a C for each layer of the window."""
-    model, tok, layout = tiny_stats
+    model, tok, layout = tiny
     return model, tok, layout, {layer: covariance_standin(model, tok, layout, layer) for layer in WINDOW}
 
 
