@@ -63,14 +63,6 @@ def _only(per_layer: dict):
     return next(iter(per_layer))
 
 
-def run_identity(cfg: EditConfig, facts, templates, batch_size: int, extra=None, layers=None) -> str:
-    """A digest of everything a sequential run's results depend on, and nothing that only changes
-    how it runs: the edit as `EditConfig.counted` counts it, the facts, templates and B; `extra` is
-    what the caller adds (the statistics' content hash, evaluation settings, ...)."""
-    return settings.digest([{**cfg.counted(), **({"layers": list(layers)} if layers else {})},
-                            [dict(f) for f in facts], list(templates), batch_size, extra])
-
-
 class SequentialRun:
     """Batches of `batch_size` facts applied one after another to the same (initially unedited)
     model, at `cfg.layer` or spread over the window `layers` (`window.edit_window`; `solver` then

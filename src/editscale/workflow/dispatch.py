@@ -10,6 +10,7 @@ import goes back down-to-up and the package has no loop (tests/test_architecture
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from editscale import artifacts, settings
@@ -30,9 +31,20 @@ def params(rule: str, s: Settings, wildcards) -> str:
     return settings.digest(stages()[rule].counts(s, dict(wildcards.items()) if hasattr(wildcards, "items") else {}))
 
 
+def identity(stage: Stage, job: Job) -> str:
+    """Everything a job's results depend on, as one digest: the settings its stage counts, its
+    wildcards, and each input's digest as the job that wrote it recorded it. Computed here, once, for
+    every stage; a stage names its work in progress by it (`job.identity`), so that work is resumed
+    only by the very same job, and describes nothing twice."""
+    inputs = {name: [artifacts.digest_of(path) for path in job.files(name)] for name in sorted(job.input)}
+    return settings.digest({"counts": stage.counts(job.settings, job.wildcards), "wildcards": job.wildcards,
+                            "inputs": inputs})
+
+
 def run(smk) -> None:
     """Run the job `smk` describes (the one generic script, workflow/scripts/run.py)."""
     job = Job.of(smk)
+    stage = stages()[job.rule]
     inputs = [path for name in job.input for path in job.files(name)]
     outputs = [path for value in job.output.values() for path in ([value] if isinstance(value, str) else value)]
     with logged(job):
@@ -40,7 +52,7 @@ def run(smk) -> None:
             artifacts.verify(path)
         for path in outputs:
             artifacts.forget(path)
-        stages()[job.rule].run(job)
+        stage.run(dataclasses.replace(job, identity=identity(stage, job)))  # inputs verified first
         for path in outputs:
             if Path(path).is_file():
                 artifacts.record(path, inputs)

@@ -36,6 +36,9 @@ class Job:
     output: dict
     wildcards: dict
     log: str
+    # What its results depend on, as one digest (`dispatch.identity`): its stage's counts, its wildcards and
+    # its inputs' recorded digests. Work in progress (`artifacts.Parts`) is named by it.
+    identity: str = ""
 
     @staticmethod
     def of(smk) -> "Job":

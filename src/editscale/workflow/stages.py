@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from editscale import artifacts, data, models, settings
+from editscale import artifacts, data, models
 from editscale.editing import stats as store
 from editscale.settings import Settings, results
 from editscale.workflow.job import Job, Stage
@@ -148,8 +148,7 @@ def compute_values(job: Job) -> None:
     templates = load_templates(job.input["templates"])
     config, run = job.settings.values, job.run
     out = job.output["values"]
-    parts = artifacts.Parts(out, settings.digest([results(job.settings.model), results(config), layer, templates,
-                                                  records.to_json()]))
+    parts = artifacts.Parts(out, job.identity)
     for offset in range(0, len(records), run.value_chunk):
         chunk = records.iloc[offset : offset + run.value_chunk]
         part = parts / f"{offset:06d}-{chunk.case_id.iloc[0]}-{len(chunk)}.safetensors"

@@ -13,7 +13,7 @@ from editscale import artifacts
 from editscale.data import DATASETS
 from editscale.data.records import dataset_of
 from editscale.editing.keys import load_templates
-from editscale.editing.sequential import SequentialRun, run_identity, stored_edits
+from editscale.editing.sequential import SequentialRun, stored_edits
 from editscale.editing.value_file import ValueFile
 from editscale.settings import layer_name, results
 from editscale.workflow import figures, findings
@@ -45,11 +45,9 @@ def run(job: Job) -> None:
     reference = common.reference(job)  # read once, for every batch's evaluation
     layers, layer = job.layers, job.layers[-1]
     scored_at = retained_at(n, B, s.sequential.retained_every_edits)
-    # Everything the results depend on: a run folder is only ever resumed by the very same run.
-    digests = [artifacts.sha256(path) for path in job.files("stats")]
-    identity = run_identity(cfg, facts, templates, B, layers=layers if len(layers) > 1 else None, extra={
-        "model": results(s.model), "C": digests[0] if len(digests) == 1 else digests,
-        "evaluation": results(s.evaluation), "retained_at": scored_at})
+    # Everything the results depend on (its counts, wildcards and inputs' digests): a run folder is only
+    # ever resumed by the very same run.
+    identity = job.identity
     parts = artifacts.Parts(job.output["immediate"], identity)
     cached = ValueFile.for_records(job.files("values"), records.case_id.head(B), job.input["records"])
     # The value files hold keys at the window's last layer: the first layer's are cached only for one layer.
