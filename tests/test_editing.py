@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import covariance_standin
 
-from editscale import algorithms, editing
+from editscale import algorithms, artifacts, editing
 from editscale.editing import sequential
 from editscale.editing.batches import EditConfig
 from editscale.editing.keys import compute_keys
@@ -39,7 +39,7 @@ def run(tiny_c, cfg, facts, batch_size, run_dir, after_batch=None, **kw):
     workflow evaluates it; its state."""
     model, tok, layout, C = tiny_c
     edits = sequential.SequentialRun(model, tok, layout, cfg, facts, TEMPLATES, editing.prepare(cfg, C), batch_size,
-                                     run_dir, **{"identity": "test", **kw})
+                                     run_dir, **kw)
     for b, batch_facts in edits:
         if after_batch is not None:
             after_batch(b, batch_facts)
@@ -191,16 +191,21 @@ def test_sequential_batches_see_earlier_edits(tiny_c, tmp_path):
 
 
 def test_a_run_folder_of_another_run_is_never_resumed(tiny_c, tmp_path, caplog):
+    """The run folder is an `artifacts.Parts` folder named by the run's identity: a run of another
+    identity beside the same output removes it and starts over, ending where a clean run ends."""
     model, _, layout, _ = tiny_c
     w0 = layout.weight(model, 1).clone()
+    out = tmp_path / "r" / "run.parquet"
+    old = artifacts.Parts(out, "old").folder
     with pytest.raises(Interrupt):
-        run(tiny_c, config("memit"), FACTS[:4], 2, tmp_path / "r", identity="old", after_batch=interrupt_at(1))
+        run(tiny_c, config("memit"), FACTS[:4], 2, old, after_batch=interrupt_at(1))
+    assert list(old.glob("batch-*.safetensors")), "the interrupted run left no batch to resume"
     layout.weight(model, 1).copy_(w0)
-    clean = run(tiny_c, config("memit"), FACTS[:4], 2, tmp_path / "clean", identity="new")
+    clean = run(tiny_c, config("memit"), FACTS[:4], 2, tmp_path / "clean")
     layout.weight(model, 1).copy_(w0)
-    with caplog.at_level(logging.WARNING, logger="editscale"):
-        other = run(tiny_c, config("memit"), FACTS[:4], 2, tmp_path / "r", identity="new")
-    assert "another run" in caplog.text and "starting over" in caplog.text
+    with caplog.at_level(logging.INFO, logger="editscale"):
+        other = run(tiny_c, config("memit"), FACTS[:4], 2, artifacts.Parts(out, "new").folder)
+    assert not old.exists() and "removing" in caplog.text and "resuming" not in caplog.text
     assert torch.equal(other.total, clean.total)
 
 

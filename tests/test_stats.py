@@ -182,28 +182,62 @@ def test_resume_after_interruption_equals_uninterrupted(tiny, tmp_path):
     assert not checkpoint.exists()
 
 
-def test_checkpoint_of_other_settings_is_never_mixed_in(tiny, tmp_path, caplog):
-    """Partial sums made with other settings are not resumed: the run starts over, says why, and
-    gives what a clean run gives."""
+def test_the_partial_sums_are_named_by_everything_c_depends_on(tmp_path):
+    """`stats.identity` names the folder the partial sums resume from: every field of `Stats`, the
+    corpus's content, the layers and the model change it. A new `Stats` field fails here until it is
+    given another value below (and so until `stats_id` or `identity` is seen to name it)."""
+    from dataclasses import fields, replace
+
+    from editscale.editing import stats as store
+    from editscale.settings import Stats
+
+    corpus_file = tmp_path / "corpus.txt"
+    corpus_file.write_text("One text.\n\nAnother.\n")
+    base = Stats(corpus=str(corpus_file))
+    other = {"corpus": str(tmp_path / "other.txt"), "max_tokens": base.max_tokens + 1, "max_length": 64,
+             "skip_first_token": True, "batch_tokens": base.batch_tokens + 1}
+    assert set(other) == {f.name for f in fields(Stats)}, "a Stats field without another value here"
+    (tmp_path / "other.txt").write_text("One text.\n\nAnother, other.\n")
+    first = store.identity(base, "tiny", [0, 2])
+    assert store.identity(base, "tiny", [2, 0]) == first  # the same sums
+    changed = {name: store.identity(replace(base, **{name: value}), "tiny", [0, 2]) for name, value in other.items()}
+    changed["layers"] = store.identity(base, "tiny", [0, 1])
+    changed["model"] = store.identity(base, "other", [0, 2])
+    corpus_file.write_text("One text, edited.\n\nAnother.\n")
+    changed["content"] = store.identity(base, "tiny", [0, 2])
+    assert all(value != first for value in changed.values()), changed
+    assert len(set(changed.values())) == len(changed)
+
+
+def test_a_changed_setting_never_resumes_partial_sums(tiny, tmp_path, monkeypatch, caplog):
+    """C's partial sums of other settings beside the same output are removed, never mixed in: the
+    run ends with a clean run's bits."""
+    from functools import partial
+
+    from editscale.editing import stats as store
+    from editscale.settings import Stats
+
     model, tok, layout = tiny
-    kwargs = dict(window=2, batch_tokens=20, checkpoint_every=1, progress=False)
-    checkpoint = tmp_path / "partial.safetensors"
-    for changed in (dict(layers=[0, 1]), dict(source_id="corpus-v2"), dict(max_length=MAX_LENGTH - 4),
-                    dict(skip_first_token=True)):
-        with pytest.raises(KeyboardInterrupt):
-            second_moments(model, tok, layout, [0, 2], interrupted(TEXTS, 7), checkpoint=checkpoint,
-                           source_id="corpus-v1", max_length=MAX_LENGTH, **kwargs)
-        run = {**dict(layers=[0, 2], source_id="corpus-v1", max_length=MAX_LENGTH), **changed}
-        layers = run.pop("layers")
-        clean = second_moments(model, tok, layout, layers, TEXTS, **run, **kwargs)
-        with caplog.at_level("WARNING", logger="editscale"):
-            resumed = second_moments(model, tok, layout, layers, TEXTS, checkpoint=checkpoint, **run, **kwargs)
-        assert "starting over" in caplog.text and next(iter(changed)) in caplog.text
-        caplog.clear()
-        for layer in layers:
-            assert resumed[layer].count == clean[layer].count
-            assert torch.equal(resumed[layer].sum, clean[layer].sum)
-        assert not checkpoint.exists()
+    source = tmp_path / "corpus.txt"
+    source.write_text("\n\n".join(t for t in TEXTS if t) + "\n")
+    monkeypatch.setattr(covariance, "second_moments", partial(covariance.second_moments, checkpoint_every=1, window=2))
+    old, new = (Stats(corpus=str(source), max_tokens=tokens, max_length=MAX_LENGTH, batch_tokens=20)
+                for tokens in (150, 120))
+    out = {0: tmp_path / "store" / "layer0.safetensors", 2: tmp_path / "store" / "layer2.safetensors"}
+    texts = corpus.iter_texts
+    monkeypatch.setattr(corpus, "iter_texts", lambda s: interrupted(texts(s), 7))
+    with pytest.raises(KeyboardInterrupt):
+        store.compute(model, tok, layout, old, out, model_name="tiny", progress=False)
+    assert list((tmp_path / "store").glob(".layer0.*.parts/sums.safetensors")), "no partial sums to resume"
+    monkeypatch.setattr(corpus, "iter_texts", texts)
+    clean = {layer: tmp_path / "clean" / path.name for layer, path in out.items()}
+    store.compute(model, tok, layout, new, clean, model_name="tiny", progress=False)
+    with caplog.at_level("INFO", logger="editscale"):
+        store.compute(model, tok, layout, new, out, model_name="tiny", progress=False)
+    assert "removing" in caplog.text and "resuming" not in caplog.text
+    assert not list((tmp_path / "store").glob(".*.parts"))
+    for layer in out:
+        assert torch.equal(load_stats(out[layer])[0], load_stats(clean[layer])[0])
 
 
 def test_first_token_can_be_left_out(tiny):

@@ -125,7 +125,7 @@ def test_a_window_sequential_run_resumes_bit_identically(tiny_stats, tmp_path, a
 
     def go(folder, after_batch=None):
         edits = sequential.SequentialRun(model, tok, layout, cfg, FACTS, TEMPLATES, solvers, 1, tmp_path / folder,
-                                         identity="w", snapshot_every=2, layers=WINDOW)
+                                         snapshot_every=2, layers=WINDOW)
         for b, batch_facts in edits:
             if after_batch is not None:
                 after_batch(b, batch_facts)

@@ -20,8 +20,9 @@ the text that would pass it is cut short (causal attention keeps the kept tokens
 Checkpoints: every `checkpoint_every` windows, or once `checkpoint_seconds` have passed since the
 last one (32 layers of Llama-3's 14336² sums are 26 GB), the partial sums, the texts read and the
 tokens counted are written atomically. A restart skips the texts already read, so windows fall on
-the same texts and the final sums are bit-identical to an uninterrupted run. A checkpoint
-made with other settings is not resumed: the run starts over and logs why.
+the same texts and the final sums are bit-identical to an uninterrupted run. A checkpoint is
+resumed as it is: name its path by everything the sums depend on (`stats.compute` keeps it in an
+`artifacts.Parts` folder named by `stats.identity`), so no check inside repeats what its name says.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from editscale.models.tokens import length_batches, pad_batch
 from editscale.settings import Stats
 
 log = logging.getLogger(__name__)
+WINDOW = 100  # texts read, sorted and batched together: it orders the float32 sums (`stats.identity`)
 
 
 @dataclass
@@ -58,7 +60,7 @@ class SecondMoment:
 
 def second_moments(model, tokenizer, layout, layers: Iterable[int], texts: Iterable[str], *, max_length: int,
                    max_tokens: int | None = None, max_samples: int | None = None, skip_first_token: bool = False,
-                   batch_tokens: int = Stats.batch_tokens, window: int = 100, checkpoint: str | Path | None = None,
+                   batch_tokens: int = Stats.batch_tokens, window: int = WINDOW, checkpoint: str | Path | None = None,
                    checkpoint_every: int | None = None, checkpoint_seconds: float = 600, source_id: str = "",
                    progress: bool = True) -> dict[int, SecondMoment]:
     """C for each of `layers`, from `texts` (empty ones are read but contribute nothing).
@@ -74,10 +76,7 @@ def second_moments(model, tokenizer, layout, layers: Iterable[int], texts: Itera
     moments = {layer: SecondMoment(layer, layout.module_name(layer),
                                    torch.zeros(d_in[layer], d_in[layer], dtype=torch.float32, device=device), 0)
                for layer in layers}
-    # Everything the partial sums depend on, down to the order of the float32 additions.
-    settings = {"layers": ",".join(map(str, layers)), "source_id": source_id, "max_length": str(max_length),
-                "skip_first_token": str(skip_first_token), "batch_tokens": str(batch_tokens), "window": str(window)}
-    samples = _resume(checkpoint, settings, moments) if checkpoint else 0
+    samples = _resume(checkpoint, moments) if checkpoint else 0
     tokens = moments[layers[0]].count
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     first = int(skip_first_token)
@@ -85,7 +84,7 @@ def second_moments(model, tokenizer, layout, layers: Iterable[int], texts: Itera
     texts = iter(texts)
     for _ in itertools.islice(texts, samples):  # already summed in the checkpoint
         pass
-    bar = tqdm(total=max_tokens, initial=tokens, unit="tok", desc=f"C layers {settings['layers']}",
+    bar = tqdm(total=max_tokens, initial=tokens, unit="tok", desc=f"C layers {','.join(map(str, layers))}",
                disable=not progress)
     windows, saved = 0, time.monotonic()
     try:
@@ -107,7 +106,7 @@ def second_moments(model, tokenizer, layout, layers: Iterable[int], texts: Itera
                 break  # out of texts (or out of budget, which the loop condition also sees)
             due = (checkpoint_every and windows % checkpoint_every == 0) or time.monotonic() - saved > checkpoint_seconds
             if checkpoint and due:
-                _save(checkpoint, settings, moments, samples, tokens)
+                _save(checkpoint, moments, samples, tokens)
                 saved = time.monotonic()
     finally:
         bar.close()
@@ -166,14 +165,14 @@ def _length_batches(sequences: list[list[int]], batch_tokens: int) -> list[list[
     return [[sequences[i] for i in group] for group in groups]
 
 
-def _save(path, settings: dict, moments: dict, samples: int, tokens: int) -> None:
+def _save(path, moments: dict, samples: int, tokens: int) -> None:
     tensors = {f"sum.{layer}": m.sum for layer, m in moments.items()}
-    artifacts.write_safetensors(tensors, path, metadata={**settings, "samples": samples, "tokens": tokens})
+    artifacts.write_safetensors(tensors, path, metadata={"samples": samples, "tokens": tokens})
 
 
-def _resume(path, settings: dict, moments: dict) -> int:
-    """Load partial sums from an existing checkpoint into `moments`; the texts it had read.
-    A checkpoint made with other settings is set aside (the run starts over), never mixed in."""
+def _resume(path, moments: dict) -> int:
+    """Load partial sums from an existing checkpoint into `moments`; the texts it had read. The
+    checkpoint's path names the sums it holds (`stats.identity`), so they are these sums."""
     path = Path(path)
     if not path.is_file():
         return 0
@@ -181,11 +180,6 @@ def _resume(path, settings: dict, moments: dict) -> int:
 
     with safe_open(str(path), framework="pt") as f:
         saved = f.metadata()
-        differ = {key: (saved.get(key), value) for key, value in settings.items() if saved.get(key) != value}
-        if differ:
-            found = ", ".join(f"{key}: checkpoint {old!r}, now {new!r}" for key, (old, new) in differ.items())
-            log.warning("not resuming from %s, made with other settings (%s); starting over", path, found)
-            return 0
         for layer, moment in moments.items():
             moment.sum.copy_(f.get_tensor(f"sum.{layer}"))
             moment.count = int(saved["tokens"])

@@ -13,15 +13,15 @@ diagnostics hold the solver's, the value optimisation's and the weight health af
 the last snapshot and replays the factors after it (the same additions in the same order, so the
 same bits), and absorbs every stored batch's keys into a new memory (the same bits again).
 
-Every file carries the run's identity. Files of another identity are never used: the run starts
-over and logs why.
+The run folder is named by everything the run depends on (the workflow hands it an
+`artifacts.Parts` folder, which removes a folder of any other identity), so what is in it is this
+run's: nothing inside stamps or checks the identity again.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -75,18 +75,20 @@ class SequentialRun:
 
     A batch is recorded when the caller asks for the next one, so a run killed while the caller
     evaluates it redoes the batch (deterministically) rather than losing its results; the caller
-    must overwrite what it writes, not append. Constructing the run resumes from `run_dir`.
+    must overwrite what it writes, not append. Constructing the run resumes from `run_dir`, which
+    must hold this run's work and nothing else's: name it by everything the run depends on
+    (`artifacts.Parts`).
     `first_batch` is (keys at the first layer or None, Values at the last) of batch 0 on the
     unedited model, e.g. from the value files: the model is unedited only then. Weight health is
     measured at each layer and, for a window, over all of them.
     """
 
     def __init__(self, model, tokenizer, layout, cfg: EditConfig, facts, templates, solver, batch_size: int,
-                 run_dir: str | Path, *, identity: str, snapshot_every: int = settings.Sequential.snapshot_every,
+                 run_dir: str | Path, *, snapshot_every: int = settings.Sequential.snapshot_every,
                  first_batch: tuple[torch.Tensor | None, Values] | None = None, layers: list | None = None,
                  allow_conflicts: bool = settings.EditSettings.allow_conflicts):
         self.model, self.tokenizer, self.layout, self.cfg, self.templates = model, tokenizer, layout, cfg, templates
-        self.run_dir, self.identity, self.snapshot_every, self.first_batch = Path(run_dir), identity, snapshot_every, first_batch
+        self.run_dir, self.snapshot_every, self.first_batch = Path(run_dir), snapshot_every, first_batch
         self.layers = sorted(layers) if layers else [cfg.layer]
         self.solvers = solver if isinstance(solver, dict) else {self.layers[0]: solver}
         self.remembers = algorithms.get(cfg.algorithm).remembers
@@ -98,7 +100,7 @@ class SequentialRun:
         self.w0_norms = {layer: float(w.double().norm()) for layer, w in w0.items()}
         unedited = _health(self.w0_norms, w0,
                            {layer: torch.zeros_like(w, dtype=torch.float32) for layer, w in w0.items()})
-        self.state = _resume(self.run_dir, identity, model, layout, self.layers, self.solvers, self.remembers)
+        self.state = _resume(self.run_dir, model, layout, self.layers, self.solvers, self.remembers)
         self.state.unedited = {"batch": -1, "n_edits": 0, **unedited}
 
     def edits_after(self, b: int) -> int:
@@ -127,14 +129,13 @@ class SequentialRun:
                        for name, t in (("A", edit.A), ("B", edit.B),
                                        *((("keys", edit.keys),) if self.remembers else ()))}
             artifacts.write_safetensors(tensors, self.run_dir / f"batch-{b:05d}.safetensors",
-                                        metadata={"identity": self.identity,
-                                                  "diagnostics": json.dumps(state.diagnostics[-1])})
+                                        metadata={"diagnostics": json.dumps(state.diagnostics[-1])})
             state.batches_done = b + 1
             bar.update(len(self.batches[b]))
             if state.batches_done % self.snapshot_every == 0 and state.batches_done < len(self.batches):
                 weights = {f"layer{layer}.weight": layout.weight(model, layer) for layer in layers}
                 artifacts.write_safetensors(weights, self.run_dir / "snapshot.safetensors",
-                                            metadata={"identity": self.identity, "batches_done": state.batches_done})
+                                            metadata={"batches_done": state.batches_done})
         bar.close()
 
 
@@ -176,19 +177,11 @@ def _add(state: SequentialState, model, layout, layer: int, delta: torch.Tensor,
     state.totals[layer] = delta.float().clone() if total is None else total.add_(delta.float())
 
 
-def _resume(run_dir: Path, identity: str, model, layout, layers: list, solvers: dict,
-            remembers: bool) -> SequentialState:
+def _resume(run_dir: Path, model, layout, layers: list, solvers: dict, remembers: bool) -> SequentialState:
+    """The state after the batches `run_dir` holds (this run's, as its name guarantees)."""
     state = SequentialState(memories={layer: KeyMemory() for layer in layers} if remembers else {})
     done = _batch_files(run_dir)
-    found = {artifacts.read_metadata(p).get("identity") for p in done}
     snapshot = run_dir / "snapshot.safetensors"
-    if snapshot.exists():
-        found.add(artifacts.read_metadata(snapshot).get("identity"))
-    if found - {identity}:
-        log.warning("not resuming from %s: it was written by another run (identity %s, this run %s); starting over",
-                    run_dir, ", ".join(sorted(map(str, found - {identity}))), identity)
-        shutil.rmtree(run_dir)
-        done = []
     run_dir.mkdir(parents=True, exist_ok=True)
     if not done:
         return state

@@ -41,6 +41,14 @@ def stats_id(stats: Stats) -> str:
             f"{'-nofirst' if stats.skip_first_token else ''}")
 
 
+def identity(stats: Stats, model_name: str, layers) -> str:
+    """The partial sums' identity: C's name (`stats_id`: every setting that changes C, the corpus's
+    content included) at `layers` of `model_name`, and what orders the float32 additions
+    (`batch_tokens`, `covariance.WINDOW`), so a resumed C has the bits of an uninterrupted one. The
+    one place the sums are described; nothing inside them checks it again."""
+    return settings.digest([model_name, stats_id(stats), sorted(layers), stats.batch_tokens, covariance.WINDOW])
+
+
 def stats_path(results, spec: str, stats: Stats, layer: int) -> Path:
     """C of `layer` for model `spec` under the results folder `results`."""
     return Path(results) / models.slug(spec) / "stats" / stats_id(stats) / f"layer{layer}.safetensors"
@@ -55,13 +63,11 @@ def max_length(model, setting) -> int:
 def compute(model, tokenizer, layout, stats: Stats, outputs: dict, *, model_name: str, progress: bool = True) -> None:
     """C at every layer of `outputs` ({layer: path}) from one pass that stops at the deepest,
     resumable: the partial sums are kept in the `artifacts.Parts` of the first output, named by
-    everything they depend on down to the order of the float32 additions (`batch_tokens`)."""
+    `identity`."""
     source = corpus_source(stats.corpus)
     source_id = corpus.fingerprint(source)
     length = max_length(model, stats.max_length)
-    parts = artifacts.Parts(outputs[min(outputs)], settings.digest(
-        [model_name, sorted(outputs), source_id, length, stats.max_tokens, stats.skip_first_token,
-         stats.batch_tokens]))
+    parts = artifacts.Parts(outputs[min(outputs)], identity(stats, model_name, outputs))
     log.info("computing C at layers %s from %s in one pass", sorted(outputs), source_id)
     moments = covariance.second_moments(
         model, tokenizer, layout, list(outputs), corpus.iter_texts(source), max_tokens=stats.max_tokens,

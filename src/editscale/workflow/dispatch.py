@@ -35,7 +35,8 @@ def identity(stage: Stage, job: Job) -> str:
     """Everything a job's results depend on, as one digest: the settings its stage counts, its
     wildcards, and each input's digest as the job that wrote it recorded it. Computed here, once, for
     every stage; a stage names its work in progress by it (`job.identity`), so that work is resumed
-    only by the very same job, and describes nothing twice."""
+    only by the very same job, and describes nothing twice. (C's partial sums are named in C's store,
+    `stats.identity`, which the `Editor` shares and which has no job.)"""
     inputs = {name: [artifacts.digest_of(path) for path in job.files(name)] for name in sorted(job.input)}
     return settings.digest({"counts": stage.counts(job.settings, job.wildcards), "wildcards": job.wildcards,
                             "inputs": inputs})

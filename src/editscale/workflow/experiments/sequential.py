@@ -45,15 +45,13 @@ def run(job: Job) -> None:
     reference = common.reference(job)  # read once, for every batch's evaluation
     layers, layer = job.layers, job.layers[-1]
     scored_at = retained_at(n, B, s.sequential.retained_every_edits)
-    # Everything the results depend on (its counts, wildcards and inputs' digests): a run folder is only
-    # ever resumed by the very same run.
-    identity = job.identity
-    parts = artifacts.Parts(job.output["immediate"], identity)
+    # Named by everything the results depend on (`job.identity`): only the very same run resumes it.
+    parts = artifacts.Parts(job.output["immediate"], job.identity)
     cached = ValueFile.for_records(job.files("values"), records.case_id.head(B), job.input["records"])
     # The value files hold keys at the window's last layer: the first layer's are cached only for one layer.
     first_batch = (cached.keys if len(layers) == 1 else None, cached.values)
     edits = SequentialRun(loaded, tokenizer, layout, cfg, facts, templates, solvers, B, parts.folder,
-                          identity=identity, snapshot_every=job.run.snapshot_every, first_batch=first_batch,
+                          snapshot_every=job.run.snapshot_every, first_batch=first_batch,
                           layers=layers, allow_conflicts=job.run.allow_conflicts)
     for b, batch_facts in edits:  # batch b is applied, and recorded once this body is done
         done = edits.edits_after(b)
@@ -80,7 +78,7 @@ def run(job: Job) -> None:
     batches = pd.DataFrame([state.unedited, *state.diagnostics])  # from W₀ (batch −1, 0 edits) on
     artifacts.write_parquet(common.label(batches, **labels), job.output["batches"])
     artifacts.write_safetensors(stored_edits(parts.folder), job.output["edits"],
-                                metadata={"identity": identity, **labels})
+                                metadata={"identity": job.identity, **labels})
     log.info("diagnostics of the last batch: %s", json.dumps(state.diagnostics[-1]))
     parts.clear()  # the tables are written; nothing left to resume
 
