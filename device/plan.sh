@@ -45,7 +45,9 @@ mkdir -p "$work"
 
 if [ "${1:-}" = "--tiny" ]; then
   device=cpu model=$(cd "${2:?--tiny needs a model folder}" && pwd)
-  config=(--configfile "$PWD/.test/config/config.yaml" --config "model={spec: $model, device: cpu}")
+  # One algorithm per experiment: the CPU check is of the plan, not of the grid (the tests run that).
+  config=(--configfile "$PWD/.test/config/config.yaml" --config "model={spec: $model, device: cpu}"
+          "sweep={algorithms: [memit]}" "batch={algorithms: [memit]}" "sequential={algorithms: [memit]}")
   bench=(--model "$model" --tiny --records 4 --sizes 4 --layer 1 --no-flops)
   single=(--model "$model" --tiny --records 2 --sizes 1 --layer 1 --no-flops)
 else

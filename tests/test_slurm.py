@@ -1,6 +1,6 @@
 """The tiny workflow through a real SLURM and the project's profile (workflow/profiles/slurm).
 
-CI starts a single-node SLURM first (.ci/slurm/start.sh: partitions cpu and gpu, one fake GPU) and
+CI starts a single-node SLURM first (.ci/slurm/start.sh: partitions cpu and gpu, two fake GPUs) and
 sets EDITSCALE_REQUIRE_SLURM=1, so there a missing SLURM fails instead of skipping. Checked: every
 job went through sbatch, its memory, time limit, partition and GPU reached SLURM, the tables equal
 a local run's, and a failing job is reported with nothing downstream run.

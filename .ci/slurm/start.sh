@@ -93,7 +93,7 @@ CPUS=${EDITSCALE_SLURM_CPUS:-$(nproc)}
 MEM_MB=${EDITSCALE_SLURM_MEM_MB:-$(awk '/^MemTotal:/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)}
 DEF_MEM=$(( MEM_MB / CPUS ))
 cat >"$STATE/etc/slurm.conf" <<EOF
-# Written by .ci/slurm/start.sh: one node, two partitions, one fake GPU, no accounting daemon.
+# Written by .ci/slurm/start.sh: one node, two partitions, two fake GPUs, no accounting daemon.
 ClusterName=editscale
 SlurmctldHost=$NODE(127.0.0.1)
 SlurmUser=root
@@ -136,13 +136,16 @@ KillWait=5
 Waittime=0
 SlurmctldTimeout=30
 SlurmdTimeout=60
-NodeName=$NODE NodeAddr=127.0.0.1 NodeHostname=$NODE CPUs=$CPUS RealMemory=$MEM_MB Gres=gpu:1 State=UNKNOWN
+NodeName=$NODE NodeAddr=127.0.0.1 NodeHostname=$NODE CPUs=$CPUS RealMemory=$MEM_MB Gres=gpu:2 State=UNKNOWN
 PartitionName=cpu Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=$NODE MaxTime=INFINITE State=UP
 EOF
-# A fake GPU: any existing file will do, no device is touched (no cgroup device confinement).
+# Two fake GPUs, so two model jobs run side by side on the two cores (one GPU made the SLURM test
+# run its model jobs one at a time): any existing file will do, no device is touched (no cgroup
+# device confinement).
 cat >"$STATE/etc/gres.conf" <<EOF
 NodeName=$NODE Name=gpu File=/dev/null
+NodeName=$NODE Name=gpu File=/dev/zero
 EOF
 mkdir -p /etc/slurm
 if [ -e /etc/slurm/slurm.conf ] && [ ! -L /etc/slurm/slurm.conf ]; then
@@ -177,4 +180,4 @@ if [ "$state" != idle ]; then
   echo "--- slurmd.log" >&2; tail -n 30 "$STATE/log/slurmd.log" "$STATE/log/slurmd.out" >&2 || true
   die "node $NODE is '${state:-unknown}', not idle, after ${WAIT_S} s"
 fi
-say "node $NODE idle (CPUs=$CPUS RealMemory=${MEM_MB}M Gres=gpu:1; partitions cpu*, gpu) in $(( $(date +%s) - t0 )) s; state in $STATE"
+say "node $NODE idle (CPUs=$CPUS RealMemory=${MEM_MB}M Gres=gpu:2; partitions cpu*, gpu) in $(( $(date +%s) - t0 )) s; state in $STATE"
