@@ -10,9 +10,9 @@ from torch import nn
 
 from editscale.data import DATASETS
 from editscale.evaluation import metrics
-from editscale.evaluation.scoring import LowRankEdits, length_batches, target_nll
+from editscale.evaluation.scoring import LowRankEdits, target_nll
 from editscale.models.layout import Layout
-from editscale.models.tokens import continuation_span
+from editscale.models.tokens import continuation_span, length_batches
 
 
 class Bigram(nn.Module):
@@ -143,7 +143,7 @@ def test_batched_scoring_equals_one_prompt_at_a_time(tiny):
 
 def test_length_batches_cover_every_row_once_within_budget():
     lengths = [5, 30, 7, 7, 12, 50, 3, 9, 9, 9]
-    batches = length_batches(lengths, batch_size=3, max_tokens=30)
+    batches = length_batches(lengths, max_tokens=30, batch_size=3)  # shortest first, as scoring uses it
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     for b in batches:
         assert len(b) <= 3

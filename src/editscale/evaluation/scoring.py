@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from editscale.models.hooks import forward_until
 from editscale.models.tokens import continuation_span, pad_batch
-from editscale.models.tokens import length_batches as greedy_length_batches
+from editscale.models.tokens import length_batches
 from editscale.settings import Evaluation
 
 
@@ -60,12 +60,6 @@ def per_row_edits(module, edits: LowRankEdits | None, row_edit: torch.Tensor | N
         handle.remove()
 
 
-def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[list[int]]:
-    """Indices grouped shortest first: at most `batch_size` rows and `max_tokens` padded tokens
-    a batch (a row longer than that goes alone), so a few long prompts do not pad all the rest."""
-    return greedy_length_batches(lengths, max_tokens, batch_size)
-
-
 @dataclass
 class PairScores:
     """What scoring a continuation after its prompt gives, one entry per pair (teacher-forced)."""
@@ -105,7 +99,7 @@ def score_pairs(model, tokenizer, layout, pairs: Sequence[tuple[str, str]], *,
     row_edit_t = torch.as_tensor([row_edit[pairs_[0]] for pairs_ in inputs_of.values()])
     rows_ids = list(inputs_of)  # each forward row once: (token ids, edit)
     row_pairs = list(inputs_of.values())  # and the pairs it scores
-    for idx in tqdm(length_batches([len(ids) for ids, _ in rows_ids], batch_size, max_tokens), desc="scoring",
+    for idx in tqdm(length_batches([len(ids) for ids, _ in rows_ids], max_tokens, batch_size), desc="scoring",
                     disable=not progress):
         batch_pairs = [(r, i) for r, row in enumerate(idx) for i in row_pairs[row]]  # (row in batch, pair)
         inputs = pad_batch([list(rows_ids[row][0]) for row in idx], tokenizer.pad_token_id, device)
