@@ -80,6 +80,27 @@ def test_layers_beyond_the_model_and_missing_model_paths_are_named(tmp_path):
         settings.check(changed(model={"spec": str(tmp_path / "nowhere")}), model_exists=False, algorithms=ALGORITHMS, more=CHECKS)
 
 
+def test_a_model_spec_whose_folder_would_leave_the_results_is_refused(tmp_path):
+    """results/<models.slug(spec)> must stay inside results/ and be no Snakemake wildcard: a spec
+    ending in `..` (or `.`, or naming a folder with braces) is refused before any job, by the rule
+    the paths are made with."""
+    (tmp_path / "models" / "m").mkdir(parents=True)
+    for spec in (str(tmp_path / "models" / "m" / ".."), ".", "..", "{model}"):
+        with pytest.raises(ValueError, match="leaves the results folder"):
+            models.slug(spec)
+        with pytest.raises(ConfigError, match=r"model.spec: model spec .*leaves the results folder"):
+            settings.check(changed(model={"spec": spec}), algorithms=ALGORITHMS, more=CHECKS, slug=models.slug)
+    assert models.slug(str(tmp_path / "models" / "m")) == "m"
+    assert models.slug("HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB--SmolLM2-135M"
+
+
+def test_a_kl_prompt_holds_one_subject_slot():
+    settings.check(changed(values={"kl_prompt": "{} is known for"}), algorithms=ALGORITHMS, more=CHECKS)
+    for prompt in ("{} and {}", "is a", "{} is {a}", "{subject} is a"):
+        with pytest.raises(ConfigError, match=r"values.kl_prompt = .* must hold one \{\} \(the subject\)"):
+            settings.check(changed(values={"kl_prompt": prompt}), algorithms=ALGORITHMS, more=CHECKS)
+
+
 def test_unknown_keys_are_refused():
     with pytest.raises(ValueError, match="unknown keys.*'chunks'"):
         settings.parse({"values": {"chunks": 3}})

@@ -5,6 +5,7 @@ workflow must run to its end without pulp, and the results come back packed."""
 
 import importlib.metadata
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -74,7 +75,9 @@ def test_device_plan_runs_the_tiny_workflow_from_the_carried_wheels_alone(tiny_l
                           capture_output=True, text=True, check=True).stdout
     assert str(tmp_path / "root" / "site") in seen and seen.strip().endswith("None")  # snakemake carried, no pulp
 
-    done = subprocess.run([*plan, "run", "--tiny", str(tiny_llama_dir)], env=env, capture_output=True, text=True,
+    odd = tmp_path / "tiny llama, a: b"  # a name that an unquoted YAML --config would split
+    shutil.copytree(tiny_llama_dir, odd)
+    done = subprocess.run([*plan, "run", "--tiny", str(odd)], env=env, capture_output=True, text=True,
                           timeout=900)
     log = done.stdout + done.stderr
     assert done.returncode == 0, log
@@ -86,3 +89,42 @@ def test_device_plan_runs_the_tiny_workflow_from_the_carried_wheels_alone(tiny_l
     for table in ("summary/batch.parquet", "summary/retained.parquet", "summary/findings.md"):
         assert any(n.endswith(table) for n in names), (table, names)
     assert not any(n.endswith(".safetensors") for n in names)
+
+
+def plan_run(tmp_path, *args, **env):
+    """device/plan.sh with its folders under `tmp_path` (and `env` on top); the finished process."""
+    base = {k: v for k, v in os.environ.items() if k not in ("DEVICE_BUDGET_S",)}
+    base.update(DEVICE_CARRY=str(tmp_path / "carry"), DEVICE_ROOT=str(tmp_path / "root"), OUT=str(tmp_path / "out"),
+                EDITSCALE_CACHE=str(tmp_path / "cache"), **env)
+    return subprocess.run(["bash", str(ROOT / "device" / "plan.sh"), *args], env=base, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_device_plan_stops_on_bad_input_before_any_work(tmp_path):
+    """Every guard exits 2 with one line naming what is wrong, before a step runs or the cache is
+    touched: the budget must be a number, the tiny model must be a model folder, the GGUF's halves
+    must be there, whole and the right file (a damaged join never enters the cache)."""
+    (tmp_path / "not-a-model").mkdir()
+    cases = [((), {}, "usage"),
+             (("deploy",), {}, "unknown mode 'deploy'"),
+             (("install",), {}, "part.aa, the GGUF's first half, is missing"),
+             (("run", "--tiny"), {}, "--tiny needs a model folder"),
+             (("run", "--tiny", str(tmp_path / "nowhere")), {}, "no such folder"),
+             (("run", "--tiny", str(tmp_path / "not-a-model")), {}, "not a model folder"),
+             (("run", "extra"), {}, "unknown argument 'extra'"),
+             (("run",), {"DEVICE_BUDGET_S": "ten"}, "DEVICE_BUDGET_S='ten'"),
+             (("run",), {"DEVICE_BUDGET_S": "0"}, "above 0"),
+             (("run",), {}, "part.aa, a half of the GGUF, is missing")]
+    for args, env, message in cases:
+        done = plan_run(tmp_path, *args, **env)
+        assert done.returncode == 2 and message in done.stderr, (args, env, done.stdout, done.stderr)
+        assert "== " not in done.stdout, (args, done.stdout)  # no step ran
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "part.aa").write_bytes(b"GGUF" + bytes(100))
+    done = plan_run(tmp_path, "run")
+    assert done.returncode == 2 and "part.ab, a half of the GGUF, is missing" in done.stderr, done.stderr
+    (tmp_path / "carry" / "b").mkdir(parents=True)
+    (tmp_path / "carry" / "b" / "part.ab").write_bytes(bytes(100))  # the right size would not help: a wrong file
+    done = plan_run(tmp_path, "run")
+    assert done.returncode == 2 and "the joined GGUF has sha256" in done.stderr, done.stderr
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]  # nothing partial left in the cache

@@ -72,6 +72,9 @@ MEND_RECORD = {"subject": "Angola", "src": "Where is Angola?", "rephrase": "Whic
     ({"answers": []}, "record 1 (mend format): field 'answers' must be a non-empty string"),
     ({"loc_ans": "two\nlines"}, "field 'loc_ans' holds a line break"),
     ({"rephrase": None}, "field 'rephrase' must be a non-empty string"),
+    ({"portability": {"New Question": "Where is Angola's capital?"}},
+     "field 'portability.New Answer' must be a non-empty string"),
+    ({"portability": "Luanda"}, "field 'portability' must be an object (str given)"),
 ])
 def test_bad_records_are_named_with_their_field(tmp_path, change, message):
     broken = {**MEND_RECORD, **change}
@@ -80,6 +83,16 @@ def test_bad_records_are_named_with_their_field(tmp_path, change, message):
     missing = {k: v for k, v in MEND_RECORD.items() if k != "loc"}
     with pytest.raises(zsre.ZsreError, match="field 'loc' is missing"):
         zsre.load(_write(tmp_path, [missing]))
+
+
+def test_knowedit_groups_that_are_no_list_are_named(tmp_path):
+    record = {"subject": "Angola", "prompt": "Where is Angola?", "rephrase_prompt": "Which continent holds Angola?",
+              "target_new": "Europe", "ground_truth": ["Africa"],
+              "locality": {"Relation_Specificity": [{"prompt": "The capital of Angola is", "ground_truth": ["Luanda"]}]}}
+    assert len(zsre.load(_write(tmp_path, [record]))) == 1
+    for portability in ({"Reasoning": "Luanda"}, {"Reasoning": 3}):
+        with pytest.raises(zsre.ZsreError, match=r"field 'portability.Reasoning' must be a list"):
+            zsre.load(_write(tmp_path, [{**record, "portability": portability}]))
 
 
 def _memit_token_accuracy(model, tok, prompt: str, target: str) -> list[bool]:

@@ -321,13 +321,14 @@ class ConfigError(ValueError):
 
 def check(s: Settings, *, n_layers: int | None = None, model_exists: bool | None = None,
           algorithms: dict | None = None, datasets: dict | None = None, variant=None,
-          aliases: dict | None = None, model_config: dict | None = None, more=()) -> None:
+          aliases: dict | None = None, model_config: dict | None = None, slug=None, more=()) -> None:
     """Cross-key checks, before any job starts. `n_layers` (the model's depth, when it is known
     without loading it), `model_exists` (False when model.spec names a missing local path),
     `algorithms` ({name: its registry entry: `max_batch`, `window`}), `datasets` ({name: its edit targets, the
     default first}), `variant` (algorithms.variant: a name -> (algorithm, overrides), ValueError
     for a bad one), `aliases` ({dataset: its `auto…` source aliases}) and `model_config` (the model's
-    config.json, when it is on disk) come from the caller, which can look. `more`: the experiments'
+    config.json, when it is on disk) and `slug` (models.slug: ValueError for a spec whose folder name
+    would leave the results) come from the caller, which can look. `more`: the experiments'
     own checks (each `(settings) -> problems`, `experiments.checks()`), which live with them."""
     problems = []
     base = {}  # every algorithm or variant named in the config -> its algorithm's name
@@ -345,6 +346,15 @@ def check(s: Settings, *, n_layers: int | None = None, model_exists: bool | None
         elif s.data.target != "auto" and s.data.target not in datasets[s.data.dataset]:
             problems.append(f"data.target = {s.data.target!r} is not a target of {s.data.dataset}; use auto or one "
                             f"of {', '.join(datasets[s.data.dataset])}")
+    if slug is not None:  # the model's folder name under the results: it must stay inside them
+        try:
+            slug(s.model.spec)
+        except ValueError as error:
+            problems.append(f"model.spec: {error}")
+    if s.values.kl_prompt.count("{}") != 1 or s.values.kl_prompt.replace("{}", "").count("{") + \
+            s.values.kl_prompt.replace("{}", "").count("}"):
+        problems.append(f"values.kl_prompt = {s.values.kl_prompt!r} must hold one {{}} (the subject) and no other "
+                        f"brace, e.g. '{{}} is a'")
     if not str(s.results).strip():
         problems.append("results is empty; name the folder for outputs, e.g. results: results")
     for key, algos, sizes in (("batch", s.batch.algorithms, s.batch.sizes),

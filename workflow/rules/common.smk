@@ -22,6 +22,7 @@ S.check(
     datasets={name: d.targets for name, d in DATASETS.items()},
     aliases={name: set(d.aliases) for name, d in DATASETS.items()},
     model_config=local_config(SETTINGS.model.spec),
+    slug=slug,
 )
 RESULTS = SETTINGS.results
 MODEL_PARAMS = S.results(SETTINGS.model)

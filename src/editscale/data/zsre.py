@@ -108,8 +108,11 @@ def _normalise(record: dict, file: Path, index: int, case_id: int, target: str) 
         # memit: the neighbourhood is the NQ question with "?" and its answer, token by token.
         neighbours = [(text(get("loc"), "loc") + "?", answer(get("loc_ans"), "loc_ans"))]
         port = record.get("portability") or {}
-        portable = [(text(port["New Question"], "portability.New Question"),
-                     answer(port["New Answer"], "portability.New Answer"))] if "New Question" in port else []
+        if not isinstance(port, dict):
+            raise fail("portability", f"must be an object ({type(port).__name__} given)",
+                       "give {\"New Question\": ..., \"New Answer\": ...}, or leave it out")
+        portable = [(text(port.get("New Question"), "portability.New Question"),
+                     answer(port.get("New Answer"), "portability.New Answer"))] if port else []
     else:
         question, rephrase = text(get("prompt"), "prompt"), text(get("rephrase_prompt"), "rephrase_prompt")
         true = answer(get("ground_truth"), "ground_truth")
@@ -138,6 +141,8 @@ def _pairs(groups: dict, field: str, fail, text, answer) -> list[tuple[str, str]
         raise fail(field, "must be an object of lists", "see KnowEdit's format")
     pairs = []
     for name in sorted(groups):
+        if not isinstance(groups[name], list):
+            raise fail(f"{field}.{name}", f"must be a list ({type(groups[name]).__name__} given)", "see KnowEdit's format")
         for i, item in enumerate(groups[name]):
             where = f"{field}.{name}[{i}]"
             if not isinstance(item, dict):

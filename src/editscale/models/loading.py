@@ -200,4 +200,9 @@ def slug(spec: str) -> str:
         name = path.stem if spec.endswith(".gguf") else path.name
     else:
         name = spec
-    return name.replace("/", "--").replace(" ", "_")
+    name = name.replace("/", "--").replace(" ", "_")
+    if name.strip(".") == "" or set(name) & set("{}"):
+        raise ValueError(f"model spec {spec!r} would name its folder under the results {name!r}, which leaves the "
+                         f"results folder or reads as a Snakemake wildcard: name the model's folder itself "
+                         f"(e.g. models/my-model, not models/my-model/..)")
+    return name
