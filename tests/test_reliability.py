@@ -187,6 +187,18 @@ def test_the_editor_checks_c_when_it_is_made(tiny_llama_dir):
     C[0, 0] = float("nan")
     with pytest.raises(ValueError, match="non-finite"):
         editscale.Editor(model, tok, layout, layers=[1], stats=C, progress=False)
+    lower = torch.eye(d_in)
+    lower[1, 0] = 0.5  # one triangle only: the solvers would read half of it
+    with pytest.raises(ValueError, match=r"is not symmetric \(largest \|C − Cᵀ\| is 5.0e-01"):
+        editscale.Editor(model, tok, layout, layers=[1], stats=lower, progress=False)
+    for given, message in ((torch.eye(d_in).numpy(), "ndarray given for layer 1; give a torch.Tensor"),
+                           (3, "int given for layer 1"), (torch.eye(d_in, dtype=torch.int64), "is torch.int64")):
+        with pytest.raises((TypeError, ValueError), match=message):
+            editscale.Editor(model, tok, layout, layers=[1], stats=given, progress=False)
+    with pytest.raises(TypeError, match="stats: list given for layer 1"):
+        editscale.Editor(model, tok, layout, layers=[1], stats=[torch.eye(d_in)], progress=False)
+    symmetric = torch.eye(d_in) + 0.1
+    assert editscale.Editor(model, tok, layout, layers=[1], stats=symmetric, progress=False).solvers
 
 
 # --- The command line ---------------------------------------------------------------------------

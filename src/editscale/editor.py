@@ -202,7 +202,7 @@ class Editor:
 
     def _stats(self, stats, settings: Stats, results_dir: str) -> dict:
         """{layer: (C, its sha256)} for every window layer."""
-        if isinstance(stats, (torch.Tensor, str, Path)):
+        if stats is not None and not isinstance(stats, dict):  # one C (checked below, per layer)
             if len(self.layers) > 1:
                 raise ValueError(f"one C for a window of layers {self.layers}; give a dict {{layer: C or path}}, or "
                                  f"None to use the workflow's cache")
@@ -216,8 +216,13 @@ class Editor:
         for layer, given in stats.items():
             if isinstance(given, torch.Tensor):
                 C, digest, what = given, _sha256(given), "the C given"
-            else:
+            elif isinstance(given, (str, Path)):
                 C, digest, what = covariance.load_stats(given)[0], artifacts.sha256(given), str(given)
+            else:
+                raise TypeError(f"stats: {type(given).__name__} given for layer {layer}; give a torch.Tensor (a numpy "
+                                f"array: torch.from_numpy(C)) or a path to a C file")
+            if not C.is_floating_point():
+                raise ValueError(f"stats: {what} for layer {layer} is {C.dtype}; C is a floating-point matrix")
             d_in = self.layout.weight(self.model, layer).shape[1]
             if tuple(C.shape) != (d_in, d_in):
                 raise ValueError(f"stats: {what} for layer {layer} is {' × '.join(map(str, C.shape))}; this model's "
@@ -226,6 +231,12 @@ class Editor:
             if not torch.isfinite(C).all():
                 raise ValueError(f"stats: {what} for layer {layer} holds non-finite values (an empty corpus?); "
                                  f"give stats=None to compute it again")
+            # C = E[k kᵀ] is symmetric; the solvers read one triangle, so an asymmetric C would be used as half of it.
+            asymmetry = float((C - C.T).abs().max()) / max(float(C.abs().max()), 1e-30)
+            if asymmetry > 1e-5:
+                raise ValueError(f"stats: {what} for layer {layer} is not symmetric (largest |C − Cᵀ| is {asymmetry:.1e} "
+                                 f"of its largest entry); C is the second moment E[k kᵀ]: give (C + C.T) / 2 if "
+                                 f"that is what you meant")
             out[layer] = (C, digest)
         return out
 
