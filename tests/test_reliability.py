@@ -1,6 +1,7 @@
 """Nothing silent, nothing raw (docs/reliability.md): damaged artifacts that still parse, settings
 that a job would die on, the command line's errors, and the library's guards and exact revert."""
 
+import shutil
 import subprocess
 import sys
 
@@ -210,7 +211,7 @@ def cli(*args, cwd):
 
 def test_command_line_errors_are_one_line_with_exit_code_2_and_debug_shows_the_traceback(tmp_path):
     facts = tmp_path / "facts.jsonl"
-    facts.write_text('{"prompt": "{} is in {}", "subject": "Angola", "target_new": "Rome"}\n')
+    facts.write_text('{"prompt": "{} is in", "subject": "Angola", "target_new": "Rome"}\n')
     (tmp_path / "taken").write_text("a file")
     # --out is checked before the model is loaded: a model path that does not exist is never reached.
     done = cli("edit", "--model", "./no-model", "--facts", str(facts), "--out", "taken", cwd=tmp_path)
@@ -229,6 +230,38 @@ def test_command_line_errors_are_one_line_with_exit_code_2_and_debug_shows_the_t
     assert done.returncode != 0 and "Traceback" in done.stderr and "no edit at missing.safetensors" in done.stderr
     done = cli("edit", "--facts", str(tmp_path / "nope.jsonl"), "--out", "x", cwd=tmp_path)
     assert done.returncode == 2 and "--facts" in done.stderr and "no such file" in done.stderr
+
+
+def test_the_command_line_checks_its_files_before_any_model_loads(tmp_path, tiny_llama_dir):
+    """Each of these stops with one line and exit 2 before a model is read: a UTF-16 facts file, a bad
+    fact (even beside a model folder that would fail), --results naming a file, a model spec whose
+    C cache would leave --results, and a model folder cut short or without a tokenizer."""
+    good = '{"prompt": "{} is in", "subject": "Angola", "target_new": "Rome"}\n'
+    (tmp_path / "utf16.jsonl").write_text(good, encoding="utf-16")
+    (tmp_path / "facts.jsonl").write_text(good)
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "{} is in {}", "subject": "Angola", "target_new": "Rome"}\n')
+    (tmp_path / "a-file").write_text("x")
+    cut = tmp_path / "cut"
+    shutil.copytree(tiny_llama_dir, cut)
+    weights = next(cut.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-100])
+    untokenized = tmp_path / "untokenized"
+    shutil.copytree(tiny_llama_dir, untokenized)
+    for name in ("tokenizer.json", "tokenizer.model", "vocab.json"):
+        (untokenized / name).unlink(missing_ok=True)
+    cases = [(("--facts", "utf16.jsonl", "--model", str(tiny_llama_dir)), "--facts utf16.jsonl: not UTF-8 text (it "
+              "starts like UTF-16)"),
+             (("--facts", "bad.jsonl", "--model", str(cut)), "bad.jsonl: fact 0: prompt must hold exactly one '{}'"),
+             (("--facts", "facts.jsonl", "--model", str(cut), "--results", "a-file"), "--results a-file is a file"),
+             (("--facts", "facts.jsonl", "--model", str(cut / "..")), "leaves the results folder"),
+             (("--facts", "facts.jsonl", "--model", str(cut)), f"--model {cut}: not a whole model folder: "
+              f"{weights.name} is cut short"),
+             (("--facts", "facts.jsonl", "--model", str(untokenized)), "not a whole model folder: no tokenizer")]
+    for args, message in cases:
+        done = cli("edit", *args, "--layers", "1", "--out", "o", cwd=tmp_path)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1 and message in done.stderr, (args, done.stderr)
+    done = cli("ask", str(cut), "Angola is in", cwd=tmp_path)
+    assert done.returncode == 2 and "is cut short" in done.stderr, done.stderr
 
 
 @pytest.mark.skipif(SHARED is None, reason="C comes from the offline corpus")

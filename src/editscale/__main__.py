@@ -26,17 +26,37 @@ def read_facts(path) -> list[dict]:
     if not Path(path).is_file():
         raise UserError(f"--facts {path}: no such file; {FACTS_HELP}")
     facts = []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                facts.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}, line {number}: not JSON ({err.msg}); one fact a line, e.g. {FACTS_HELP}")
+    try:
+        with open(path, encoding="utf-8-sig") as f:  # UTF-8, with or without a byte-order mark
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    facts.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise UserError(f"{path}, line {number}: not JSON ({err.msg}); one fact a line, e.g. {FACTS_HELP}")
+    except UnicodeDecodeError as err:
+        raw = Path(path).read_bytes()[:2]
+        guess = " (it starts like UTF-16)" if raw in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise UserError(f"--facts {path}: not UTF-8 text{guess}, byte {err.start} cannot be read; save it as "
+                        f"UTF-8 JSON Lines") from None
     if not facts:
         raise UserError(f"{path} holds no facts; {FACTS_HELP}")
     return facts
+
+
+def check_facts(facts: list, path) -> list[dict]:
+    """Each fact by the datasets' own rule, and no two targets for one subject, before any model is
+    loaded (`Editor.edit` checks them again, with the tokenizer's own checks)."""
+    from editscale.editing import check_conflicts
+    from editscale.editor import check_fact
+
+    try:
+        checked = [check_fact(None, fact, i) for i, fact in enumerate(facts)]
+        check_conflicts([checked], fix="give one target per subject in a call")
+    except ValueError as err:
+        raise UserError(f"{path}: {err}") from err
+    return checked
 
 
 def model_spec(spec: str, argument: str) -> str:
@@ -65,6 +85,8 @@ def load_model(spec: str, argument: str, device: str):
     except (RuntimeError, ValueError):
         raise UserError(f"--device {device}: no device torch knows; use cpu, cuda, cuda:N or mps") from None
     spec = model_spec(spec, argument)
+    if Path(spec).expanduser().is_dir() and (problems := editscale.models.folder_problems(Path(spec).expanduser())):
+        raise UserError(f"{argument} {spec}: not a whole model folder: {'; '.join(problems)}")
     try:
         return editscale.models.load(spec, device=device)
     except OSError as err:  # transformers: not a folder here and no such hub model, or no network
@@ -96,6 +118,7 @@ def edit(args) -> None:
 
     facts = read_facts(args.facts)
     out = check_out(args)
+    check_facts(facts, args.facts)
     from editscale.algorithms import ALGORITHMS
 
     if args.algorithm not in ALGORITHMS:
@@ -103,6 +126,13 @@ def edit(args) -> None:
     if args.corpus != "auto" and not args.corpus.startswith("hf:") and not Path(args.corpus).is_file():
         raise UserError(f"--corpus {args.corpus}: no such file; name a .txt or .jsonl file, hf:<dataset>:<config>:"
                         f"<split>, or auto")
+    results = Path(args.results)
+    if results.exists() and not results.is_dir():
+        raise UserError(f"--results {results} is a file; name the folder that keeps C (it is made if missing)")
+    try:
+        editscale.models.slug(model_spec(args.model, "--model"))  # C's cache is results/<its name>
+    except ValueError as err:
+        raise UserError(f"--model {args.model}: {err}") from None
     model, tok, layout = load_model(args.model, "--model", args.device)
     try:
         editor = editscale.Editor(model, tok, layout, algorithm=args.algorithm, layers=args.layers,

@@ -5,6 +5,7 @@ from .layout import KNOWN_LAYOUTS, Layout, layout_for
 from .loading import (
            EMBEDDED,
            context_length,
+           folder_problems,
            gguf_to_folder,
            inspect_local,
            load,
@@ -14,5 +15,5 @@ from .loading import (
            slug,
 )
 
-__all__ = ["EMBEDDED", "KNOWN_LAYOUTS", "Layout", "context_length", "gguf_to_folder", "inspect_local", "layout_for",
+__all__ = ["EMBEDDED", "KNOWN_LAYOUTS", "Layout", "context_length", "folder_problems", "gguf_to_folder", "inspect_local", "layout_for",
            "load", "load_tokenizer", "local_config", "resolve", "slug"]

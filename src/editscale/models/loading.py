@@ -165,6 +165,40 @@ def inspect_local(spec: str) -> tuple[bool | None, int | None]:
     return exists, depth
 
 
+def folder_problems(folder) -> list[str]:
+    """What a local model folder lacks for `load`, read from its files and their headers alone (no
+    weights loaded): config.json, safetensors weights that hold every byte their headers promise
+    (editscale loads no pickled .bin), and a tokenizer. Empty when it looks whole."""
+    folder = Path(folder)
+    problems = [] if (folder / "config.json").is_file() else ["no config.json"]
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        problems.append("no weights (*.safetensors; editscale loads no pickled .bin)")
+    problems += [f"{w.name} {why}" for w in weights if (why := _cut_short(w))]
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        problems.append("no tokenizer (tokenizer.json, tokenizer.model or vocab.json)")
+    return problems
+
+
+def _cut_short(path: Path) -> str:
+    """Why a safetensors file cannot be whole (8-byte header length, JSON header, then the tensors'
+    bytes up to the largest end offset), or ''."""
+    import json
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 0 or n > size - 8:
+            return f"is cut short or no safetensors file ({size} bytes)"
+        try:
+            header = json.loads(f.read(n))
+            end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError):
+            return "has a header that does not parse (no safetensors file?)"
+    return f"is cut short ({size} bytes of the {8 + n + end} its header promises)" if 8 + n + end > size else ""
+
+
 def local_config(spec: str) -> dict:
     """The model's config.json when it is on disk already (else {}), without loading or fetching."""
     return _local(spec)[1]
