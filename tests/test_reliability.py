@@ -1,6 +1,7 @@
 """Nothing silent, nothing raw (docs/reliability.md): damaged artifacts that still parse, settings
 that a job would die on, the command line's errors, and the library's guards and exact revert."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -177,6 +178,51 @@ def test_edit_load_names_the_file_and_the_fix(tmp_path, smollm2):
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="cut.safetensors cannot be read as an edit"):
         editscale.Edit.load(tmp_path / "cut.safetensors")
+
+
+def test_an_edit_file_is_signed_and_every_change_to_it_is_refused(tmp_path, caplog):
+    """Edit.save signs its tensors and provenance; Edit.load refuses a file whose factors, layers or
+    provenance changed, or whose structure is not an edit's, naming the file and the tensor or key.
+    A hand-edited edit is used only after Edit.resign."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    made = editscale.Edit({1: (torch.randn(6, 2, generator=g), torch.randn(4, 2, generator=g))},
+                          {"model": "m", "layers": [1], "facts": [{"subject": "Angola"}]})
+    made.save(tmp_path / "edit.safetensors")
+    assert editscale.Edit.load(tmp_path / "edit.safetensors").id == made.id
+    signed = json.dumps(made.provenance)
+    A, B = made.factors[1]
+
+    def written(name, tensors, metadata):
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp_path / name), metadata=metadata)
+        return tmp_path / name
+
+    sha = {"editscale": signed, "editscale.sha256": made.id}
+    changed = [
+        (written("scaled.safetensors", {"layer1.A": 1000 * A, "layer1.B": B}, sha), "not what Edit.save wrote"),
+        (written("moved.safetensors", {"layer2.A": A, "layer2.B": B}, sha), r"change layers \[2\], its provenance says \[1\]"),
+        (written("told.safetensors", {"layer1.A": A, "layer1.B": B},
+                 {**sha, "editscale": json.dumps({**made.provenance, "model": "other"})}), "not what Edit.save wrote"),
+        (written("unsigned.safetensors", {"layer1.A": A, "layer1.B": B}, {"editscale": signed}), "carries no sha256"),
+        (written("listed.safetensors", {"layer1.A": A, "layer1.B": B}, {**sha, "editscale": "[1, 2]"}),
+         "'editscale' metadata is a list"),
+        (written("named.safetensors", {"layerX.A": A, "layer1.B": B}, sha), "tensor 'layerX.A' is not a factor"),
+        (written("negative.safetensors", {"layer-1.A": A, "layer1.B": B}, sha), "tensor 'layer-1.A' is not a factor"),
+        (written("integer.safetensors", {"layer1.A": A.long(), "layer1.B": B}, sha), "tensor 'layer1.A' is 2-d torch.int64"),
+        (written("half.safetensors", {"layer1.A": A.half(), "layer1.B": B}, sha), "tensor 'layer1.A' is 2-d torch.float16"),
+        (written("lonely.safetensors", {"layer1.A": A}, sha), "layer 1 needs layer1.A"),
+    ]
+    for path, message in changed:
+        with pytest.raises(ValueError, match=message) as err:
+            editscale.Edit.load(path)
+        assert path.name in str(err.value), str(err.value)
+    with caplog.at_level("WARNING", logger="editscale"):
+        resigned = editscale.Edit.resign(tmp_path / "scaled.safetensors")
+    assert "re-signing" in caplog.text and torch.equal(resigned.factors[1][0], 1000 * A)
+    assert editscale.Edit.load(tmp_path / "scaled.safetensors").id == resigned.id != made.id
+    with pytest.raises(ValueError, match="tensor 'layerX.A' is not a factor"):
+        editscale.Edit.resign(tmp_path / "named.safetensors")  # re-signing never makes a non-edit an edit
 
 
 def test_the_editor_checks_c_when_it_is_made(tiny_llama_dir):

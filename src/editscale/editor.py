@@ -128,32 +128,84 @@ class Edit:
             self.revert(model)
 
     def save(self, path) -> None:
+        """The factors as `layer<L>.A`, `layer<L>.B`, the provenance as JSON, and `id` (a sha256 over
+        both) that `load` checks, so a changed file is never applied unnoticed."""
         tensors = {f"layer{layer}.{name}": t.contiguous() for layer, (A, B) in self.factors.items()
                    for name, t in (("A", A), ("B", B))}
-        artifacts.write_safetensors(tensors, path, metadata={"editscale": json.dumps(self.provenance)})
+        artifacts.write_safetensors(tensors, path, metadata={"editscale": json.dumps(self.provenance),
+                                                             "editscale.sha256": self.id})
 
     @staticmethod
     def load(path) -> "Edit":
-        """The edit `Edit.save` wrote to `path`; a ValueError naming the file and the fix otherwise."""
+        """The edit `Edit.save` wrote to `path`, checked: its tensor names, dtypes and shapes, its layers
+        against its provenance, and its sha256 against its tensors and provenance. A ValueError names
+        the file, the tensor or key, and the fix."""
+        edit, stored = Edit._read(path)
+        if stored is None:
+            raise ValueError(f"{path} carries no sha256 (written before edits were signed, or its metadata was "
+                             f"rewritten): if you trust it, sign it with Edit.resign({str(path)!r})")
+        if stored != edit.id:
+            raise ValueError(f"{path}: its tensors or provenance are not what Edit.save wrote (sha256 {edit.id[:12]}…, "
+                             f"recorded {str(stored)[:12]}…): it was changed since. Make it again, or, if you "
+                             f"changed it on purpose, sign it with Edit.resign({str(path)!r})")
+        return edit
+
+    @staticmethod
+    def resign(path) -> "Edit":
+        """The one way to use a hand-edited edit: its structure checked as `load` checks it, then written
+        back with the sha256 of what it now holds. Logged, since the edit is no longer what made it."""
+        edit, _ = Edit._read(path)
+        log.warning("re-signing %s: it is used as it now is, not as its provenance made it", path)
+        edit.save(path)
+        return edit
+
+    @staticmethod
+    def _read(path) -> tuple["Edit", str | None]:
+        """The edit in `path` with its structure checked, and the sha256 it records (None if none)."""
+        import re
+
         from safetensors import safe_open
 
         if not Path(path).is_file():
             raise FileNotFoundError(f"no edit at {path}; write one with Edit.save or python -m editscale edit --out")
         try:
             with safe_open(str(path), framework="pt") as f:
-                provenance = json.loads((f.metadata() or {}).get("editscale", "null") or "null")
+                metadata = f.metadata() or {}
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as err:  # safetensors and json raise their own types, none naming the file
+        except Exception as err:  # safetensors raises its own types, none naming the file
             raise ValueError(f"{path} cannot be read as an edit ({type(err).__name__}: {err}): it is cut short, "
                              f"empty or not a safetensors file; write it again with Edit.save") from err
+        try:
+            provenance = json.loads(metadata.get("editscale", "null") or "null")
+        except ValueError as err:
+            raise ValueError(f"{path}: its 'editscale' metadata is not JSON ({err}); write it again with Edit.save")
         if provenance is None:
             raise ValueError(f"{path} is not an edit written by Edit.save (no editscale metadata)")
-        layers = sorted({int(k.split(".")[0].removeprefix("layer")) for k in tensors})
-        pairs = {layer: (tensors.get(f"layer{layer}.A"), tensors.get(f"layer{layer}.B")) for layer in layers}
-        if not layers or any(A is None or B is None or A.shape[1] != B.shape[1] for A, B in pairs.values()):
-            raise ValueError(f"{path} does not hold an edit's factors (layer<L>.A and layer<L>.B of equal width); "
-                             f"write it again with Edit.save")
-        return Edit(pairs, provenance)
+        if not isinstance(provenance, dict):
+            raise ValueError(f"{path}: its 'editscale' metadata is a {type(provenance).__name__}, not the provenance "
+                             f"object Edit.save writes; write it again with Edit.save")
+        pairs: dict[int, dict] = {}
+        for name, t in tensors.items():
+            found = re.fullmatch(r"layer(\d+)\.([AB])", name)
+            if not found:
+                raise ValueError(f"{path}: tensor {name!r} is not a factor (layer<L>.A or layer<L>.B, L ≥ 0)")
+            if t.dtype not in (torch.float32, torch.float64, torch.bfloat16) or t.dim() != 2:
+                raise ValueError(f"{path}: tensor {name!r} is {t.dim()}-d {t.dtype}; a factor is a 2-d float32, "
+                                 f"float64 or bfloat16 matrix")
+            pairs.setdefault(int(found[1]), {})[found[2]] = t
+        for layer, pair in sorted(pairs.items()):
+            if set(pair) != {"A", "B"} or pair["A"].shape[1] != pair["B"].shape[1]:
+                raise ValueError(f"{path}: layer {layer} needs layer{layer}.A (d_out × n) and layer{layer}.B "
+                                 f"(d_in × n) of equal width n; it has "
+                                 f"{', '.join(f'{k} {tuple(v.shape)}' for k, v in sorted(pair.items()))}")
+        if not pairs:
+            raise ValueError(f"{path} holds no factors (layer<L>.A and layer<L>.B); write it again with Edit.save")
+        recorded = provenance.get("layers")
+        if recorded is not None and sorted(map(int, [recorded] if isinstance(recorded, int) else recorded)) \
+                != sorted(pairs):
+            raise ValueError(f"{path}: its factors change layers {sorted(pairs)}, its provenance says {recorded}")
+        stored = metadata.get("editscale.sha256")
+        return Edit({layer: (pair["A"], pair["B"]) for layer, pair in pairs.items()}, provenance), stored
 
 
 class Editor:
