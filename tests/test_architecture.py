@@ -6,7 +6,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "editscale"
 # What each part may import from the package (besides itself). Leaves import nothing from it.
 ALLOWED = {
-    "settings": set(), "artifacts": set(), "paths": set(),
+    "settings": set(), "digests": set(), "artifacts": {"digests"}, "paths": set(),
     "algorithms": set(),  # pure: tensors in, ΔW out
     "models": {"artifacts", "paths"},
     "data": {"artifacts", "paths", "settings"},  # settings: the one set of defaults

@@ -40,6 +40,40 @@ def test_a_file_changed_after_its_job_is_refused_naming_it_and_the_rebuild(tmp_p
         artifacts.verify(made)  # what was made from the old one is stale
 
 
+def test_a_table_or_tensor_file_carries_its_own_digest_so_a_lost_sidecar_checks_nothing_less(tmp_path):
+    """Delete the `.sha256` beside a Parquet or safetensors file (a copy that drops dotfiles does) and
+    alter the file keeping its metadata: the digest inside it still refuses it. A file without that
+    digest (an older editscale's, or one written by hand) is refused too, with the rebuild command."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    table, tensors = tmp_path / "cases.parquet", tmp_path / "values.safetensors"
+    artifacts.write_parquet(pd.DataFrame({"case_id": [1, 2], "ES": [100.0, 0.0]}), table)
+    artifacts.write_safetensors({"v": torch.ones(3)}, tensors, {"layer": 1})
+    for path in (table, tensors):
+        artifacts.record(path, [])
+        artifacts.verify(path)
+        artifacts.forget(path)  # the sidecar is gone
+        assert not list(tmp_path.glob(f".{path.name}.sha256"))
+        artifacts.verify(path)  # its own digest still holds
+    read = pq.read_table(table)
+    pq.write_table(read.set_column(1, "ES", pa.array([100.0, 100.0])).replace_schema_metadata(read.schema.metadata),
+                   table)  # a value changed, the old digest kept
+    with pytest.raises(artifacts.UnreadableArtifact, match=r"cases.parquet is not what its job wrote \(content sha256"):
+        artifacts.verify(table)
+    with safe_open(str(tensors), framework="pt") as f:
+        meta = dict(f.metadata())
+    save_file({"v": 2 * load_file(tensors)["v"]}, str(tensors), metadata=meta)
+    with pytest.raises(artifacts.UnreadableArtifact, match="values.safetensors is not what its job wrote.*--forcerun"):
+        artifacts.verify(tensors)
+    pd.DataFrame({"case_id": [1]}).to_parquet(table)  # by hand: no digest
+    with pytest.raises(artifacts.UnreadableArtifact, match="cases.parquet carries no content digest.*--forcerun"):
+        artifacts.verify(table)
+
+
 def test_yaml_artifacts_are_read_with_their_keys_checked(tmp_path):
     path = tmp_path / "model.yaml"
     path.write_text("spec: m\nn_layers: [oops\n")
@@ -198,7 +232,7 @@ def test_an_edit_file_is_signed_and_every_change_to_it_is_refused(tmp_path, capl
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp_path / name), metadata=metadata)
         return tmp_path / name
 
-    sha = {"editscale": signed, "editscale.sha256": made.id}
+    sha = {"editscale": signed, "editscale.id": made.id}
     changed = [
         (written("scaled.safetensors", {"layer1.A": 1000 * A, "layer1.B": B}, sha), "not what Edit.save wrote"),
         (written("moved.safetensors", {"layer2.A": A, "layer2.B": B}, sha), r"change layers \[2\], its provenance says \[1\]"),

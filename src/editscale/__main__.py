@@ -46,17 +46,13 @@ def read_facts(path) -> list[dict]:
 
 
 def check_facts(facts: list, path) -> list[dict]:
-    """Each fact by the datasets' own rule, and no two targets for one subject, before any model is
-    loaded (`Editor.edit` checks them again, with the tokenizer's own checks)."""
-    from editscale.editing import check_conflicts
-    from editscale.editor import check_fact
+    """The facts as `Editor.edit` checks them before it needs a model, before any model is loaded."""
+    from editscale.editor import check_facts as checked
 
     try:
-        checked = [check_fact(None, fact, i) for i, fact in enumerate(facts)]
-        check_conflicts([checked], fix="give one target per subject in a call")
+        return checked(facts)
     except ValueError as err:
         raise UserError(f"{path}: {err}") from err
-    return checked
 
 
 def model_spec(spec: str, argument: str) -> str:

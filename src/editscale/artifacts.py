@@ -4,7 +4,6 @@ and the one resumable artifact (`Parts`)."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import shutil
@@ -13,6 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
+
+from editscale.digests import DIGEST, sha256, table_digest, tensors_digest  # noqa: F401 (sha256: artifacts.sha256)
 
 log = logging.getLogger(__name__)
 
@@ -34,17 +35,46 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def write_parquet(df, path: str | os.PathLike) -> None:
+    """`df` (no index) with its content digest (`table_digest`) in the file's key-value metadata. The
+    table is written, read back and written again with the digest, so the digest is of exactly the
+    table a reader gets."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     with atomic_path(path) as tmp:
-        df.to_parquet(tmp, index=False)
+        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp)
+        table = pq.read_table(tmp)
+        meta = {**(table.schema.metadata or {}), DIGEST.encode(): table_digest(table).encode()}
+        pq.write_table(table.replace_schema_metadata(meta), tmp)
 
 
 def write_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict | None = None) -> None:
+    """`tensors` and `metadata` (values as strings), with their content digest (`tensors_digest`)."""
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     meta = {k: str(v) for k, v in (metadata or {}).items()}
+    meta[DIGEST] = tensors_digest(tensors, meta)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
+
+
+def embedded_digest(path) -> tuple[str | None, str | None]:
+    """(the digest a Parquet or safetensors file records, the digest of what it holds), read back."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        with reading(path):
+            table = pq.read_table(path)
+        stored = (table.schema.metadata or {}).get(DIGEST.encode())
+        return (stored.decode() if stored else None), table_digest(table)
+    from safetensors import safe_open
+
+    with reading(path), safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return meta.get(DIGEST), tensors_digest(tensors, meta)
 
 
 def write_text(text: str, path: str | os.PathLike) -> None:
@@ -77,11 +107,11 @@ def read_tensors(path: str | os.PathLike, device="cpu") -> dict:
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
-    """A safetensors file's metadata (all values are strings)."""
+    """A safetensors file's metadata (all values are strings), less its content digest (`verify`'s)."""
     from safetensors import safe_open
 
     with reading(path), safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+        return {k: v for k, v in (f.metadata() or {}).items() if k != DIGEST}
 
 
 def read_parquet(path: str | os.PathLike):
@@ -145,14 +175,25 @@ def digest_of(path) -> str:
 
 
 def verify(path) -> None:
-    """`path` against what its job recorded, when it recorded it: the same bytes, made from inputs
-    that have not changed since. Else an error naming the file, what differs and the rebuild command;
-    this catches a damaged file that still parses, and one made from an input that changed."""
+    """`path` against what its job recorded: a Parquet or safetensors file against the content digest
+    it carries (refused without one), and any file against its sidecar when there is one: the same
+    bytes, made from inputs that have not changed since. Else an error naming the file, what differs
+    and the rebuild command; this catches a damaged file that still parses, and one made from an
+    input that changed."""
     import json
 
+    if Path(path).suffix in (".parquet", ".safetensors"):  # its own digest, whatever happened to the sidecar
+        stored, held = embedded_digest(path)
+        if stored is None:
+            raise UnreadableArtifact(f"{path} carries no content digest ({DIGEST}): written by an older editscale "
+                                     f"or by hand. Rebuild it and what depends on it: {_rebuild(path)}")
+        if stored != held:
+            raise UnreadableArtifact(f"{path} is not what its job wrote (content sha256 {held[:12]}, written "
+                                     f"{stored[:12]}): it is damaged or was changed since. Rebuild it and what "
+                                     f"depends on it: {_rebuild(path)}")
     side = _sidecar(path)
     if not side.is_file():
-        return  # not written by a job of this workflow's (or before digests were recorded)
+        return  # the inputs it was made from are not known (or it is no artifact of this workflow's)
     try:
         recorded = json.loads(side.read_text())
         want, inputs = recorded["sha256"], recorded["inputs"]
@@ -166,15 +207,6 @@ def verify(path) -> None:
         if Path(source).is_file() and digest_of(source) != digest:
             raise UnreadableArtifact(f"{path} was made from {source}, which has changed since (sha256 "
                                      f"{digest_of(source)[:12]}, then {digest[:12]}). Rebuild it: {_rebuild(path)}")
-
-
-def sha256(path: str | os.PathLike) -> str:
-    """The sha256 of a file's bytes, read in blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class Busy(RuntimeError):

@@ -133,7 +133,7 @@ class Edit:
         tensors = {f"layer{layer}.{name}": t.contiguous() for layer, (A, B) in self.factors.items()
                    for name, t in (("A", A), ("B", B))}
         artifacts.write_safetensors(tensors, path, metadata={"editscale": json.dumps(self.provenance),
-                                                             "editscale.sha256": self.id})
+                                                             "editscale.id": self.id})
 
     @staticmethod
     def load(path) -> "Edit":
@@ -204,7 +204,7 @@ class Edit:
         if recorded is not None and sorted(map(int, [recorded] if isinstance(recorded, int) else recorded)) \
                 != sorted(pairs):
             raise ValueError(f"{path}: its factors change layers {sorted(pairs)}, its provenance says {recorded}")
-        stored = metadata.get("editscale.sha256")
+        stored = metadata.get("editscale.id")
         return Edit({layer: (pair["A"], pair["B"]) for layer, pair in pairs.items()}, provenance), stored
 
 
@@ -298,11 +298,7 @@ class Editor:
         `sequential=True` it is solved on the model as this editor's earlier sequential edits
         left it, applied at once, and its keys are kept for the next; independent edits after
         it start from there too."""
-        facts = [check_fact(self.tokenizer, fact, i) for i, fact in enumerate(facts)]
-        if not facts:
-            raise ValueError("no facts to edit")
-        editing.check_conflicts([facts], fix="give one target per subject in a call (edit the others in another "
-                                                "call, or with sequential=True)")
+        facts = check_facts(facts)
         for layer, weight in self.unedited.items():
             now = self.layout.weight(self.model, layer)
             if not sequential and not torch.equal(now, weight.to(now.device)):
@@ -326,7 +322,18 @@ class Editor:
         return edit
 
 
-def check_fact(tokenizer, fact, index: int) -> dict:
+def check_facts(facts) -> list[dict]:
+    """Every fact checked (`check_fact`), at least one, and no two targets for one subject: what can be
+    told without a model (the command line asks before it loads one)."""
+    facts = [check_fact(fact, i) for i, fact in enumerate(facts)]
+    if not facts:
+        raise ValueError("no facts to edit")
+    editing.check_conflicts([facts], fix="give one target per subject in a call (edit the others in another "
+                                            "call, or with sequential=True)")
+    return facts
+
+
+def check_fact(fact, index: int) -> dict:
     """The fact with "{}" in its prompt, or a ValueError naming it, checked by the datasets' own rule
     (`data.records.check_edit`): a prompt with "{}" or the subject, one "{}" and no other brace; a
     subject; a target on one trimmed line. Token-level problems (a subject with no token, a target
