@@ -178,6 +178,14 @@ def check(args) -> None:
     import editscale
     from editscale.evaluation.downstream import DownstreamError
 
+    from editscale import domains
+    from editscale.settings import Downstream
+
+    for flag in ("n_tests", "shots", "gen_len"):  # each flag's domain, as the setting declares it
+        try:
+            domains.check(f"--{flag.replace('_', '-')}", getattr(args, flag), domains.of(Downstream, flag), joiner=" ")
+        except ValueError as err:
+            raise UserError(str(err)) from None
     edit = None
     if args.edit:
         try:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from editscale import algorithms, artifacts, editing
+from editscale import algorithms, artifacts, domains, editing
 from editscale.algorithms import KeyMemory
 from editscale.data.records import check_edit
 from editscale.editing import covariance, keys, values
@@ -233,6 +233,10 @@ class Editor:
             spreads = ", ".join(a.name for a in algorithms.ALGORITHMS.values() if a.window)
             raise ValueError(f"{algorithm} edits one layer; layers={layers} is a window (use {spreads})")
         self.layers, self.layer = layers, layers[-1]  # v* is optimised at the window's last layer
+        outside = [p for prefix, section in (("edit", edit), ("value_settings", value_settings), ("templates", templates),
+                                             ("stats_settings", stats_settings)) for p in domains.problems(section, prefix)]
+        if outside:
+            raise ValueError("; ".join(outside))
         self.config = editing.EditConfig(algorithm, self.layer, edit=edit, values=value_settings)
         self.progress = progress
         self.templates = keys.context_templates(model, tokenizer, seed=templates.seed, n_tokens=templates.n_tokens,

@@ -18,12 +18,23 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from editscale import domains
+from editscale.domains import Domain, problems
 
-def execution(default=None, **kw):
+
+def execution(default=None, domain: Domain | None = None, **kw):
     """A field that changes how a stage runs, never what it computes."""
     if "default_factory" not in kw:
         kw["default"] = default
-    return field(metadata={"execution": True}, **kw)
+    return field(metadata={"execution": True, "domain": domain}, **kw)
+
+
+def setting(default, domain: Domain):
+    """A result setting with its domain (`domains.Domain`), declared here once for every entry point."""
+    return field(default=default, metadata={"domain": domain})
+
+
+POSITIVE, NON_NEGATIVE, COUNT = Domain(exclusive_minimum=0), Domain(minimum=0), Domain("integer", minimum=1)
 
 
 @dataclass(frozen=True)
@@ -80,12 +91,12 @@ class ValueSettings:
 @dataclass(frozen=True)
 class EditSettings:
     """What the algorithms read (each reads only its own: algorithms.registry)."""
-    mom2_update_weight: float = 100.0  # MEMIT's λ (EMMET scales C by it too); scale with d_in
-    emmet_lambda: float = 0.1
-    nullspace_threshold: float = 0.01
-    alphaedit_l2: float = 10.0
-    update_norm_lambda: float = 0.13  # ENCORE's α; its Llama-3 value 20 at λ = 15000, kept in ratio to λ = 100
-    on_ill_conditioned: str = "raise"
+    mom2_update_weight: float = setting(100.0, POSITIVE)  # MEMIT's λ (EMMET scales C by it too); scale with d_in
+    emmet_lambda: float = setting(0.1, NON_NEGATIVE)
+    nullspace_threshold: float = setting(0.01, NON_NEGATIVE)
+    alphaedit_l2: float = setting(10.0, NON_NEGATIVE)
+    update_norm_lambda: float = setting(0.13, NON_NEGATIVE)  # ENCORE's α; its Llama-3 value 20 at λ = 15000, kept in ratio to λ = 100
+    on_ill_conditioned: str = setting("raise", Domain("string", choices=("raise", "ridge", "pinv")))
     allow_conflicts: bool = execution(False)  # a guard, not a result: same subject, other target, one batch
 
 
@@ -144,10 +155,10 @@ class Downstream:
     at 0 shots, and the forced choice, which needs no parsing. No tasks: the workflow skips it (each
     point costs minutes on a CPU); the library and the command line check every task when none is named."""
     tasks: tuple = ()
-    n_tests: int = 100
-    shots: int = 0
-    method: str = "forced"  # or "generate": greedy, gen_len tokens, the reference's parsing rule
-    gen_len: int = 3  # the unified-model-editing pipeline's (AlphaEdit: 5)
+    n_tests: int = setting(100, COUNT)
+    shots: int = setting(0, Domain("integer", minimum=0, maximum=10))  # glue_eval's pool of 10 (downstream.POOL)
+    method: str = setting("forced", Domain("string", choices=("forced", "generate")))  # generate: greedy, gen_len tokens, the reference's parsing rule
+    gen_len: int = setting(3, COUNT)  # the unified-model-editing pipeline's (AlphaEdit: 5)
 
 
 @dataclass(frozen=True)
@@ -255,7 +266,12 @@ def parse(config: dict) -> Settings:
     unknown = set(config) - {f.name for f in fields(Settings)}
     if unknown:
         raise ValueError(f"unknown config keys {sorted(unknown)}")
-    return Settings(**top)
+    parsed = Settings(**top)
+    outside = [p for f in fields(Settings) if dataclasses.is_dataclass(getattr(parsed, f.name))
+               for p in problems(getattr(parsed, f.name), f.name)]
+    if outside:
+        raise ConfigError("settings outside their domains:\n  - " + "\n  - ".join(outside))
+    return parsed
 
 
 def _section(cls, value: dict):
@@ -335,10 +351,14 @@ def check(s: Settings, *, n_layers: int | None = None, model_exists: bool | None
     for key in (f.name for f in fields(s) if hasattr(getattr(s, f.name), "algorithms")):  # the experiments'
         for name in getattr(s, key).algorithms:
             try:
-                base[name] = variant(name)[0].name if variant else name
+                algorithm, overrides = variant(name) if variant else (None, {})
+                base[name] = algorithm.name if algorithm else name
+                for setting_name, value in overrides.items():  # the edit setting's own domain
+                    domains.check(f"algorithm variant {name!r}: {setting_name}", value,
+                                  domains.of(EditSettings, setting_name))
             except ValueError as error:
                 problems.append(f"{key}.algorithms: {error}")
-                base[name] = name
+                base.setdefault(name, name)
     if datasets is not None:
         if s.data.dataset not in datasets:
             problems.append(f"data.dataset = {s.data.dataset!r} is no dataset editscale knows; use one of "

@@ -29,6 +29,7 @@ import pandas as pd
 
 from editscale import paths
 from editscale.evaluation import bootstrap
+from editscale import domains
 from editscale.settings import Downstream, Findings
 
 POOL = 10  # glue_eval's FEW_SHOT_TEST_SPLIT: items[:10] are the few-shot pool, items[10:] the tests
@@ -263,8 +264,12 @@ def evaluate(model, tokenizer, tasks=None, *, n_tests: int | None = Downstream.n
     unknown = [name for name in tasks if name not in TASKS]
     if unknown:
         raise DownstreamError(f"downstream tasks {unknown} are unknown; use some of {', '.join(TASKS)}")
-    if method not in ("forced", "generate"):
-        raise DownstreamError(f"downstream method {method!r}: use forced or generate")
+    for name, value in (("n_tests", n_tests), ("shots", shots), ("method", method), ("gen_len", gen_len)):
+        if not (name == "n_tests" and value is None):  # None: every test item
+            try:
+                domains.check(name, value, domains.of(Downstream, name), joiner="=")
+            except ValueError as error:
+                raise DownstreamError(str(error)) from None
     layout = layout or layout_for(model)
     context = context_length(model)
     budget = context - (gen_len if method == "generate" else ANSWER_TOKENS)
