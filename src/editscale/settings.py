@@ -30,11 +30,12 @@ def execution(default=None, domain: Domain | None = None, **kw):
 
 
 def setting(default, domain: Domain):
-    """A result setting with its domain (`domains.Domain`), declared here once for every entry point."""
+    """A setting with its domain (`domains.Domain`), declared here once for every entry point."""
     return field(default=default, metadata={"domain": domain})
 
 
-POSITIVE, NON_NEGATIVE, COUNT = Domain(exclusive_minimum=0), Domain(minimum=0), Domain("integer", minimum=1)
+POSITIVE, NON_NEGATIVE = Domain(exclusive_minimum=0), Domain(minimum=0)
+COUNT, SEED = Domain("integer", minimum=1), Domain("integer", minimum=0)
 
 
 @dataclass(frozen=True)
@@ -51,41 +52,41 @@ class Data:
     dataset: str = "counterfact"  # an entry of data.registry.DATASETS
     source: Any = "auto"  # auto (or a dataset's auto-… alias), a file, folder or URL, or a list of them
     target: str = "auto"  # the edit target, where the dataset offers a choice (zsRE: answers or alt); auto: its default
-    n: int = 64
-    seed: int = 0
+    n: int = setting(64, COUNT)
+    seed: int = setting(0, SEED)
     unique_subjects: bool = True
 
 
 @dataclass(frozen=True)
 class Templates:
-    seed: int = 0
-    n_tokens: int = 10
-    top_k: int = 5
+    seed: int = setting(0, SEED)
+    n_tokens: int = setting(10, COUNT)
+    top_k: int = setting(5, COUNT)
 
 
 @dataclass(frozen=True)
 class Stats:
     corpus: str = "auto"
-    max_tokens: int = 20000
+    max_tokens: int = setting(20000, COUNT)
     max_length: Any = "auto"  # an int, or "auto": the model's context length
     skip_first_token: bool = False
-    batch_tokens: int = execution(8192)
+    batch_tokens: int = execution(8192, COUNT)
 
 
 @dataclass(frozen=True)
 class ValueSettings:
     """Value optimisation (values.py); defaults from the reference's Llama configurations."""
-    lr: float = 0.5
-    steps: int = 25  # loss evaluations; the last one is not followed by an update
-    loss_threshold: float = 0.05
-    kl_factor: float = 0.0625
-    weight_decay: float = 1e-3
-    clamp_factor: float = 4.0
+    lr: float = setting(0.5, POSITIVE)
+    steps: int = setting(25, COUNT)  # loss evaluations; the last one is not followed by an update
+    loss_threshold: float = setting(0.05, Domain())
+    kl_factor: float = setting(0.0625, NON_NEGATIVE)
+    weight_decay: float = setting(1e-3, NON_NEGATIVE)
+    clamp_factor: float = setting(4.0, POSITIVE)
     kl_prompt: str = "{} is a"
-    early_stop: str = "loss"  # or "most_probable": MPES (ENCORE), as well as the loss threshold
-    most_probable_hold: int = 2  # MPES stops at the hold-th evaluation with every target token top-1 (not reset)
-    batch_size: int = execution(8)  # 32 was 5% faster still on 2 cores, but a values job then held 8.5 GB
-    chunk: int = execution(8)
+    early_stop: str = setting("loss", Domain("string", choices=("loss", "most_probable")))  # most_probable: MPES (ENCORE), as well as the loss threshold
+    most_probable_hold: int = setting(2, COUNT)  # MPES stops at the hold-th evaluation with every target token top-1 (not reset)
+    batch_size: int = execution(8, COUNT)  # 32 was 5% faster still on 2 cores, but a values job then held 8.5 GB
+    chunk: int = execution(8, COUNT)
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ class EditSettings:
 class Sweep:
     layers: tuple = (1, 2, 3, 4)
     algorithms: tuple = ("rome", "memit", "emmet")
-    n: int = 8
+    n: int = setting(8, COUNT)
 
 
 @dataclass(frozen=True)
@@ -117,9 +118,9 @@ class Batch:
 class Sequential:
     algorithms: tuple = ("memit", "emmet", "alphaedit", "encore")
     sizes: tuple = (1, 2, 4)
-    n: int = 4
-    retained_every_edits: int = 2  # retained evaluation every this many edits (a multiple of every B ≤ it), and at the end
-    snapshot_every: int = execution(256)
+    n: int = setting(4, COUNT)
+    retained_every_edits: int = setting(2, COUNT)  # retained evaluation every this many edits (a multiple of every B ≤ it), and at the end
+    snapshot_every: int = execution(256, COUNT)
 
 
 @dataclass(frozen=True)
@@ -128,25 +129,25 @@ class Window:
     batch and at the end of the longest sequential run. `layers` names the window; else `size` > 0
     takes the `size` layers ending at the chosen layer; neither: no comparison."""
     layers: tuple = ()
-    size: int = 0
+    size: int = setting(0, Domain("integer", minimum=0))
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    fluency_cases: int = 2
-    fluency_tokens: int = 30
-    drift_tokens: int = 2000
-    batch_size: int = execution(128)
-    max_tokens: int = execution(2048)
+    fluency_cases: int = setting(2, Domain("integer", minimum=0))
+    fluency_tokens: int = setting(30, COUNT)
+    drift_tokens: int = setting(2000, COUNT)
+    batch_size: int = execution(128, COUNT)
+    max_tokens: int = execution(2048, COUNT)
 
 
 @dataclass(frozen=True)
 class Findings:
     """The statistics behind the verdicts (workflow/findings.py)."""
-    n_boot: int = 2000
-    seed: int = 0
-    margin: float = 5.0  # Score points a claim of near-equality tolerates
-    early_fraction: float = 0.25  # layers in this first fraction of the model count as early
+    n_boot: int = setting(2000, Domain("integer", minimum=100))
+    seed: int = setting(0, SEED)
+    margin: float = setting(5.0, POSITIVE)  # Score points a claim of near-equality tolerates
+    early_fraction: float = setting(0.25, Domain(exclusive_minimum=0, maximum=1))  # layers in this first fraction of the model count as early
 
 
 @dataclass(frozen=True)
@@ -172,11 +173,11 @@ class Plots:
 @dataclass(frozen=True)
 class Resources:
     """Per job: `model` jobs load the model, `light` ones only read tables. Execution only."""
-    model_mem_mb: int = 8000
-    model_runtime: int = 60  # minutes
-    sequential_runtime: int = 120
-    light_mem_mb: int = 2000
-    light_runtime: int = 10
+    model_mem_mb: int = setting(8000, COUNT)
+    model_runtime: int = setting(60, COUNT)  # minutes
+    sequential_runtime: int = setting(120, COUNT)
+    light_mem_mb: int = setting(2000, COUNT)
+    light_runtime: int = setting(10, COUNT)
     gpus: Any = "auto"  # auto: 1 when model.device is cuda, else 0
     partition: str | None = None  # SLURM partition of jobs without a GPU (None: the cluster's default)
     gpu_partition: str | None = None  # SLURM partition of jobs with one
