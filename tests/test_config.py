@@ -88,8 +88,11 @@ def test_a_model_spec_whose_folder_would_leave_the_results_is_refused(tmp_path):
     for spec in (str(tmp_path / "models" / "m" / ".."), ".", "..", "{model}"):
         with pytest.raises(ValueError, match="leaves the results folder"):
             models.slug(spec)
-        with pytest.raises(ConfigError, match=r"model.spec: model spec .*leaves the results folder"):
+        with pytest.raises(ConfigError, match=r"model.spec: .*leaves the results folder"):
             settings.check(changed(model={"spec": spec}), algorithms=ALGORITHMS, more=CHECKS, slug=models.slug)
+    with pytest.raises(ConfigError, match=r"stats.corpus: .*leaves the results folder"):
+        settings.check(changed(stats={"corpus": str(tmp_path / "models" / "m" / "..")}), algorithms=ALGORITHMS,
+                       more=CHECKS, slug=models.slug)
     assert models.slug(str(tmp_path / "models" / "m")) == "m"
     assert models.slug("HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB--SmolLM2-135M"
 

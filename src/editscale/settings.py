@@ -367,11 +367,12 @@ def check(s: Settings, *, n_layers: int | None = None, model_exists: bool | None
         elif s.data.target != "auto" and s.data.target not in datasets[s.data.dataset]:
             problems.append(f"data.target = {s.data.target!r} is not a target of {s.data.dataset}; use auto or one "
                             f"of {', '.join(datasets[s.data.dataset])}")
-    if slug is not None:  # the model's folder name under the results: it must stay inside them
-        try:
-            slug(s.model.spec)
-        except ValueError as error:
-            problems.append(f"model.spec: {error}")
+    if slug is not None:  # the model's and the corpus's names under the results: they must stay inside them
+        for key, spec in (("model.spec", s.model.spec), ("stats.corpus", str(s.stats.corpus))):
+            try:
+                slug(spec)
+            except ValueError as error:
+                problems.append(f"{key}: {error}")
     if s.values.kl_prompt.count("{}") != 1 or s.values.kl_prompt.replace("{}", "").count("{") + \
             s.values.kl_prompt.replace("{}", "").count("}"):
         problems.append(f"values.kl_prompt = {s.values.kl_prompt!r} must hold one {{}} (the subject) and no other "

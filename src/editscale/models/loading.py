@@ -236,7 +236,7 @@ def slug(spec: str) -> str:
         name = spec
     name = name.replace("/", "--").replace(" ", "_")
     if name.strip(".") == "" or set(name) & set("{}"):
-        raise ValueError(f"model spec {spec!r} would name its folder under the results {name!r}, which leaves the "
-                         f"results folder or reads as a Snakemake wildcard: name the model's folder itself "
+        raise ValueError(f"{spec!r} would name its folder under the results {name!r}, which leaves the "
+                         f"results folder or reads as a Snakemake wildcard: name the folder or file itself "
                          f"(e.g. models/my-model, not models/my-model/..)")
     return name
