@@ -55,7 +55,7 @@ def test_device_plan_runs_the_tiny_workflow_from_the_carried_wheels_alone(tiny_l
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
     subprocess.run([sys.executable, str(ROOT / "device" / "wheels.py"), str(carry / "a" / "wheels"),
                     "--python-version", here], check=True, capture_output=True, text=True)
-    (carry / "a" / "part.aa").write_bytes(b"")  # the GGUF's half; the tiny mode never reads it
+    (carry / "a" / "part.aa").write_bytes(b"GGUF half")  # install checks it is there; the tiny mode never reads it
     names = {carried.split(w.name)[0] for w in (carry / "a" / "wheels").glob("*.whl")}
     assert {"snakemake", "gguf"} <= names and "pulp" not in names and not names & carried.image()
 

@@ -169,7 +169,7 @@ def test_the_command_line_scores_a_model_with_its_cis(tiny_gpt2_dir, tmp_path):
     assert long.returncode == 2 and "beyond the model's context of 256" in long.stderr, long.stderr
     bad = subprocess.run([sys.executable, "-m", "editscale", "downstream", str(tiny_gpt2_dir), "--shots", "11"],
                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
-    assert bad.returncode == 2 and "shots = 11" in bad.stderr
+    assert bad.returncode == 2 and "--shots 11 is not an integer ≥ 0 and ≤ 10" in bad.stderr, bad.stderr
 
 
 def test_finding_g_pairs_each_point_with_the_unedited_model_and_skips_tasks_at_chance():
