@@ -119,6 +119,9 @@ def test_every_out_of_domain_value_is_refused_by_the_downstream_keywords(tiny_ll
                 continue  # None: every test item
             with pytest.raises(DownstreamError, match=rf"{name}={value!r} is not"):
                 editscale.downstream(model, tok, ["sst2"], layout=layout, **{name: value})
+    context = editscale.models.context_length(model)  # inside its domain, but beyond this model: gen_len's fault
+    with pytest.raises(DownstreamError, match=rf"gen_len={context} leaves no room .* context of {context} tokens"):
+        editscale.downstream(model, tok, ["sst2"], layout=layout, method="generate", gen_len=context)
 
 
 def test_the_command_line_flags_use_the_same_domains(tmp_path):

@@ -273,6 +273,9 @@ def evaluate(model, tokenizer, tasks=None, *, n_tests: int | None = Downstream.n
     layout = layout or layout_for(model)
     context = context_length(model)
     budget = context - (gen_len if method == "generate" else ANSWER_TOKENS)
+    if budget < 1:  # gen_len's fault, not a test item's
+        raise DownstreamError(f"gen_len={gen_len} leaves no room for a question in the model's context of {context} "
+                              f"tokens; lower gen_len below {context}")
     count = lambda text: len(tokenizer(text)["input_ids"])  # noqa: E731
     rows = []
     for name in tasks:
