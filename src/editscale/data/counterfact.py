@@ -183,9 +183,10 @@ def _merge(rows: dict, row: dict, file: Path) -> None:
 
 # --- Metrics (docs/design.md §3, pinned in tests/test_metrics.py against kmeng01/memit) ---------
 
-METRICS = ("ES", "PS", "NS", "EM", "PM", "NM")
+METRICS = ("ES", "PS", "NS", "EM", "PM", "NM", "NU")  # NU: live only (evaluation/live.py)
 LABELS = {"ES": "efficacy (ES)", "PS": "paraphrase (PS)", "NS": "neighbourhood (NS)", "EM": "efficacy magnitude (EM)",
-          "PM": "paraphrase magnitude (PM)", "NM": "neighbourhood magnitude (NM)"}
+          "PM": "paraphrase magnitude (PM)", "NM": "neighbourhood magnitude (NM)",
+          "NU": "neighbourhood unchanged (NU)"}
 HEADLINE = ("ES", "PS", "NS")  # efficacy, generalisation, specificity: Score is their harmonic mean
 SCORED_KINDS = ("rewrite", "paraphrase", "neighborhood")
 

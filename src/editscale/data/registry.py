@@ -30,6 +30,11 @@ class Dataset:
     headline: tuple  # (efficacy, generalisation, specificity): Score is their harmonic mean
     kinds: tuple  # prompt kinds scored, "rewrite" first
     targets: tuple = ("new",)  # values of data.target, the first the default
+    # The live protocol (evaluation/live.py): each kind's metric, the target a kind's continuation is
+    # judged on, and the metric of specificity's unchanged reading (continuations equal to the unedited's).
+    by_kind: dict = None
+    live_target: dict = None
+    unchanged: str = ""
 
     @property
     def efficacy(self) -> str:
@@ -49,11 +54,15 @@ DATASETS = {
         name="counterfact", load=_counterfact_load, resolve=counterfact.resolve,
         aliases={"auto": "full", "auto-easyedit": "easyedit"},
         prompt_table=counterfact.prompt_table, per_case=counterfact.per_case, metrics=counterfact.METRICS,
-        labels=counterfact.LABELS, headline=counterfact.HEADLINE, kinds=counterfact.SCORED_KINDS),
+        labels=counterfact.LABELS, headline=counterfact.HEADLINE, kinds=counterfact.SCORED_KINDS,
+        by_kind=dict(zip(counterfact.SCORED_KINDS, counterfact.HEADLINE)),
+        live_target={"rewrite": "new", "paraphrase": "new", "neighborhood": "true"}, unchanged="NU"),
     "zsre": Dataset(
         name="zsre", load=zsre.load, resolve=zsre.resolve, aliases={"auto": "mend", "auto-knowedit": "knowedit"},
         prompt_table=zsre.prompt_table, per_case=zsre.per_case, metrics=zsre.METRICS, labels=zsre.LABELS,
-        headline=zsre.HEADLINE, kinds=zsre.SCORED_KINDS, targets=zsre.TARGETS),
+        headline=zsre.HEADLINE, kinds=zsre.SCORED_KINDS, targets=zsre.TARGETS,
+        by_kind=dict(zip(zsre.SCORED_KINDS, ("Efficacy", "Paraphrase", "Specificity", "Portability"))),
+        live_target=dict.fromkeys(zsre.SCORED_KINDS, "answer"), unchanged="Locality"),
 }
 
 

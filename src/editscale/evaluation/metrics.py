@@ -14,13 +14,22 @@ import pandas as pd
 
 from editscale.data.records import dataset_of
 from editscale.data.registry import get as get_dataset
-from editscale.evaluation import bootstrap
+from editscale.evaluation import bootstrap, live
 from editscale.evaluation.scoring import LowRankEdits, score_pairs
 from editscale.settings import Evaluation, Findings
 
 NLL_COLUMNS = ["case_id", "prompt_kind", "prompt_index", "prompt", "target", "nll"]
 SCORE_COLUMNS = [*NLL_COLUMNS, "top1", "n_tokens", "argmax"]
 AGGREGATE_COLUMNS = ["dataset", "format", "n_cases", "metric", "mean", "std", "ci_low", "ci_high"]
+
+# How a prompt's answer is read, each named in every table it scores (its `protocol` column).
+TEACHER_FORCED, LIVE = "teacher_forced", "live"
+PROTOCOLS = {
+    TEACHER_FORCED: "teacher-forced: the targets fed in, their likelihoods compared (CounterFact) or the top-1 "
+                    "token read at each answer position (zsRE)",
+    LIVE: "live: the model's own greedy continuation, judged on whether it starts with the answer "
+          "(evaluation/live.py)",
+}
 
 
 def prompt_table(records: pd.DataFrame) -> pd.DataFrame:
@@ -31,17 +40,23 @@ def prompt_table(records: pd.DataFrame) -> pd.DataFrame:
 def score(model, tokenizer, records: pd.DataFrame, *, layout=None, batch_size: int = Evaluation.batch_size,
           max_tokens: int = Evaluation.max_tokens,
           edits: LowRankEdits | dict | None = None, case_edit: dict | None = None, layer: int | None = None,
-          progress: bool = False) -> pd.DataFrame:
-    """The long scored table for `records`: NLL, top-1 accuracy and top-1 tokens of every row.
+          progress: bool = False, protocol: str = TEACHER_FORCED) -> pd.DataFrame:
+    """The long scored table for `records` under `protocol`: teacher-forced, the NLL, top-1 accuracy
+    and top-1 tokens of every row; live, every prompt's greedy continuation (`live.score`).
 
     With `edits`, each case is scored under its own edit `case_edit[case_id]` at `layer`, or at
     every layer of a window when `edits` maps layers to their LowRankEdits (independent edits
     evaluated together, none applied to the model).
     """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
     if layout is None:
         from editscale.models.layout import layout_for
 
         layout = layout_for(model)
+    if protocol == LIVE:
+        return live.score(model, tokenizer, records, layout=layout, batch_size=batch_size, max_tokens=max_tokens,
+                          edits=edits, case_edit=case_edit, layer=layer, progress=progress)
     table = prompt_table(records)
     row_edit = None
     if edits is not None:
@@ -54,13 +69,15 @@ def score(model, tokenizer, records: pd.DataFrame, *, layout=None, batch_size: i
                                         "top1": "float64", "n_tokens": "int64"})
 
 
-def per_case(scored: pd.DataFrame, *, dataset: str = "counterfact", reference: pd.DataFrame | None = None
-             ) -> pd.DataFrame:
-    """The dataset's metrics per case, with the number of prompts of each kind (`n_<kind>`).
+def per_case(scored: pd.DataFrame, *, dataset: str = "counterfact", reference: pd.DataFrame | None = None,
+             protocol: str = TEACHER_FORCED) -> pd.DataFrame:
+    """The dataset's metrics per case under `protocol`, with the number of prompts of each kind (`n_<kind>`).
 
-    `reference` is the unedited model's scored table, for metrics read against it (zsRE's Locality)."""
+    `reference` is the unedited model's table of the same protocol, for metrics read against it
+    (zsRE's Locality, live specificity's unchanged reading)."""
     entry = get_dataset(dataset)
-    out = entry.per_case(scored, reference)
+    out = live.per_case(scored, dataset=dataset, reference=reference) if protocol == LIVE else \
+        entry.per_case(scored, reference)
     counts = scored.groupby(["case_id", "prompt_kind"]).prompt_index.nunique().unstack("prompt_kind")
     for kind in entry.kinds:
         column = counts[kind] if kind in counts else pd.Series(0, index=counts.index)
