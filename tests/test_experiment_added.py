@@ -75,7 +75,7 @@ run = settings.Execution.of(s)
 
 rng = np.random.default_rng(0)
 n = 40
-cases = pd.DataFrame([{"case_id": i, "dataset": "counterfact", "format": "reduced", "algorithm": "memit",
+cases = pd.DataFrame([{"protocol": "teacher_forced", "case_id": i, "dataset": "counterfact", "format": "reduced", "algorithm": "memit",
                        "layer": 3, "layers": "3", "batch_size": b, "ES": 100.0, "PS": 90.0,
                        "NS": float(rng.normal(80 if b == 1 else 60, 5))} for b in (1, 8) for i in range(n)])
 artifacts.write_parquet(cases, root / "toy.cases.parquet")

@@ -137,6 +137,9 @@ class Evaluation:
     fluency_cases: int = setting(2, Domain("integer", minimum=0))
     fluency_tokens: int = setting(30, COUNT)
     drift_tokens: int = setting(2000, COUNT)
+    # teacher_forced always runs (the layer choice and every edit job read it); live adds a scoring job
+    # beside each job that scores, so that it reruns nothing else (evaluation/live.py)
+    protocols: tuple = ("teacher_forced",)
     batch_size: int = execution(128, COUNT)
     max_tokens: int = execution(2048, COUNT)
 
@@ -360,6 +363,9 @@ def check(s: Settings, *, n_layers: int | None = None, model_exists: bool | None
             except ValueError as error:
                 problems.append(f"{key}.algorithms: {error}")
                 base.setdefault(name, name)
+    if "teacher_forced" not in s.evaluation.protocols:
+        problems.append(f"evaluation.protocols = {list(s.evaluation.protocols)} lacks teacher_forced, which every "
+                        f"edit job scores and the layer choice reads; list it, and add live beside it")
     if datasets is not None:
         if s.data.dataset not in datasets:
             problems.append(f"data.dataset = {s.data.dataset!r} is no dataset editscale knows; use one of "

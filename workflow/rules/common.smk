@@ -53,13 +53,30 @@ STATS_LAYERS = sorted(
 VALUES = f"{RUN_DIR}/values/layer{{layer}}/records{{start}}-{{end}}.safetensors"
 LAYER_NAME = r"\d+(?:-\d+|(?:\+\d+)+)?"  # a layer (3) or a window (4-8, 4+6): settings.layer_name
 BEST_LAYER = f"{RUN_DIR}/sweep/best_layer.yaml"
+
+
+# A run's file and its live twin's (`.live` before the suffix) must never match each other's rule.
+wildcard_constraints:
+    layer=LAYER_NAME,
+    size=r"\d+",
+
+
 BASELINE = f"{RUN_DIR}/baseline"
+BASELINE_CASES = [f"{BASELINE}.cases.parquet"] + (
+    [f"{BASELINE}.live.cases.parquet"]
+    if "live" in SETTINGS.evaluation.protocols
+    else []
+)  # every protocol's
 SUMMARY = f"{RUN_DIR}/summary/{{kind}}.parquet"
 SUMMARY_SOURCES = X.summary_sources()  # kind -> (experiment, output): summarised
 # kind -> (experiment, output): stacked as they are
 COLLECTED_SOURCES = X.collected_sources()
 SUMMARY_KINDS = [*X.summary_groups(), *COLLECTED_SOURCES]
-FIGURES = list(X.figures())
+PROTOCOLS = (
+    SETTINGS.evaluation.protocols
+)  # teacher_forced, and live: each run's live twin job
+LIVE = "live" in PROTOCOLS
+FIGURES = X.figure_files(PROTOCOLS)  # file name -> its figure (whose caption it takes)
 FINDINGS = f"{RUN_DIR}/summary/findings.parquet"
 PLOT = f"{RUN_DIR}/plots/{{name}}.png"
 ENV = "../envs/editscale.yaml"  # relative to the rule files
@@ -113,15 +130,29 @@ def experiment_outputs(name):
     }
 
 
-def outputs_of(name, output, layer=None):
+def live_outputs(name):
+    """A live twin's named outputs: its experiment's, `.live` before each suffix."""
+    entry = X.EXPERIMENTS[name]
+    return {
+        output: experiment_path(name) + ".live" + entry.outputs[output]
+        for output in entry.live_outputs
+    }
+
+
+def outputs_of(name, output, layer=None, live=LIVE):
     """The files `output` of every job of experiment `name` in this config (X.jobs: its own and
-    those another experiment adds), or of those at the job's `layer` wildcard when `layer` is set.
+    those another experiment adds), or of those at the job's `layer` wildcard when `layer` is set;
+    with `live`, their live twins' too, where the experiment has one for that output.
     """
+    entry = X.EXPERIMENTS[name]
+    suffixes = [entry.outputs[output]]
+    if live and output in entry.live_outputs:
+        suffixes.append(".live" + entry.outputs[output])
 
     def files(wildcards=None):
-        pattern = experiment_path(name) + X.EXPERIMENTS[name].outputs[output]
         return [
-            pattern.format(**w)
+            (experiment_path(name) + suffix).format(**w)
+            for suffix in suffixes
             for w in X.jobs(name, SETTINGS, chosen_layer, compared_window)
             if not layer or w["layer"] == wildcards.layer
         ]

@@ -7,10 +7,10 @@ rule plots:
         **{
             name: report(
                 PLOT.format(name=name),
-                caption=f"../report/{name}.rst",
+                caption=f"../report/{figure}.rst",
                 category="2. Figures",
             )
-            for name in FIGURES
+            for name, figure in FIGURES.items()
         },
         other_formats=[
             PLOT.format(name=name).replace(".png", f".{fmt}")

@@ -1,6 +1,6 @@
 SUMMARY_INPUTS = {
     **{kind: outputs_of(*source) for kind, source in SUMMARY_SOURCES.items()},
-    "baseline": lambda w: [f"{BASELINE}.cases.parquet"],
+    "baseline": lambda w: BASELINE_CASES,
 }
 
 
@@ -9,7 +9,7 @@ rule summary:
     runs start from the unedited model at 0 edits."""
     input:
         cases=lambda w: SUMMARY_INPUTS[w.kind](w),
-        baseline=f"{BASELINE}.cases.parquet",
+        baseline=BASELINE_CASES,
     output:
         table=SUMMARY,
         csv=SUMMARY.replace(".parquet", ".csv"),

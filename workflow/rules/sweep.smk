@@ -24,6 +24,32 @@ rule sweep:
         "../scripts/run.py"
 
 
+rule sweep_live:
+    """The sweep's edits read under the live protocol (evaluation.protocols: live)."""
+    input:
+        model=MODEL_MANIFEST,
+        records=RECORDS,
+        values=lambda w: value_files(w.layer, N_SWEEP),
+        stats=window_stats,
+        templates=TEMPLATES,
+        baseline=f"{BASELINE}.live.nll.parquet",  # the unedited continuations
+    output:
+        **live_outputs("sweep"),
+    log:
+        experiment_path("sweep", "logs") + ".live.log",
+    benchmark:
+        experiment_path("sweep", "benchmarks") + ".live.tsv"
+    conda:
+        ENV
+    threads: THREADS
+    resources:
+        **model_resources(),
+    params:
+        settings=params("sweep_live"),
+    script:
+        "../scripts/run.py"
+
+
 checkpoint best_layer:
     """The layer with the best Score (harmonic mean of ES, PS, NS) over the sweep algorithms."""
     input:

@@ -23,7 +23,8 @@ from editscale.workflow.job import Job, Stage, logged
 def stages() -> dict[str, Stage]:
     """Every rule's stage: the experiments' (`experiments.EXPERIMENTS`) and the shared ones'."""
     return {**shared.STAGES, **report.STAGES, **experiments.STAGES,
-            **{e.name: e.stage for e in experiments.EXPERIMENTS.values() if e.stage is not None}}
+            **{e.name: e.stage for e in experiments.EXPERIMENTS.values() if e.stage is not None},
+            **experiments.live_stages()}
 
 
 def params(rule: str, s: Settings, wildcards) -> str:

@@ -100,10 +100,16 @@ def baseline_of(baseline: pd.DataFrame, metric: str) -> float | None:
     return float(rows.iloc[0]) if len(rows) else None
 
 
+PROTOCOL_NAMES = {"teacher_forced": "teacher-forced", "live": "live decoding"}
+
+
 def note(table: pd.DataFrame) -> str:
+    """What a figure's numbers are: the dataset, the record format and the protocol that scored them."""
     if "format" not in table or not len(table):
         return ""
-    return f"({dataset_of(table)}, {table['format'].iloc[0]}-format records)"
+    scored = sorted(set(table["protocol"].dropna())) if "protocol" in table else []
+    protocol = f", {' and '.join(PROTOCOL_NAMES.get(p, p) for p in scored)}" if scored else ""
+    return f"({dataset_of(table)}, {table['format'].iloc[0]}-format records{protocol})"
 
 
 def one_batch(ax, point: pd.DataFrame, x: float, label: str, color) -> None:
@@ -159,6 +165,7 @@ class Canvas:
     palette: Callable  # seaborn's color_palette
     formats: list
     missing: dict = field(default_factory=dict)  # claim letter -> why the config cannot measure it
+    protocol: str = "teacher_forced"  # what scored its tables (or the protocols' comparison)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 REPRODUCED, CONTRADICTED, INCONCLUSIVE = "reproduced", "contradicted", "inconclusive at this n"
 NOT_MEASURED = "not measured"  # the settings leave the claim unmeasurable; the statistic says why
-COLUMNS = ["claim", "statistic", "value", "ci_low", "ci_high", "verdict", "paper", "n_cases", "detail"]
+COLUMNS = ["protocol", "claim", "statistic", "value", "ci_low", "ci_high", "verdict", "paper", "n_cases", "detail"]
 
 
 class Paired:
@@ -132,9 +132,10 @@ def not_measured(claim: str, why: str) -> dict:
     return finding(claim, why, float("nan"), (float("nan"), float("nan")), NOT_MEASURED, "", 0)
 
 
-def table(runs: Runs, claims: dict) -> pd.DataFrame:
-    """The findings: every claim's rows ({letter: claim(runs) -> rows}), in the order of their letters."""
-    rows = [row for letter in sorted(claims) for row in claims[letter](runs)]
+def table(runs: Runs, claims: dict, protocol: str = "teacher_forced") -> pd.DataFrame:
+    """The findings: every claim's rows ({letter: claim(runs) -> rows}), in the order of their letters,
+    each naming the protocol its tables were scored under."""
+    rows = [{"protocol": protocol, **row} for letter in sorted(claims) for row in claims[letter](runs)]
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -147,11 +148,11 @@ def verdict_at_n(verdict: str, n: int) -> str:
 
 def markdown(table: pd.DataFrame, appendix: list[str] = ()) -> str:
     """The findings table, each row's detail below it, then the experiments' appendix lines."""
-    lines = text.table(["claim", "statistic", "value [95% CI]", "verdict", "paper", "cases"],
-                       [[row.claim, row.statistic, f"{row.value:.2f} [{row.ci_low:.2f}, {row.ci_high:.2f}]",
+    lines = text.table(["protocol", "claim", "statistic", "value [95% CI]", "verdict", "paper", "cases"],
+                       [[row.protocol, row.claim, row.statistic, f"{row.value:.2f} [{row.ci_low:.2f}, {row.ci_high:.2f}]",
                          f"**{verdict_at_n(row.verdict, row.n_cases)}**", row.paper, row.n_cases]
                         for row in table.itertuples(index=False)])
-    details = [f"- {row.claim}: {row.detail}" for row in table.itertuples(index=False) if row.detail]
+    details = [f"- {row.claim} ({row.protocol}): {row.detail}" for row in table.itertuples(index=False) if row.detail]
     lines += [""] + details if details else []
     lines += ["", *appendix] if appendix else []
     return "\n".join(lines) + "\n"

@@ -15,33 +15,52 @@ from editscale.workflow import experiments, figures, findings, text
 from editscale.workflow.job import Job, Stage
 
 log = logging.getLogger(__name__)
+ACROSS = "teacher_forced − live"  # the rows and figures that compare the protocols (`Experiment.across_protocols`)
 
 
 def summarise(job: Job) -> None:
     """Aggregate the per-case tables of one kind (`job.wildcards["kind"]`) by the columns its
-    experiment declares; also write CSV and Markdown copies beside. A kind that starts from the
-    unedited model (its entry's `starts`) gets those rows first, from the baseline's per-case table."""
+    experiment declares, each protocol apart (its `protocol` column leads the summary); also write
+    CSV and Markdown copies beside. A kind that starts from the unedited model (its entry's `starts`)
+    gets those rows first, from the baseline's per-case table of the same protocol."""
     kind, paths, out = job.wildcards["kind"], job.files("cases"), job.output["table"]
     groups = experiments.summary_groups()[kind]
+    entry = experiments.owner(kind)  # None: the baseline's, summarised plainly
+    scored = entry is None or entry.live is not None  # its tables name their protocol
     if not paths:  # the experiment is not in this config
-        write_table(pd.DataFrame(columns=[*groups, *metrics.AGGREGATE_COLUMNS]), out)
+        write_table(pd.DataFrame(columns=[*["protocol"] * scored, *groups, *metrics.AGGREGATE_COLUMNS]), out)
         return
     tables = [artifacts.read_parquet(p) for p in paths]
-    entry = experiments.owner(kind)  # None: the baseline's, summarised plainly
-    needed = [column for column in groups if entry is None or column not in entry.derived.get(kind, ())]
+    needed = ["protocol"] * scored + [column for column in groups if entry is None or column not in entry.derived.get(kind, ())]
     for path, table in zip(paths, tables):
         missing = [column for column in needed if column not in table.columns]
         if missing:
-            raise ValueError(f"{path}: summary kind {kind!r} groups by {groups}, but this per-case table has no "
+            raise ValueError(f"{path}: summary kind {kind!r} groups by {needed}, but this per-case table has no "
                              f"{missing}; its experiment's stage must write them (or its entry must not group by "
                              f"them, or declare them `derived` by its summariser)")
     cases = pd.concat(tables, ignore_index=True)
-    if entry is not None and kind in entry.starts:
-        cases = pd.concat([entry.starts[kind](cases, artifacts.read_parquet(job.input["baseline"])), cases],
-                          ignore_index=True)
+    starts = entry is not None and kind in entry.starts
+    baseline = pd.concat([artifacts.read_parquet(p) for p in job.files("baseline")], ignore_index=True) if starts \
+        else None
     options = job.settings.findings
-    write_table(entry.summarise(cases, groups, options) if entry is not None and entry.summarise
-                else metrics.aggregate(cases, by=groups, n_boot=options.n_boot, seed=options.seed), out)
+    parts = []
+    for protocol in [p for p in metrics.PROTOCOLS if p in set(cases.protocol)] if scored else [None]:
+        mine = cases[cases.protocol == protocol] if scored else cases
+        if starts:
+            mine = pd.concat([entry.starts[kind](mine, baseline[baseline.protocol == protocol]), mine],
+                             ignore_index=True)
+        summary = (entry.summarise(mine, groups, options) if entry is not None and entry.summarise
+                   else metrics.aggregate(mine, by=groups, n_boot=options.n_boot, seed=options.seed))
+        if scored:
+            summary.insert(0, "protocol", protocol)
+        parts.append(summary)
+    write_table(pd.concat(parts, ignore_index=True), out)
+
+
+def of_protocol(table: pd.DataFrame, protocol: str) -> pd.DataFrame:
+    """The rows a protocol scored; a table with no `protocol` column (fluency, weight health, the
+    downstream check) is the same under every protocol."""
+    return table[table["protocol"] == protocol] if "protocol" in table.columns else table
 
 
 def collect(job: Job) -> None:
@@ -54,21 +73,32 @@ def write_findings(job: Job) -> None:
     """The findings table (findings.{parquet,csv,md}): every experiment's claims, from the per-case
     tables of each kind. Claims (a)–(e) read the runs at the chosen layer (`layer`, or the sweep's
     best); (f) compares them with the runs at the window (settings.Window), if any."""
-    empty = pd.DataFrame(columns=["case_id", "algorithm", "layer", "layers", "batch_size", "n_edits", "ES", "PS",
-                                  "NS"])
+    empty = pd.DataFrame(columns=["protocol", "case_id", "algorithm", "layer", "layers", "batch_size", "n_edits", "ES",
+                                  "PS", "NS"])
     every = {kind: pd.concat([artifacts.read_parquet(p) for p in job.files(kind)], ignore_index=True)
              if job.files(kind) else empty for kind in experiments.summary_sources()}
     n_layers = artifacts.read_yaml(job.input["model"], {"n_layers": int})["n_layers"]
     main, spread = chosen_and_window(job)
     chosen = {kind: t[t["layers"].astype(str) == main] if experiments.at_chosen_layer(kind) and main != "auto" else t
               for kind, t in every.items()}
-    options = job.settings.findings
-    table = findings.table(findings.Runs(chosen, every, n_layers, main, spread, options, missing_findings(job, main)),
-                           experiments.claims())
+    options, protocols = job.settings.findings, job.settings.evaluation.protocols
+    missing = missing_findings(job, main)
+    parts = []
+    for protocol in [*protocols, ACROSS]:
+        claims = {letter: claim for e in experiments.EXPERIMENTS.values() for letter, claim in e.claims.items()
+                  if protocol in (experiments.protocols_of(e, protocols) or [ACROSS])}
+        if protocol == ACROSS and len(protocols) < 2:
+            continue
+        view = (lambda t: t) if protocol == ACROSS else (lambda t, p=protocol: of_protocol(t, p))
+        runs = findings.Runs({k: view(t) for k, t in chosen.items()}, {k: view(t) for k, t in every.items()},
+                             n_layers, main, spread, options, missing)
+        parts.append(findings.table(runs, claims, protocol=protocol))
+    table = pd.concat(parts, ignore_index=True)
     for row in table.itertuples(index=False):
-        log.info("%s: %s = %.2f [%.2f, %.2f] -> %s", row.claim, row.statistic, row.value, row.ci_low, row.ci_high,
-                 row.verdict)
-    write_table(table, job.output["table"], findings.markdown(table, experiments.appendix(every, options)))
+        log.info("%s (%s): %s = %.2f [%.2f, %.2f] -> %s", row.claim, row.protocol, row.statistic, row.value,
+                 row.ci_low, row.ci_high, row.verdict)
+    teacher_forced = {k: of_protocol(t, metrics.TEACHER_FORCED) for k, t in every.items()}
+    write_table(table, job.output["table"], findings.markdown(table, experiments.appendix(teacher_forced, options)))
 
 
 def plot_all(job: Job) -> None:
@@ -82,13 +112,19 @@ def plot_all(job: Job) -> None:
     for kind, table in every.items():  # the unedited model's rows have no layers
         if experiments.at_chosen_layer(kind) and main != "auto" and len(table) and "layers" in table:
             tables[kind] = table[(table["layers"].astype(str) == main) | table["layers"].isna()]
-    canvas = figures.Canvas(tables, every, main, spread, palette(n_colors=10), palette,
-                            list(job.settings.plots.formats), missing_findings(job, main))
-    for name, figure in experiments.figures().items():
-        if figure.drawn(canvas):
-            figure.draw(canvas, job.output[name])
-        else:
-            figures.nothing(name, job.output[name], canvas.formats, figure.why(canvas))
+    protocols = job.settings.evaluation.protocols
+    for entry in experiments.EXPERIMENTS.values():
+        for protocol in experiments.protocols_of(entry, protocols) or [ACROSS]:
+            view = (lambda t: t) if protocol == ACROSS else (lambda t, p=protocol: of_protocol(t, p))
+            canvas = figures.Canvas({k: view(t) for k, t in tables.items()}, {k: view(t) for k, t in every.items()},
+                                    main, spread, palette(n_colors=10), palette, list(job.settings.plots.formats),
+                                    missing_findings(job, main), protocol=protocol)
+            for name, figure in entry.figures.items():
+                out = job.output[name + ("" if protocol == ACROSS else experiments.suffix(protocol))]
+                if figure.drawn(canvas):
+                    figure.draw(canvas, out)
+                else:
+                    figures.nothing(name, out, canvas.formats, figure.why(canvas))
 
 
 def missing_findings(job: Job, main: str) -> dict:
@@ -129,12 +165,13 @@ def markdown(table: pd.DataFrame) -> str:
 
 _NOTHING = lambda s, w: {}  # noqa: E731: reads tables only; their settings are in their inputs' paths
 STAGES = {
-    "summary": Stage(summarise, lambda s, w: {"findings": results(s.findings)}),
+    "summary": Stage(summarise, lambda s, w: {"findings": results(s.findings)}),  # its inputs name the protocols
     "collect": Stage(collect, _NOTHING),
     "findings": Stage(write_findings, lambda s, w: {"findings": results(s.findings), "layer": _layer(s),
-                                                    "window": results(s.window)}),
+                                                    "window": results(s.window),
+                                                    "protocols": list(s.evaluation.protocols)}),
     "plots": Stage(plot_all, lambda s, w: {"plots": results(s.plots), "layer": _layer(s),
-                                           "window": results(s.window)}),
+                                           "window": results(s.window), "protocols": list(s.evaluation.protocols)}),
 }
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+from editscale.evaluation.metrics import LIVE, TEACHER_FORCED
 from editscale.workflow.experiments import common, sweep
 from editscale.workflow.experiments.entry import Experiment
 from editscale.workflow.job import Stage
@@ -40,7 +41,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in _found()}
 # sweep's best layer (a checkpoint).
 STAGES = {
     "baseline": Stage(common.baseline, lambda s, w: {"model": common.results(s.model),
-                                                     "evaluation": common.results(s.evaluation)}),
+                                                     "evaluation": common.scoring_counts(s.evaluation)}),
+    "baseline_live": Stage(lambda job: common.baseline(job, LIVE), lambda s, w: {"model": common.results(s.model)}),
     "best_layer": sweep.BEST_LAYER,
 }
 BASELINE_KIND = "baseline"  # the unedited model's summary, beside the experiments' kinds
@@ -59,8 +61,15 @@ def jobs(name: str, s, chosen, window) -> list[dict]:
     return own + [w for e in EXPERIMENTS.values() if name in e.adds for w in e.adds[name](s, chosen, window)]
 
 
+def live_stages() -> dict:
+    """Every experiment's live twin, as its rule names it (`<experiment>_live`): the same runs, read
+    under the live protocol."""
+    return {f"{e.name}_live": e.live for e in EXPERIMENTS.values() if e.live is not None}
+
+
 def summary_groups() -> dict:
-    """Every summary kind -> the columns it groups by (the baseline's: none)."""
+    """Every summary kind -> the columns it groups by (the baseline's: none). Each protocol is
+    summarised apart (`report.summarise`), so no summariser needs to know them."""
     return {**{kind: list(groups) for e in EXPERIMENTS.values() for kind, (_, groups) in e.summaries.items()},
             BASELINE_KIND: []}
 
@@ -91,6 +100,29 @@ def collected_sources() -> dict:
 def figures() -> dict:
     """Every figure name -> figures.Figure, in the experiments' order."""
     return {name: figure for e in EXPERIMENTS.values() for name, figure in e.figures.items()}
+
+
+def protocols_of(entry: Experiment, protocols) -> list:
+    """The protocols an experiment's claims and figures are read under, each apart: every one asked for
+    where its runs are scored under them (it has a live twin, or reads a kind that has), else teacher
+    forcing alone; none for one that compares the protocols (`across_protocols`), which reads them together."""
+    if entry.across_protocols:
+        return []
+    scored = entry.live is not None or any(owner(kind) is not None and owner(kind).live is not None
+                                           for kind in entry.reads)
+    return list(protocols) if scored else [TEACHER_FORCED]
+
+
+def figure_files(protocols) -> dict:
+    """Every figure's file name -> the figure it draws: `<figure>` teacher-forced, `<figure>-live` live
+    (`protocols_of`); a figure across protocols once, under its own name."""
+    return {f"{name}{suffix(p)}": name for e in EXPERIMENTS.values()
+            for p in (protocols_of(e, protocols) or [TEACHER_FORCED]) for name in e.figures}
+
+
+def suffix(protocol: str) -> str:
+    """A protocol's mark in a figure's file name: none for teacher-forced, `-live` for live."""
+    return "" if protocol == TEACHER_FORCED else f"-{protocol}"
 
 
 def claims() -> dict:

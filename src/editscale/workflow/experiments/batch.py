@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from editscale import algorithms
+from editscale.evaluation.metrics import LIVE
 from editscale.workflow import figures, findings
 from editscale.workflow.experiments import common
 from editscale.workflow.experiments.entry import Experiment
@@ -17,6 +18,10 @@ from editscale.workflow.job import Job, Stage
 
 def run(job: Job) -> None:
     independent(job, job.settings.data.n)
+
+
+def run_live(job: Job) -> None:
+    independent(job, job.settings.data.n, LIVE)
 
 
 def jobs(s, chosen, window) -> list[dict]:
@@ -102,9 +107,11 @@ def check(s) -> list[str]:
 
 
 STAGE = Stage(run, lambda s, w: {**common.counted_edit(s, w), "n": s.data.n})
+LIVE_STAGE = Stage(run_live, STAGE.counts)
 EXPERIMENT = Experiment(
     "batch", figures={"batch": figures.Figure(
         lambda c, out: draw(c.tables["batch"], c.tables["baseline"], c.colors, out, c.formats),
         lambda c: len(c.tables["batch"]))}, claims={"b": claim_b, "d": claim_d}, stage=STAGE, jobs=jobs,
     stem="{algorithm}-layer{layer}-b{size}", outputs={"nll": ".nll.parquet", "cases": ".cases.parquet"},
-    summaries={"batch": ("cases", ("algorithm", "layer", "layers", "batch_size"))}, check=check)
+    summaries={"batch": ("cases", ("algorithm", "layer", "layers", "batch_size"))}, check=check, live=LIVE_STAGE,
+    live_outputs=("nll", "cases"))

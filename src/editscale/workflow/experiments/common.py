@@ -20,19 +20,29 @@ log = logging.getLogger(__name__)
 INFO = ["case_id", "dataset", "format"]  # what every per-case table carries from its records
 
 
-def score(model, tokenizer, layout, records, run: Execution, **edits) -> pd.DataFrame:
+def score(model, tokenizer, layout, records, run: Execution, protocol: str = metrics.TEACHER_FORCED,
+          **edits) -> pd.DataFrame:
     return metrics.score(model, tokenizer, records, layout=layout, batch_size=run.eval_batch_size,
-                         max_tokens=run.eval_max_tokens, **edits)
+                         max_tokens=run.eval_max_tokens, protocol=protocol, **edits)
 
 
-def per_case(nll: pd.DataFrame, records: pd.DataFrame, reference: pd.DataFrame | None = None) -> pd.DataFrame:
-    """The dataset's per-case metrics, read against the baseline's scored table where they need it."""
-    return metrics.per_case(nll, dataset=dataset_of(records), reference=reference)
+def per_case(nll: pd.DataFrame, records: pd.DataFrame, reference: pd.DataFrame | None = None,
+             protocol: str = metrics.TEACHER_FORCED) -> pd.DataFrame:
+    """The dataset's per-case metrics under `protocol`, read against the baseline's table of the same
+    protocol where they need it; every row names its protocol."""
+    cases = metrics.per_case(nll, dataset=dataset_of(records), reference=reference, protocol=protocol)
+    return label(cases, protocol=protocol)
 
 
 def reference(job: Job) -> pd.DataFrame:
-    """The unedited model's scored table (the baseline's), for metrics read against it."""
+    """The unedited model's scored table (the baseline's, of the job's protocol), for metrics read against it."""
     return artifacts.read_parquet(job.input["baseline"])
+
+
+def scoring_counts(evaluation: Evaluation) -> dict:
+    """What a job's teacher-forced scoring, fluency and drift depend on: the evaluation settings but
+    `protocols`, which adds live jobs beside it and changes nothing it computes."""
+    return {k: v for k, v in results(evaluation).items() if k != "protocols"}
 
 
 def log_headline(what: str, cases: pd.DataFrame, records: pd.DataFrame) -> None:
@@ -80,12 +90,18 @@ def counted_edit(s, w: dict) -> dict:
     return {"model": results(s.model), **edit_config(s, w["algorithm"], 0).counted(), "layer": w["layer"]}
 
 
-def baseline(job: Job) -> None:
-    """The unedited model's metrics, fluency and drift: what every result is read against."""
+def baseline(job: Job, protocol: str = metrics.TEACHER_FORCED) -> None:
+    """The unedited model's metrics, fluency and drift: what every result is read against. Under
+    `live`, its continuations (what specificity's unchanged reading compares with) and metrics alone."""
     loaded, tokenizer, layout = load_model(job)
     records = data.read_records(job.input["records"])
-    nll = score(loaded, tokenizer, layout, records, job.run)
-    cases = per_case(nll, records).merge(records[INFO], on="case_id")  # its own reference
+    nll = score(loaded, tokenizer, layout, records, job.run, protocol, progress=True)
+    cases = per_case(nll, records, protocol=protocol).merge(records[INFO], on="case_id")  # its own reference
+    if protocol != metrics.TEACHER_FORCED:
+        log_headline(f"unedited model, {protocol}", cases, records)
+        artifacts.write_parquet(nll, job.output["nll"])
+        artifacts.write_parquet(cases, job.output["cases"])
+        return
     log_headline("unedited model", cases, records)
     artifacts.write_parquet(nll, job.output["nll"])
     artifacts.write_parquet(cases, job.output["cases"])

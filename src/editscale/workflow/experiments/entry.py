@@ -37,3 +37,10 @@ class Experiment:
     # Other experiments' jobs it adds (the window's: each window run), as the `jobs` of the one it names:
     # experiment name -> (settings, chosen(), window()) -> wildcards.
     adds: dict = field(default_factory=dict)
+    # Its live twin (rule `<name>_live`): the same runs read under the live protocol, writing the outputs
+    # named here (each at its suffix with `.live` before it), and nothing that touches the model's edits.
+    live: Stage | None = None
+    live_outputs: tuple = ()
+    # It compares the protocols (teacher-forced against live): its claims and figures read every protocol's
+    # rows together, once, rather than each protocol's apart.
+    across_protocols: bool = False

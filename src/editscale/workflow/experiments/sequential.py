@@ -15,21 +15,15 @@ from editscale.data.records import dataset_of
 from editscale.editing.keys import load_templates
 from editscale.editing.sequential import SequentialRun, stored_edits
 from editscale.editing.value_file import ValueFile
-from editscale.settings import layer_name, results
+from editscale.settings import layer_name
 from editscale.workflow import figures, findings
 from editscale.workflow.experiments import common, protocols
 from editscale.workflow.experiments.entry import Experiment
+from editscale.workflow.experiments.replay import retained_at, run_live
 from editscale.workflow.findings import INCONCLUSIVE, Paired, finding, interval
 from editscale.workflow.job import Job, Stage
 
 log = logging.getLogger(__name__)
-
-
-def retained_at(n: int, batch_size: int, every: int) -> list[int]:
-    """The batches after which every edit so far is scored: after the same numbers of edits in every
-    run (multiples of max(B, every)), and at the end."""
-    n_batches = -(-n // batch_size)
-    return sorted({b for b in range(n_batches) if ((b + 1) * batch_size) % every == 0} | {n_batches - 1})
 
 
 def run(job: Job) -> None:
@@ -84,7 +78,7 @@ def run(job: Job) -> None:
 
 
 def counts(s, w: dict) -> dict:
-    return {**common.counted_edit(s, w), "evaluation": results(s.evaluation), "n": s.sequential.n,
+    return {**common.counted_edit(s, w), "evaluation": common.scoring_counts(s.evaluation), "n": s.sequential.n,
             "retained_every_edits": s.sequential.retained_every_edits}
 
 
@@ -285,4 +279,5 @@ EXPERIMENT = Experiment(
     # same cases.
     summaries={"immediate": ("immediate", (*GROUPS, "stretch")), "retained": ("retained", (*GROUPS, "n_edits"))},
     collected={"quality": "quality", "health": "batches"}, summarise=protocols.summarise,
-    derived={"immediate": ("stretch",)}, starts={"retained": unedited_start}, check=check)
+    derived={"immediate": ("stretch",)}, starts={"retained": unedited_start}, check=check,
+    live=Stage(run_live, counts), live_outputs=("immediate", "retained"))

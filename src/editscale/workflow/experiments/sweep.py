@@ -8,6 +8,7 @@ import yaml
 
 from editscale import artifacts
 from editscale.evaluation import metrics
+from editscale.evaluation.metrics import LIVE
 from editscale.workflow import figures, findings, text
 from editscale.workflow.experiments import common
 from editscale.workflow.experiments.entry import Experiment
@@ -27,6 +28,10 @@ from editscale.workflow.job import Job, Stage
 
 def run(job: Job) -> None:
     independent(job, job.settings.sweep.n)
+
+
+def run_live(job: Job) -> None:
+    independent(job, job.settings.sweep.n, LIVE)
 
 
 def best_layer(job: Job) -> None:
@@ -123,6 +128,7 @@ def check(s) -> list[str]:
 
 
 STAGE = Stage(run, lambda s, w: {**common.counted_edit(s, w), "n": s.sweep.n})
+LIVE_STAGE = Stage(run_live, STAGE.counts)
 BEST_LAYER = Stage(best_layer, lambda s, w: {})
 
 
@@ -144,4 +150,4 @@ EXPERIMENT = Experiment(
         lambda c: len(c.tables["sweep"]))}, claims={"a": claim_a}, stage=STAGE, jobs=jobs,
     stem="{algorithm}-layer{layer}", outputs={"nll": ".nll.parquet", "cases": ".cases.parquet"},
     summaries={"sweep": ("cases", ("algorithm", "layer", "layers"))},  # layer: where v* is; layers: its name
-    across_layers=True, appendix=layer_table, check=check)
+    across_layers=True, appendix=layer_table, check=check, live=LIVE_STAGE, live_outputs=("nll", "cases"))
