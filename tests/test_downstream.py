@@ -8,13 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import SHARED
 
 from editscale import models
 from editscale.evaluation import downstream
 from editscale.evaluation.downstream import TASKS, DownstreamError
 from editscale.settings import Findings
-
-from conftest import SHARED
 
 needs_data = pytest.mark.skipif(SHARED is None, reason="needs the offline data folder (shared/data/downstream)")
 

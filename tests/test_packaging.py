@@ -1,9 +1,9 @@
 """What a user installs stays in step: the conda environment lists pyproject.toml's dependencies."""
 
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,7 +13,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, SHARED, assert_identical, copy_model, results, snakemake, tiny_workflow
 
 STATE = Path(os.environ.get("EDITSCALE_SLURM_STATE", "/tmp/editscale-slurm"))

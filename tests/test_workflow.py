@@ -6,10 +6,12 @@ import time
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 from conftest import (
     SHARED,
     copy_run,
+    results,
     snakemake,
     tiny_workflow,
     workflow_config,
@@ -43,8 +45,17 @@ def test_end_to_end_then_nothing_to_do(workdir):
     config = workflow_config(workdir)
     s = settings.parse(config)
     run = workdir / run_dir(workdir)
-    summary = {kind: pd.read_parquet(run / "summary" / f"{kind}.parquet")
-               for kind in ("sweep", "batch", "immediate", "retained", "baseline", "quality", "health", "findings")}
+    every = {kind: pd.read_parquet(run / "summary" / f"{kind}.parquet")
+             for kind in ("sweep", "batch", "immediate", "retained", "baseline", "quality", "health", "findings")}
+    scored = ("sweep", "batch", "immediate", "retained", "baseline")
+    assert s.evaluation.protocols == ("teacher_forced", "live")  # the tiny run reads both
+    for kind in scored:  # under live: ES PS NS NU Score, the rows teacher forcing has, no magnitudes
+        table = every[kind]
+        live = table[table.protocol == "live"]
+        assert set(live.metric) == {"ES", "PS", "NS", "NU", "Score"}, kind
+        assert len(live) * 7 == (table.protocol == "teacher_forced").sum() * 5, kind
+    summary = {kind: t[t.protocol == "teacher_forced"] if kind in scored else t for kind, t in every.items()}
+    assert set(every["findings"].protocol) == {"teacher_forced", "live", "teacher_forced − live"}
     n_metrics = 7  # ES PS NS EM PM NM Score
     sweep, batch, seq = s.sweep, s.batch, s.sequential
     assert len(summary["sweep"]) == len(sweep.algorithms) * len(sweep.layers) * n_metrics
@@ -75,11 +86,12 @@ def test_end_to_end_then_nothing_to_do(workdir):
         for suffix in (".csv", ".md"):
             assert (run / "summary" / f"{kind}{suffix}").stat().st_size > 0
     assert set(summary["findings"].verdict) <= {"reproduced", "contradicted", "inconclusive at this n", "not measured"} \
-        | {f"{a} retains most" for a in seq.algorithms}
+        | {f"{a} retains most" for a in seq.algorithms} | {"live below teacher-forced", "live above teacher-forced"}
     text = (run / "summary" / "findings.md").read_text()
     assert text.split("\n\n")[0].count("\n| ") == len(summary["findings"])  # a line per claim
     assert all(f"\n| {layer} | " in text for layer in sweep.layers)  # and each swept layer's Score and P(best)
-    for name in experiments.figures():
+    assert "batch-live" in experiments.figure_files(s.evaluation.protocols)
+    for name in experiments.figure_files(s.evaluation.protocols):
         for fmt in ("png", "pdf"):
             assert (run / "plots" / f"{name}.{fmt}").stat().st_size > 1000
     # Only the figures depend on the plotting style.
@@ -135,6 +147,39 @@ def test_execution_settings_and_key_order_rerun_nothing(workdir):
                                               "plots", "downstream"}, jobs  # (g) reads every algorithm's runs
     finally:
         (workdir / "config" / "config.yaml").write_text(original)
+
+
+def test_adding_live_to_a_finished_run_reruns_only_scoring(tiny_run, tmp_path):
+    """Without live, a finished run plans only its tables and figures again (no job that touches the
+    model); with live added back, only the live twins run beside them, never values, C, an edit or a
+    sequential run, and they write the cold run's live tables byte for byte (the same edits, solved
+    again from the same files or replayed from the run's stored factors)."""
+    work = copy_run(tiny_run[0], tmp_path / "run")
+    config = workflow_config(work)
+    config["evaluation"]["protocols"] = ["teacher_forced"]
+    write_workflow_config(work, config)
+    assert {rule for rule, _ in planned_jobs(work)} <= {"summary", "findings", "plots"}
+    assert snakemake(work).returncode == 0  # the run as it would be without live
+    live = sorted(p for p in (work / "results").rglob("*.live.*") if "/logs/" not in str(p)
+                  and "/benchmarks/" not in str(p))
+    assert {p.name.split(".")[0] for p in live} >= {"baseline", "memit-layer0-b2", "memit-layer1"}
+    for path in live:
+        path.unlink()
+    config["evaluation"]["protocols"] = ["teacher_forced", "live"]
+    write_workflow_config(work, config)
+    planned = {rule for rule, _ in planned_jobs(work)}
+    assert {"baseline_live", "sweep_live", "batch_live", "sequential_live"} <= planned
+    assert planned <= {"baseline_live", "sweep_live", "batch_live", "sequential_live", "summary", "findings", "plots"}
+    done = snakemake(work)
+    assert done.returncode == 0, done.stderr[-3000:]
+    again = results(work)
+    assert sorted(again) == sorted(tiny_run[2])
+    for name, content in tiny_run[2].items():
+        if isinstance(content, bytes):
+            assert again[name] == content, name
+        else:
+            assert content.keys() == again[name].keys() and all(torch.equal(content[k], again[name][k])
+                                                                for k in content), name
 
 
 def test_killed_sequential_run_resumes_where_it_stopped(workdir):

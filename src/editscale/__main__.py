@@ -176,9 +176,8 @@ def ask(args) -> None:
 def check(args) -> None:
     """The downstream check (GLUE subsets and MMLU) of a model, with an edit applied first if given."""
     import editscale
-    from editscale.evaluation.downstream import DownstreamError
-
     from editscale import domains
+    from editscale.evaluation.downstream import DownstreamError
     from editscale.settings import Downstream
 
     for flag in ("n_tests", "shots", "gen_len"):  # each flag's domain, as the setting declares it

@@ -53,7 +53,7 @@ rule sweep_live:
 checkpoint best_layer:
     """The layer with the best Score (harmonic mean of ES, PS, NS) over the sweep algorithms."""
     input:
-        cases=outputs_of("sweep", "cases"),
+        cases=outputs_of("sweep", "cases", live=False),  # the layer is chosen teacher-forced
     output:
         best=BEST_LAYER,
     log:

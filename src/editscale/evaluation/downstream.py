@@ -27,9 +27,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from editscale import paths
+from editscale import domains, paths
 from editscale.evaluation import bootstrap
-from editscale import domains
 from editscale.settings import Downstream, Findings
 
 POOL = 10  # glue_eval's FEW_SHOT_TEST_SPLIT: items[:10] are the few-shot pool, items[10:] the tests

@@ -16,8 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from editscale.models.hooks import forward_until
-from editscale.models.tokens import continuation_span, pad_batch
-from editscale.models.tokens import length_batches
+from editscale.models.tokens import continuation_span, length_batches, pad_batch
 from editscale.settings import Evaluation
 
 
