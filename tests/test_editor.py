@@ -202,3 +202,54 @@ def test_a_window_editor_spreads_each_edit_and_builds_on_it_sequentially(tiny, t
         editscale.Editor(model, tok, layout, algorithm="rome", layers=[0, 1], stats=stats, progress=False)
     with pytest.raises(ValueError, match="one C for a window"):
         editscale.Editor(model, tok, layout, layers=[0, 1], stats=stats[0], progress=False)
+
+
+JUDGED = [dict(f, target_true=true, paraphrase_prompts=[f["prompt"].replace("{}", f["subject"])],
+               neighborhood_prompts=["The man said he is a citizen of"])
+          for f, true in zip(FACTS, ["France", "Africa"])]
+
+
+def test_evaluate_scores_both_protocols_with_the_edit_applied_for_the_call_only(tiny):
+    """`editscale.evaluate`: per fact and protocol, with the edit applied while it scores and the model
+    unchanged after; what live says is `generate`'s greedy answer on the edited weights, and the
+    neighbours' unchanged reading compares the edited model with the unedited one."""
+    from editscale.editor import model_name
+
+    model, tok, layout = tiny
+    d_out, d_in = layout.weight(model, 1).shape
+    g = torch.Generator().manual_seed(0)
+    edit = editscale.Edit({1: (3.0 * torch.randn(d_out, 4, generator=g), torch.randn(d_in, 4, generator=g))},
+                          {"model": model_name(model)})  # a strong random edit: it changes what the model says
+    w0 = layout.weight(model, 1).clone()
+    plain = editscale.evaluate(model, tok, JUDGED, layout=layout)
+    edited = editscale.evaluate(model, tok, JUDGED, edit=edit, layout=layout)
+    assert torch.equal(layout.weight(model, 1), w0)
+    assert list(edited.protocol.unique()) == ["teacher_forced", "live"] and len(edited) == 2 * len(FACTS)
+    tf = edited[edited.protocol == "teacher_forced"].set_index("fact")
+    before = plain[plain.protocol == "teacher_forced"].set_index("fact")
+    assert (tf.EM - before.EM).abs().max() > 1e-3  # the edit is in force while it scores
+    live = edited[edited.protocol == "live"].set_index("fact")
+    assert (plain[plain.protocol == "live"].NU == 100).all()  # no edit: the model against itself
+    assert (live.NU < 100).any()  # the neighbour's continuation changed under the edit
+    with edit.applied(model):
+        for i, fact in enumerate(JUDGED):
+            ids = tok(fact["prompt"].replace("{}", fact["subject"]), return_tensors="pt")["input_ids"]
+            out = model.generate(ids, max_new_tokens=2, do_sample=False, pad_token_id=tok.pad_token_id)
+            assert live.says[i].startswith(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)), i
+    with pytest.raises(ValueError, match="fact 1: 'target_true' is missing"):
+        editscale.evaluate(model, tok, [JUDGED[0], FACTS[1]], layout=layout)
+
+
+def test_the_command_line_evaluates_both_protocols_side_by_side(tiny_llama_dir, tmp_path):
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text("\n".join(json.dumps(f) for f in JUDGED) + "\n")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "editscale", *a], capture_output=True,  # noqa: E731
+                                    text=True, cwd=tmp_path, timeout=600)
+    done = run("evaluate", str(tiny_llama_dir), "--facts", str(facts))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "ES TF" in lines[0] and "ES live" in lines[0] and "NU live" in lines[0]
+    assert len(lines) == 1 + len(JUDGED) + 2 and lines[-2].split()[:3] == ["all", "2", "facts"]
+    facts.write_text(json.dumps(FACTS[0]) + "\n")
+    bad = run("evaluate", "no-such-model/", "--facts", str(facts))  # the fact is refused before the model is sought
+    assert bad.returncode == 2 and "fact 0: 'target_true' is missing" in bad.stderr

@@ -4,6 +4,7 @@
     python -m editscale edit ... --out edited/ --export      # also the edited model, for from_pretrained
     python -m editscale ask edited/ "Danielle Darrieux is a citizen of"
     python -m editscale ask smollm2-135m "Danielle Darrieux is a citizen of" --edit edited/edit.safetensors
+    python -m editscale evaluate smollm2-135m --facts facts.jsonl --edit edited/edit.safetensors
 """
 
 from __future__ import annotations
@@ -173,6 +174,54 @@ def ask(args) -> None:
     print(args.prompt + tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
 
 
+EVALUATE_HELP = """a JSON Lines file, one fact a line, with the answers it is judged on: {"prompt": "{} is a citizen
+of", "subject": "Danielle Darrieux", "target_new": "Japan", "target_true": "France"}, and optionally
+"paraphrase_prompts" and "neighborhood_prompts" (lists of filled prompts; neighbours keep target_true)"""
+
+
+def evaluate(args) -> None:
+    """Both protocols side by side, per fact and in total."""
+    import editscale
+    from editscale.evaluation import facts as scoring
+
+    facts = read_facts(args.facts)
+    try:
+        scoring.records_of(facts)  # a bad fact stops before the model loads
+    except ValueError as err:
+        raise UserError(f"{args.facts}: {err}") from err
+    edit = None
+    if args.edit:
+        try:
+            edit = editscale.Edit.load(args.edit)
+        except (ValueError, FileNotFoundError) as err:
+            raise UserError(f"--edit: {err}") from err
+    model, tok, layout = load_model(args.model, "model", args.device)
+    if edit is not None:
+        try:
+            edit.check(model)
+        except ValueError as err:
+            raise UserError(f"--edit {args.edit}: {err}") from err
+    scored = scoring.evaluate(model, tok, facts, edit=edit, layout=layout, progress=True)
+    metrics = [m for m in ("ES", "PS", "NS", "NU") if m in scored and scored[m].notna().any()]
+    wide = scored.pivot(index="fact", columns="protocol", values=metrics)
+    said = scored.dropna(subset=["says"]).set_index("fact")["says"] if "says" in scored else {}
+    head = "  ".join(f"{m + ' ' + ('TF' if p == 'teacher_forced' else 'live'):>9}" for m in metrics
+                     for p in ("teacher_forced", "live") if (m, p) in wide)
+    print(f"{'fact':>4}  {'subject':24} {'target_new':16} {head}  live says")
+    for fact, row in wide.iterrows():
+        values = "  ".join(f"{row[(m, p)]:9.1f}" for m in metrics for p in ("teacher_forced", "live") if (m, p) in wide)
+        subject = scored.loc[scored.fact == fact, "subject"].iloc[0]
+        target = scored.loc[scored.fact == fact, "target_new"].iloc[0]
+        print(f"{fact:4d}  {subject[:24]:24} {target[:16]:16} {values}  {said.get(fact, '')!r}")
+    total = scoring.totals(scored)
+    cells = {(r.metric, r.protocol): r for r in total.itertuples(index=False)}
+    print(f"{'all':>4}  {f'{len(wide)} facts':24} {'':16} " + "  ".join(
+        f"{cells[(m, p)].mean:9.1f}" if (m, p) in cells else f"{'':9}" for m in metrics
+        for p in ("teacher_forced", "live") if (m, p) in wide))
+    print("TF: teacher-forced (the targets' likelihoods compared); live: the model's greedy continuation starts "
+          "with the answer; NU: a neighbour's continuation unchanged by the edit (docs/fidelity.md)")
+
+
 def check(args) -> None:
     """The downstream check (GLUE subsets and MMLU) of a model, with an edit applied first if given."""
     import editscale
@@ -261,6 +310,17 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default=Model.device)
     d.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     d.set_defaults(run=check)
+    v = verbs.add_parser("evaluate", help="score facts teacher-forced and by live decoding, side by side",
+                         description="Score FACTS on MODEL (an exported folder, or any model spec, with --edit "
+                         "applied for the scoring) under both protocols: teacher-forced (ES, PS, NS: the new target "
+                         "likelier than the true one) and live (the model's greedy continuation starts with the "
+                         "answer; NU: a neighbour's continuation unchanged by the edit). Per fact and in total.")
+    v.add_argument("model")
+    v.add_argument("--facts", required=True, help=EVALUATE_HELP)
+    v.add_argument("--edit", help="an edit.safetensors to apply for the scoring")
+    v.add_argument("--device", default=Model.device)
+    v.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    v.set_defaults(run=evaluate)
     return top
 
 
