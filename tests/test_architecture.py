@@ -152,6 +152,8 @@ LONG = {
     "editing/values.py": "v* as one algorithm: the loss, its batched Adam and the prompt layout it optimises "
                          "over, which split apart would each be half a function",
     "editor.py": "the library's front door: Editor and Edit with their checks and docstrings, read as one page",
+    "__main__.py": "the command line's four verbs, each its argparse declaration beside the few lines it runs, "
+                   "and the one error path they share",
 }
 
 

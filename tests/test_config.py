@@ -48,6 +48,7 @@ def test_the_default_config_passes_and_keeps_the_references_value_optimisation()
     (dict(sweep={"n": 100}), ["sweep.n = 100", "data.n = 64"]),
     (dict(batch={"algorithms": ["rome", "memit"]}), ["batch.algorithms has rome"]),
     (dict(sequential={"algorithms": ["rome"], "sizes": [1, 2]}), ["sequential.algorithms has rome"]),
+    (dict(evaluation={"protocols": ["live"]}), ["evaluation.protocols", "lacks teacher_forced"]),
 ])
 def test_each_cross_key_contradiction_is_named(sections, keys):
     with pytest.raises(ConfigError) as err:

@@ -223,3 +223,26 @@ def test_a_case_without_a_metric_leaves_the_findings_score_undefined_as_the_tabl
     table.loc[table.index[(table.algorithm == "memit") & (table.batch_size == 16)][0], "NS"] = np.nan
     pair = findings.Paired(table[table.algorithm == "memit"], "batch_size", OPTIONS)
     assert np.isnan(pair.mean(16, "Score")[0]) and np.isfinite(pair.mean(64, "Score")[0])
+
+
+def test_finding_h_reads_the_teacher_forced_minus_live_gap_per_b_paired_on_the_same_cases():
+    """Live 20 ES points below teacher forcing at B = 16 and 40 at B = 256, NS alike: the gap at the
+    largest B is about 40 with its CI above 0, and it grows with B (batch editing's expected sign)."""
+    from editscale.workflow.experiments import protocol_gap
+
+    tf = batch({16: 0, 256: 0}, algorithms=("memit",)).assign(protocol="teacher_forced")
+    live = tf.assign(protocol="live")
+    for size, drop in ((16, 20.0), (256, 40.0)):
+        at = live.batch_size == size
+        live.loc[at, "ES"] -= drop
+        live.loc[at, "NS"] -= drop / 2
+    both = pd.concat([tf, live], ignore_index=True)
+    rows = pd.DataFrame(protocol_gap.claim_h(findings.Runs({"batch": both, "retained": both.iloc[:0]}, {}, 30, "3",
+                                                             None, OPTIONS)))
+    gap = rows[rows.claim.str.startswith("h. teacher-forced − live ES")].iloc[0]
+    assert abs(gap.value - 40) < 1e-9 and gap.ci_low > 0 and gap.verdict == "live below teacher-forced"
+    grows = rows[rows.claim.str.startswith("h. the ES gap changes with B")].iloc[0]
+    assert abs(grows.value - 20) < 1e-9 and grows.verdict == REPRODUCED and grows.n_cases == N
+    spec = rows[rows.claim.str.startswith("h. teacher-forced − live NS")].iloc[0]
+    assert abs(spec.value - 20) < 1e-9
+    assert protocol_gap.claim_h(findings.Runs({"batch": tf, "retained": tf.iloc[:0]}, {}, 30, "3", None, OPTIONS)) == []

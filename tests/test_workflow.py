@@ -159,7 +159,7 @@ def test_adding_live_to_a_finished_run_reruns_only_scoring(tiny_run, tmp_path):
     config["evaluation"]["protocols"] = ["teacher_forced"]
     write_workflow_config(work, config)
     assert {rule for rule, _ in planned_jobs(work)} <= {"summary", "findings", "plots"}
-    assert snakemake(work).returncode == 0  # the run as it would be without live
+    assert snakemake(work, "--omit-from", "plots").returncode == 0  # its tables as they would be without live
     live = sorted(p for p in (work / "results").rglob("*.live.*") if "/logs/" not in str(p)
                   and "/benchmarks/" not in str(p))
     assert {p.name.split(".")[0] for p in live} >= {"baseline", "memit-layer0-b2", "memit-layer1"}

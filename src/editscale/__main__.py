@@ -201,25 +201,7 @@ def evaluate(args) -> None:
             edit.check(model)
         except ValueError as err:
             raise UserError(f"--edit {args.edit}: {err}") from err
-    scored = scoring.evaluate(model, tok, facts, edit=edit, layout=layout, progress=True)
-    metrics = [m for m in ("ES", "PS", "NS", "NU") if m in scored and scored[m].notna().any()]
-    wide = scored.pivot(index="fact", columns="protocol", values=metrics)
-    said = scored.dropna(subset=["says"]).set_index("fact")["says"] if "says" in scored else {}
-    head = "  ".join(f"{m + ' ' + ('TF' if p == 'teacher_forced' else 'live'):>9}" for m in metrics
-                     for p in ("teacher_forced", "live") if (m, p) in wide)
-    print(f"{'fact':>4}  {'subject':24} {'target_new':16} {head}  live says")
-    for fact, row in wide.iterrows():
-        values = "  ".join(f"{row[(m, p)]:9.1f}" for m in metrics for p in ("teacher_forced", "live") if (m, p) in wide)
-        subject = scored.loc[scored.fact == fact, "subject"].iloc[0]
-        target = scored.loc[scored.fact == fact, "target_new"].iloc[0]
-        print(f"{fact:4d}  {subject[:24]:24} {target[:16]:16} {values}  {said.get(fact, '')!r}")
-    total = scoring.totals(scored)
-    cells = {(r.metric, r.protocol): r for r in total.itertuples(index=False)}
-    print(f"{'all':>4}  {f'{len(wide)} facts':24} {'':16} " + "  ".join(
-        f"{cells[(m, p)].mean:9.1f}" if (m, p) in cells else f"{'':9}" for m in metrics
-        for p in ("teacher_forced", "live") if (m, p) in wide))
-    print("TF: teacher-forced (the targets' likelihoods compared); live: the model's greedy continuation starts "
-          "with the answer; NU: a neighbour's continuation unchanged by the edit (docs/fidelity.md)")
+    print(scoring.side_by_side(scoring.evaluate(model, tok, facts, edit=edit, layout=layout, progress=True)))
 
 
 def check(args) -> None:

@@ -100,3 +100,25 @@ def _metric_columns() -> list:
     from editscale.data.registry import get
 
     return list(get("counterfact").metrics)
+
+
+def side_by_side(scored: pd.DataFrame) -> str:
+    """`evaluate`'s table as the command line prints it: per fact, each metric teacher-forced (TF) and
+    live side by side, and what live says; then the totals."""
+    metrics_ = [m for m in ("ES", "PS", "NS", "NU") if m in scored and scored[m].notna().any()]
+    wide = scored.pivot(index="fact", columns="protocol", values=metrics_)
+    cells = [(m, p) for m in metrics_ for p in metrics.PROTOCOLS if (m, p) in wide]
+    said = scored.dropna(subset=["says"]).set_index("fact")["says"] if "says" in scored else {}
+    name = {metrics.TEACHER_FORCED: "TF", metrics.LIVE: "live"}
+    lines = [f"{'fact':>4}  {'subject':24} {'target_new':16} "
+             + "  ".join(f"{m + ' ' + name[p]:>9}" for m, p in cells) + "  live says"]
+    for fact, row in wide.iterrows():
+        first = scored[scored.fact == fact].iloc[0]
+        lines.append(f"{fact:4d}  {first.subject[:24]:24} {first.target_new[:16]:16} "
+                     + "  ".join(f"{row[c]:9.1f}" for c in cells) + f"  {said.get(fact, '')!r}")
+    means = {(r.metric, r.protocol): r.mean for r in totals(scored).itertuples(index=False)}
+    lines.append(f"{'all':>4}  {f'{len(wide)} facts':24} {'':16} "
+                 + "  ".join(f"{means[c]:9.1f}" if c in means else f"{'':9}" for c in cells))
+    lines.append("TF: teacher-forced (the targets' likelihoods compared); live: the model's greedy continuation "
+                 "starts with the answer; NU: a neighbour's continuation unchanged by the edit (docs/fidelity.md)")
+    return "\n".join(lines)

@@ -28,7 +28,7 @@ def claim_h(runs: findings.Runs) -> list[dict]:
         table = runs.chosen[kind]
         if kind == "retained" and len(table):
             table = protocols.finals(table)
-        if not len(table) or not {TEACHER_FORCED, LIVE} <= set(table.protocol):
+        if not _both(table):
             continue
         for algorithm in sorted(table.algorithm.unique()):
             rows += gap_by_size(table[table.algorithm == algorithm], label, sign, algorithm, runs.options)
