@@ -22,8 +22,9 @@ INFO = ["case_id", "dataset", "format"]  # what every per-case table carries fro
 
 def score(model, tokenizer, layout, records, run: Execution, protocol: str = metrics.TEACHER_FORCED,
           **edits) -> pd.DataFrame:
-    return metrics.score(model, tokenizer, records, layout=layout, batch_size=run.eval_batch_size,
-                         max_tokens=run.eval_max_tokens, protocol=protocol, **edits)
+    scored = metrics.score(model, tokenizer, records, layout=layout, batch_size=run.eval_batch_size,
+                           max_tokens=run.eval_max_tokens, protocol=protocol, **edits)
+    return label(scored, protocol=protocol)  # every table names what scored it
 
 
 def per_case(nll: pd.DataFrame, records: pd.DataFrame, reference: pd.DataFrame | None = None,
