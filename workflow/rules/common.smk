@@ -134,7 +134,7 @@ def live_outputs(name):
     """A live twin's named outputs: its experiment's, `.live` before each suffix."""
     entry = X.EXPERIMENTS[name]
     return {
-        output: experiment_path(name) + ".live" + entry.outputs[output]
+        output: f"{experiment_path(name)}.live{entry.outputs[output]}"
         for output in entry.live_outputs
     }
 
@@ -147,7 +147,7 @@ def outputs_of(name, output, layer=None, live=LIVE):
     entry = X.EXPERIMENTS[name]
     suffixes = [entry.outputs[output]]
     if live and output in entry.live_outputs:
-        suffixes.append(".live" + entry.outputs[output])
+        suffixes.append(f".live{entry.outputs[output]}")
 
     def files(wildcards=None):
         return [
