@@ -31,7 +31,8 @@ def summarise(job: Job) -> None:
         write_table(pd.DataFrame(columns=[*["protocol"] * scored, *groups, *metrics.AGGREGATE_COLUMNS]), out)
         return
     tables = [artifacts.read_parquet(p) for p in paths]
-    needed = ["protocol"] * scored + [column for column in groups if entry is None or column not in entry.derived.get(kind, ())]
+    own = [column for column in groups if entry is None or column not in entry.derived.get(kind, ())]
+    needed = ["protocol"] * scored + own
     for path, table in zip(paths, tables):
         missing = [column for column in needed if column not in table.columns]
         if missing:
@@ -59,8 +60,14 @@ def summarise(job: Job) -> None:
 
 def of_protocol(table: pd.DataFrame, protocol: str) -> pd.DataFrame:
     """The rows a protocol scored; a table with no `protocol` column (fluency, weight health, the
-    downstream check) is the same under every protocol."""
-    return table[table["protocol"] == protocol] if "protocol" in table.columns else table
+    downstream check) is the same under every protocol, and ACROSS reads every protocol's rows."""
+    if protocol == ACROSS or "protocol" not in table.columns:
+        return table
+    return table[table["protocol"] == protocol]
+
+
+def viewed(tables: dict, protocol: str) -> dict:
+    return {kind: of_protocol(table, protocol) for kind, table in tables.items()}
 
 
 def collect(job: Job) -> None:
@@ -71,8 +78,9 @@ def collect(job: Job) -> None:
 
 def write_findings(job: Job) -> None:
     """The findings table (findings.{parquet,csv,md}): every experiment's claims, from the per-case
-    tables of each kind. Claims (a)–(e) read the runs at the chosen layer (`layer`, or the sweep's
-    best); (f) compares them with the runs at the window (settings.Window), if any."""
+    tables of each kind, under each protocol apart (`experiments.protocols_of`), then the claims that
+    compare the protocols (ACROSS). Claims (a)–(e) read the runs at the chosen layer (`layer`, or the
+    sweep's best); (f) compares them with the runs at the window (settings.Window), if any."""
     empty = pd.DataFrame(columns=["protocol", "case_id", "algorithm", "layer", "layers", "batch_size", "n_edits", "ES",
                                   "PS", "NS"])
     every = {kind: pd.concat([artifacts.read_parquet(p) for p in job.files(kind)], ignore_index=True)
@@ -84,21 +92,18 @@ def write_findings(job: Job) -> None:
     options, protocols = job.settings.findings, job.settings.evaluation.protocols
     missing = missing_findings(job, main)
     parts = []
-    for protocol in [*protocols, ACROSS]:
+    for protocol in [*protocols, ACROSS] if len(protocols) > 1 else protocols:
         claims = {letter: claim for e in experiments.EXPERIMENTS.values() for letter, claim in e.claims.items()
                   if protocol in (experiments.protocols_of(e, protocols) or [ACROSS])}
-        if protocol == ACROSS and len(protocols) < 2:
-            continue
-        view = (lambda t: t) if protocol == ACROSS else (lambda t, p=protocol: of_protocol(t, p))
-        runs = findings.Runs({k: view(t) for k, t in chosen.items()}, {k: view(t) for k, t in every.items()},
-                             n_layers, main, spread, options, missing)
+        runs = findings.Runs(viewed(chosen, protocol), viewed(every, protocol), n_layers, main, spread, options,
+                             missing)
         parts.append(findings.table(runs, claims, protocol=protocol))
     table = pd.concat(parts, ignore_index=True)
     for row in table.itertuples(index=False):
         log.info("%s (%s): %s = %.2f [%.2f, %.2f] -> %s", row.claim, row.protocol, row.statistic, row.value,
                  row.ci_low, row.ci_high, row.verdict)
-    teacher_forced = {k: of_protocol(t, metrics.TEACHER_FORCED) for k, t in every.items()}
-    write_table(table, job.output["table"], findings.markdown(table, experiments.appendix(teacher_forced, options)))
+    appendix = experiments.appendix(viewed(every, metrics.TEACHER_FORCED), options)
+    write_table(table, job.output["table"], findings.markdown(table, appendix))
 
 
 def plot_all(job: Job) -> None:
@@ -115,9 +120,8 @@ def plot_all(job: Job) -> None:
     protocols = job.settings.evaluation.protocols
     for entry in experiments.EXPERIMENTS.values():
         for protocol in experiments.protocols_of(entry, protocols) or [ACROSS]:
-            view = (lambda t: t) if protocol == ACROSS else (lambda t, p=protocol: of_protocol(t, p))
-            canvas = figures.Canvas({k: view(t) for k, t in tables.items()}, {k: view(t) for k, t in every.items()},
-                                    main, spread, palette(n_colors=10), palette, list(job.settings.plots.formats),
+            canvas = figures.Canvas(viewed(tables, protocol), viewed(every, protocol), main, spread,
+                                    palette(n_colors=10), palette, list(job.settings.plots.formats),
                                     missing_findings(job, main), protocol=protocol)
             for name, figure in entry.figures.items():
                 out = job.output[name + ("" if protocol == ACROSS else experiments.suffix(protocol))]
