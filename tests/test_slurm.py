@@ -70,12 +70,13 @@ def test_the_tiny_workflow_through_slurm(slurm, tiny_run, tmp_path):
     jobs = slurm_jobs(cluster)
     assert len(jobs) == len(rules_run) and "sequential" in jobs.values(), (sorted(jobs.values()), rules_run)
     # What each job asked for reached SLURM: model jobs to the GPU partition with a GPU, the rest not.
-    model_rules = {"model", "templates", "stats", "values", "sweep", "batch", "baseline", "sequential", "downstream"}
+    model_rules = {"model", "templates", "stats", "values", "sweep", "batch", "baseline", "sequential", "downstream",
+                   "baseline_live", "sweep_live", "batch_live", "sequential_live"}  # the tiny run reads live too
     for job_id, rule in jobs.items():
         fields = job_fields(job_id)
         assert fields["JobState"] == "COMPLETED", (rule, fields)
         gpu = rule in model_rules and rule != "model"  # the GGUF conversion never needs one
-        minutes = 40 if rule in ("sequential", "downstream") else 30 if rule in model_rules else 5
+        minutes = 40 if rule in ("sequential", "sequential_live", "downstream") else 30 if rule in model_rules else 5
         assert fields["Partition"] == ("gpu" if gpu else "cpu"), (rule, fields["Partition"])
         assert fields["TimeLimit"] == f"00:{minutes:02d}:00", (rule, fields["TimeLimit"])
         assert fields["MinMemoryNode"] == (f"{1200 if rule in model_rules else 600}M"), (rule, fields)

@@ -141,10 +141,11 @@ def test_execution_settings_and_key_order_rerun_nothing(workdir):
         config.setdefault("edit", {})["emmet_lambda"] = 0.5
         write_workflow_config(workdir, config)
         jobs = planned_jobs(workdir)
-        edits = [wildcards for rule, wildcards in jobs if rule in ("sweep", "batch", "sequential")]
+        edit_rules = ("sweep", "batch", "sequential", "sweep_live", "batch_live", "sequential_live")
+        edits = [wildcards for rule, wildcards in jobs if rule in edit_rules]
         assert edits and all("algorithm=emmet" in w for w in edits), jobs
-        assert {rule for rule, _ in jobs} <= {"sweep", "batch", "sequential", "best_layer", "summary", "collect", "findings",
-                                              "plots", "downstream"}, jobs  # (g) reads every algorithm's runs
+        assert {rule for rule, _ in jobs} <= {*edit_rules, "best_layer", "summary", "collect", "findings", "plots",
+                                              "downstream"}, jobs  # (g) reads every algorithm's runs
     finally:
         (workdir / "config" / "config.yaml").write_text(original)
 
@@ -187,7 +188,8 @@ def test_killed_sequential_run_resumes_where_it_stopped(workdir):
     resumed: it picks up after batch 1 and writes the uninterrupted run's tables, byte for byte."""
     target = f"{run_dir(workdir)}/sequential/emmet-layer0-b2.immediate.parquet"
     folder = workdir / f"{run_dir(workdir)}/sequential"
-    clean = {p.name: p.read_bytes() for p in folder.glob("emmet-layer0-b2.*.parquet")}  # the uninterrupted run's
+    clean = {p.name: p.read_bytes() for p in folder.glob("emmet-layer0-b2.*.parquet")  # the uninterrupted run's
+             if ".live." not in p.name}
     assert len(clean) == 4, sorted(clean)
     (workdir / target).unlink(missing_ok=True)
     process = snakemake(workdir, target, popen=dict(start_new_session=True))
@@ -244,9 +246,12 @@ def test_a_window_runs_the_batch_and_sequential_experiments(tmp_path):
     done = snakemake(work)
     assert done.returncode == 0, done.stderr[-3000:]
     run = work / run_dir(work)
-    assert sorted(p.name for p in (run / "batch").glob("*.cases.parquet")) == [
+    assert sorted(p.name for p in (run / "batch").glob("*.cases.parquet") if ".live." not in p.name) == [
         f"{a}-layer0-1-b{b}.cases.parquet" for a in ("emmet", "emmet@emmet_lambda=1", "memit") for b in (2, 4)]
     assert (run / "sequential" / "alphaedit-layer0-1-b2.edits.safetensors").exists()
+    # the window's live twins: per-row edits at both layers, and the sequential run replayed at both
+    assert (run / "batch" / "memit-layer0-1-b2.live.cases.parquet").exists()
+    assert (run / "sequential" / "alphaedit-layer0-1-b2.live.retained.parquet").exists()
     batch = pd.read_parquet(run / "summary" / "batch.parquet")
     assert set(batch.layers) == {"0-1"} and set(batch.layer) == {1}
     health = pd.read_parquet(run / "summary" / "health.parquet")
@@ -269,9 +274,9 @@ def test_finding_f_compares_one_layer_with_a_window(tmp_path):
     done = snakemake(work)
     assert done.returncode == 0, done.stderr[-3000:]
     run = work / run_dir(work)
-    assert sorted(p.name for p in (run / "batch").glob("*.cases.parquet")) == [
+    assert sorted(p.name for p in (run / "batch").glob("*.cases.parquet") if ".live." not in p.name) == [
         "memit-layer0-1-b4.cases.parquet", "memit-layer1-b2.cases.parquet", "memit-layer1-b4.cases.parquet"]
-    assert sorted(p.name for p in (run / "sequential").glob("*.retained.parquet")) == [
+    assert sorted(p.name for p in (run / "sequential").glob("*.retained.parquet") if ".live." not in p.name) == [
         "memit-layer0-1-b2.retained.parquet", "memit-layer1-b2.retained.parquet", "memit-layer1-b4.retained.parquet"]
     table = pd.read_parquet(run / "summary" / "findings.parquet")
     f = table[table.claim.str.startswith("f. ")]
