@@ -279,7 +279,8 @@ def test_finding_f_compares_one_layer_with_a_window(tmp_path):
     assert sorted(p.name for p in (run / "sequential").glob("*.retained.parquet") if ".live." not in p.name) == [
         "memit-layer0-1-b2.retained.parquet", "memit-layer1-b2.retained.parquet", "memit-layer1-b4.retained.parquet"]
     table = pd.read_parquet(run / "summary" / "findings.parquet")
-    f = table[table.claim.str.startswith("f. ")]
+    assert (table.claim.str.startswith("f. ") & (table.protocol == "live")).sum() == 4  # (f) under live too
+    f = table[table.claim.str.startswith("f. ") & (table.protocol == "teacher_forced")]
     assert len(f) == 4 and set(f.verdict) <= {"reproduced", "contradicted", "inconclusive at this n"}
     assert any("NS(layers 0-1) − NS(layer 1), B = 4" in s for s in f.statistic)
     assert any("sequential edits in batches of 2" in s for s in f.statistic)
