@@ -91,6 +91,18 @@ def load_model(spec: str, argument: str, device: str):
                         f"({str(err).splitlines()[0]})") from err
 
 
+def read_edit(path):
+    """The `--edit` file as an Edit (None without one), read before any model loads."""
+    import editscale
+
+    if not path:
+        return None
+    try:
+        return editscale.Edit.load(path)
+    except (ValueError, FileNotFoundError) as err:
+        raise UserError(f"--edit: {err}") from err
+
+
 def check_out(args) -> Path:
     """--out before any work: a folder (made if missing) that holds no edit yet, unless --overwrite."""
     out = Path(args.out)
@@ -152,16 +164,10 @@ def edit(args) -> None:
 def ask(args) -> None:
     import torch
 
-    import editscale
 
     if args.tokens < 1:
         raise UserError(f"--tokens {args.tokens}: generate at least 1 token")
-    edit = None
-    if args.edit:  # a bad edit file stops before the model loads
-        try:
-            edit = editscale.Edit.load(args.edit)
-        except (ValueError, FileNotFoundError) as err:
-            raise UserError(f"--edit: {err}") from err
+    edit = read_edit(args.edit)  # a bad edit file stops before the model loads
     model, tok, _ = load_model(args.model, "model", args.device)
     if edit is not None:
         try:
@@ -181,7 +187,6 @@ of", "subject": "Danielle Darrieux", "target_new": "Japan", "target_true": "Fran
 
 def evaluate(args) -> None:
     """Both protocols side by side, per fact and in total."""
-    import editscale
     from editscale.evaluation import facts as scoring
 
     facts = read_facts(args.facts)
@@ -189,12 +194,7 @@ def evaluate(args) -> None:
         scoring.records_of(facts)  # a bad fact stops before the model loads
     except ValueError as err:
         raise UserError(f"{args.facts}: {err}") from err
-    edit = None
-    if args.edit:
-        try:
-            edit = editscale.Edit.load(args.edit)
-        except (ValueError, FileNotFoundError) as err:
-            raise UserError(f"--edit: {err}") from err
+    edit = read_edit(args.edit)
     model, tok, layout = load_model(args.model, "model", args.device)
     if edit is not None:
         try:
@@ -216,12 +216,7 @@ def check(args) -> None:
             domains.check(f"--{flag.replace('_', '-')}", getattr(args, flag), domains.of(Downstream, flag), joiner=" ")
         except ValueError as err:
             raise UserError(str(err)) from None
-    edit = None
-    if args.edit:
-        try:
-            edit = editscale.Edit.load(args.edit)
-        except (ValueError, FileNotFoundError) as err:
-            raise UserError(f"--edit: {err}") from err
+    edit = read_edit(args.edit)
     model, tok, layout = load_model(args.model, "model", args.device)
     if edit is not None:
         edit.apply(model)
