@@ -10,8 +10,8 @@ saves and reloads; `export` writes the edited model as a `from_pretrained` folde
 The pieces are the workflow's own (keys, values, the prepared solvers, C from the same cached
 file the workflow writes), so an edit made here equals the workflow's for the same settings.
 Independent edits are computed on the unedited model and never see each other; sequential
-editing (`sequential=True`) is explicit, applies each edit as it is made, and keeps the earlier
-keys an algorithm remembers (AlphaEdit, ENCORE).
+editing (`sequential=True`) is explicit, applies each edit as it is made, and keeps
+the state an algorithm carries (earlier keys, a running inverse, a projector).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from pathlib import Path
 import torch
 
 from editscale import algorithms, artifacts, domains, editing
-from editscale.algorithms import KeyMemory
 from editscale.data.records import check_edit
 from editscale.editing import covariance, keys, values
 from editscale.editing import stats as store
@@ -245,7 +244,9 @@ class Editor:
         stats = self._stats(stats, stats_settings, results_dir)
         self.stats_source = {layer: digest for layer, (_, digest) in stats.items()}
         self.solvers = {layer: editing.prepare(self.config, C.to(device)) for layer, (C, _) in stats.items()}
-        self.memories = {layer: KeyMemory() for layer in layers}  # earlier keys of sequential edits, per layer
+        # the state sequential edits carry, per layer (earlier keys, a running inverse, a projector), for the
+        # algorithms that have one: MEMIT and EMMET forget earlier edits, so they get none
+        self.memories = {layer: solver.memory() for layer, solver in self.solvers.items()}
         self.unedited = self._weights()
         self.provenance = {"model": model_name(model), "algorithm": algorithm, "layers": layers,
                            **{k: v for k, v in self.config.counted().items() if k in ("edit", "values")},
@@ -320,7 +321,8 @@ class Editor:
                      "diagnostics": diagnostics[str(self.layer)] if len(batches) == 1 else diagnostics})
         if sequential:
             for layer, batch in batches.items():
-                self.memories[layer].absorb(batch.keys, batch.TK)
+                if self.memories[layer] is not None:
+                    self.memories[layer].absorb(batch.keys, batch.TK)
             edit.apply(self.model)
             self.unedited = self._weights()
         return edit

@@ -97,6 +97,10 @@ class EditSettings:
     nullspace_threshold: float = setting(0.01, NON_NEGATIVE)
     alphaedit_l2: float = setting(10.0, NON_NEGATIVE)
     update_norm_lambda: float = setting(0.13, NON_NEGATIVE)  # ENCORE's α; its Llama-3 value 20 at λ = 15000, kept in ratio to λ = 100
+    evoedit_l2: float = setting(4.0, NON_NEGATIVE)  # EvoEdit's α (its Llama-3-8B and Llama-2-7B value; GPT2-XL 1)
+    sphere_ratio: float = setting(0.5, Domain(minimum=0, maximum=1))  # SPHERE's η: the share of W's energy its directions hold
+    sphere_strength: float = setting(0.5, Domain(minimum=0, maximum=1))  # SPHERE's α: the share of ΔW along them removed
+    rect_keep: float = setting(40.0, Domain(exclusive_minimum=0, maximum=100))  # +rect: percent of each batch's ΔW entries kept
     on_ill_conditioned: str = setting("raise", Domain("string", choices=("raise", "ridge", "pinv")))
     allow_conflicts: bool = execution(False)  # a guard, not a result: same subject, other target, one batch
 

@@ -54,7 +54,7 @@ class InverseOfC:
     """T = (C + shift·I)⁻¹, applied through a Cholesky factor made once; κ(C + shift·I) checked once."""
 
     def __init__(self, C: torch.Tensor, shift: float = 0.0, *, mode: str, max_condition: float):
-        self.device = C.device
+        self.device, self.dim = C.device, len(C)
         A = C.to(torch.float64) + shift * torch.eye(len(C), dtype=torch.float64, device=C.device)  # (d_in, d_in)
         spectrum = torch.linalg.eigvalsh(A).flip(0)  # (d_in,), largest first
         self.condition, self.fallback = condition(spectrum), None
@@ -103,28 +103,97 @@ class NullSpaceProjector:
 
 @dataclass
 class KeyMemory:
-    """Keys of earlier batches K_p (d_in, m), with T K_p and K_pᵀ T K_p grown one batch at a time.
+    """Keys of earlier batches K_p (d_in, m), with T K_p and K_pᵀ T K_p grown one batch at a time:
+    they join each later batch's small system (AlphaEdit, ENCORE, MEMIT_seq, SPHERE).
 
     The same batches absorbed in the same order give the same bits, so a resumed run rebuilds it
-    exactly by absorbing its stored batches again.
+    exactly by absorbing its stored batches again. `T`: the solver's operator, to absorb keys
+    without their T K (a resume).
     """
 
     K: torch.Tensor | None = None
     TK: torch.Tensor | None = None
     gram: torch.Tensor | None = None
+    T: Callable | None = None
 
     @property
     def size(self) -> int:
         return 0 if self.K is None else self.K.shape[1]
 
-    def absorb(self, K: torch.Tensor, TK: torch.Tensor) -> None:
-        K = K.to(TK.device, torch.float64).contiguous()  # as stored and reloaded: the same bits on replay
+    def absorb(self, K: torch.Tensor, TK: torch.Tensor | None = None) -> None:
+        K = _as_stored(K, self.T.device if TK is None else TK.device)
+        TK = self.T(K) if TK is None else TK  # (d_in, n)
         if self.K is None:
             self.K, self.TK, self.gram = K, TK, K.T @ TK  # (d_in, n), (d_in, n), (n, n)
             return
         cross = self.K.T @ TK  # K_pᵀ T K, (m, n)
         self.gram = torch.cat([torch.cat([self.gram, cross], 1), torch.cat([cross.T, K.T @ TK], 1)], 0)  # (m+n, m+n)
         self.K, self.TK = torch.cat([self.K, K], 1), torch.cat([self.TK, TK], 1)  # (d_in, m + n) each
+
+
+def _as_stored(K: torch.Tensor, device) -> torch.Tensor:
+    """Keys in float64 as a run stores and reloads them: the same bits in a run and on its replay."""
+    return K.to(device, torch.float64).contiguous()
+
+
+class RunningInverse:
+    """RLSEdit's state: T_t = (λC + Σ_{s≤t} K_sK_sᵀ)⁻¹ (d_in, d_in), kept dense and downdated by
+    Woodbury after each batch, so a batch costs O(d_in²·n) however many came before:
+
+        F = T_{t-1} K,   T_t = T_{t-1} − F (I + Kᵀ F)⁻¹ Fᵀ.
+
+    A batch's B = T_t K = F (I + KᵀF)⁻¹ is the family's solve with T = T_{t-1} and ρ = 1, so a
+    solver using this state asks it for T instead of its own (`replaces_operator`).
+    """
+
+    replaces_operator = True
+
+    def __init__(self, initial: Callable):
+        eye = torch.eye(initial.dim, dtype=torch.float64, device=initial.device)
+        self.inverse = initial(eye)  # (d_in, d_in): T_0 = (λC)⁻¹, from the solver's Cholesky factor
+        self.inverse = (self.inverse + self.inverse.T) / 2
+        self.device, self.condition, self.fallback, self.size = initial.device, initial.condition, initial.fallback, 0
+
+    def __call__(self, X: torch.Tensor) -> torch.Tensor:
+        return self.inverse @ X  # (d_in, d_in) @ (d_in, n)
+
+    def absorb(self, K: torch.Tensor, TK: torch.Tensor | None = None) -> None:
+        K = _as_stored(K, self.device)
+        F = self(K) if TK is None else TK  # (d_in, n)
+        S = K.T @ F + torch.eye(K.shape[1], dtype=torch.float64, device=self.device)  # (n, n)
+        S = (S + S.T) / 2
+        self.inverse = self.inverse - F @ torch.linalg.solve(S, F.T)  # (d_in, d_in)
+        self.inverse = (self.inverse + self.inverse.T) / 2
+        self.size += K.shape[1]
+
+
+class ShrinkingProjector:
+    """EvoEdit's state: the projector P_t = U_t U_tᵀ onto what is left of C's null space once the
+    edited keys' directions are taken out, so later batches leave earlier keys' outputs alone:
+
+        P_t = P_{t-1} − Q Qᵀ,   Q an orthonormal basis of range(P_{t-1} K)   (= P − PK(KᵀPK)⁺KᵀP)
+
+    kept as its basis U_t (d_in, r_t): with U_{t-1}ᵀK = Y = V S Zᵀ, U_t = U_{t-1} V[:, rank:], the
+    rank counted as the reference counts it (σ > max(d_in, n)·eps·σ_max, at least 1e-10).
+    """
+
+    replaces_operator = True
+
+    def __init__(self, initial: NullSpaceProjector):
+        self.basis, self.device = initial.basis, initial.device  # U₀ (d_in, r)
+        self.condition, self.fallback, self.size = initial.condition, initial.fallback, 0
+
+    def __call__(self, X: torch.Tensor) -> torch.Tensor:
+        return self.basis @ (self.basis.T @ X)  # (d_in, r) @ (r, n)
+
+    def absorb(self, K: torch.Tensor, TK: torch.Tensor | None = None) -> None:
+        K = _as_stored(K, self.device)
+        Y = self.basis.T @ K  # (r, n): the keys' coordinates in what is left
+        V, s, _ = torch.linalg.svd(Y, full_matrices=True)  # V (r, r); range(PK) = U V[:, :rank]
+        tolerance = max(max(len(K), K.shape[1]) * torch.finfo(s.dtype).eps * float(s.max()), 1e-10) if len(s) else 0
+        rank = int((s > tolerance).sum())
+        self.basis = self.basis @ V[:, rank:]  # (d_in, r − rank)
+        self.size += K.shape[1]
 
 
 @dataclass
@@ -137,7 +206,8 @@ class Solved:
 
 @dataclass
 class Prepared:
-    """An algorithm with its C-dependent work done; `solve` edits one batch."""
+    """An algorithm with its C-dependent work done; `solve` edits one batch, `memory` starts the state
+    a sequential run carries from batch to batch (None: batches forget each other)."""
 
     name: str
     system: str  # the small system, for messages
@@ -146,38 +216,56 @@ class Prepared:
     max_batch: int | None
     mode: str
     max_condition: float
+    memory_kind: Callable | None = None  # (T) -> the state: KeyMemory, RunningInverse, ShrinkingProjector
+    restraint: Callable | None = None  # (A, B, W) -> (A, B): ΔW changed after the solve (`restraints`)
+
+    def memory(self):
+        """A fresh sequential state for this solver, or None for an algorithm that keeps none."""
+        return None if self.memory_kind is None else self.memory_kind(self.T)
 
     def transform(self, K: torch.Tensor) -> torch.Tensor:
         """T K in float64 on C's device: the O(d_in²·n) part, shareable between batches of one call."""
         return self.T(K.to(self.T.device, torch.float64))
 
-    def solve(self, K: torch.Tensor, R: torch.Tensor, *, memory: KeyMemory | None = None,
-              labels: Sequence | None = None, TK: torch.Tensor | None = None) -> Solved:
-        """The factors of ΔW for keys K (d_in, n) and residuals R (d_out, n), in K and R's dtype."""
+    def solve(self, K: torch.Tensor, R: torch.Tensor, *, memory=None, labels: Sequence | None = None,
+              TK: torch.Tensor | None = None, weight: torch.Tensor | None = None) -> Solved:
+        """The factors of ΔW for keys K (d_in, n) and residuals R (d_out, n), in K and R's dtype.
+
+        `memory`: the sequential state (`memory()`, grown by the caller after each batch): earlier keys
+        join the small system, or the state is T itself (`replaces_operator`: RLSEdit's running inverse,
+        EvoEdit's shrinking projector). `weight`: the layer's W (d_out, d_in) as the batch finds it, for
+        an algorithm with a restraint (SPHERE, +prune, +rect)."""
         check_finite(K=K, R=R)
         n = K.shape[1]
         check_labels(labels, n)
         if self.max_batch is not None and n > self.max_batch:
             raise ValueError(f"{self.name} edits {self.max_batch} fact at a time; got a batch of {n}")
-        device = self.T.device
+        if self.restraint is not None and weight is None:
+            raise ValueError(f"{self.name} changes ΔW by the layer's weight after the solve: pass weight=W")
+        T = memory if getattr(memory, "replaces_operator", False) else self.T
+        keys = memory if isinstance(memory, KeyMemory) and memory.size else None
+        device = T.device
         K64, R64 = K.to(device, torch.float64).contiguous(), R.to(device, torch.float64)
         warn_near_parallel(K64, labels)
-        TK = self.transform(K64) if TK is None else TK  # (d_in, n)
-        diagnostics = {"fallback": None, "condition_C": self.T.condition, "fallback_C": self.T.fallback}
+        TK = T(K64) if TK is None else TK  # (d_in, n)
+        diagnostics = {"fallback": None, "condition_C": T.condition, "fallback_C": T.fallback}
         rho = float(self.ridge(n))
-        if memory is None or memory.size == 0:
+        if keys is None:
             M = K64.T @ TK  # (n, n)
             B = self._small(M, TK.T, rho, K64, labels, diagnostics).T  # (d_in, n): B = T K (M + ρI)⁻¹
         else:
-            cross = memory.K.T @ TK  # (m, n)
-            M = torch.cat([torch.cat([K64.T @ TK, cross.T], 1), torch.cat([cross, memory.gram], 1)], 0)  # (n+m, n+m)
+            cross = keys.K.T @ TK  # (m, n)
+            M = torch.cat([torch.cat([K64.T @ TK, cross.T], 1), torch.cat([cross, keys.gram], 1)], 0)  # (n+m, n+m)
             E = torch.zeros(len(M), n, dtype=torch.float64, device=device)  # (n + m, n): the first n columns of I
             E[:n] = torch.eye(n, dtype=torch.float64, device=device)
-            everyone = None if labels is None else [*labels, *(f"earlier-batch key {j}" for j in range(memory.size))]
-            X = self._small(M, E, rho, torch.cat([K64, memory.K], 1), everyone, diagnostics)  # (n + m, n)
-            B = TK @ X[:n] + memory.TK @ X[n:]  # (d_in, n)
+            everyone = None if labels is None else [*labels, *(f"earlier-batch key {j}" for j in range(keys.size))]
+            X = self._small(M, E, rho, torch.cat([K64, keys.K], 1), everyone, diagnostics)  # (n + m, n)
+            B = TK @ X[:n] + keys.TK @ X[n:]  # (d_in, n)
+        A = R64
+        if self.restraint is not None:
+            A, B = self.restraint(A, B, weight.to(device, torch.float64))  # (d_out, n'), (d_in, n')
         dtype = torch.result_type(K, R)
-        A, B = R64.to(dtype), B.to(dtype)  # (d_out, n), (d_in, n): ΔW = A Bᵀ
+        A, B = A.to(dtype), B.to(dtype)  # (d_out, n'), (d_in, n'): ΔW = A Bᵀ
         if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
             raise IllConditionedError(f"ΔW is not finite in {dtype}: its entries overflow; check the residuals R")
         return Solved(A, B, TK, diagnostics)
@@ -202,5 +290,6 @@ def prepare(algorithm, C: torch.Tensor, settings: dict, *, on_ill_conditioned: s
     check_mode(on_ill_conditioned)
     check_finite(C=C)
     T = operator or algorithm.operator(C, settings, mode=on_ill_conditioned, max_condition=max_condition)
+    restraint = None if algorithm.restraint is None else (lambda A, B, W: algorithm.restraint(A, B, W, settings))
     return Prepared(algorithm.name, algorithm.system, T, lambda n: algorithm.ridge(settings, n), algorithm.max_batch,
-                    on_ill_conditioned, max_condition)
+                    on_ill_conditioned, max_condition, algorithm.memory, restraint)

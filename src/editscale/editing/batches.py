@@ -118,7 +118,7 @@ class BatchEdit:
     A: torch.Tensor  # (d_out, n)
     B: torch.Tensor  # (d_in, n): ΔW = A Bᵀ
     keys: torch.Tensor  # (d_in, n)
-    TK: torch.Tensor  # the solver's T K, for KeyMemory.absorb
+    TK: torch.Tensor  # the solver's T K, for its sequential state's absorb
     diagnostics: dict
 
     @property
@@ -127,15 +127,15 @@ class BatchEdit:
 
 
 def independent_batches(solver: Prepared, K: torch.Tensor, R: torch.Tensor, batch_size: int,
-                        labels=None) -> list[BatchEdit]:
+                        labels=None, weight: torch.Tensor | None = None) -> list[BatchEdit]:
     """Split N facts (columns of K, R, computed on the unedited model) into batches of `batch_size`,
-    each solved against the unedited model. T K is computed for all N at once (one multi-column
-    solve), so N single edits cost one O(d_in²·N) pass, not N of them."""
+    each solved against the unedited model (its weight W₀ for a restraint). T K is computed for all N
+    at once (one multi-column solve), so N single edits cost one O(d_in²·N) pass, not N of them."""
     TK_all = solver.transform(K)
     out = []
     for cols in batch_slices(K.shape[1], batch_size):
         names = None if labels is None else list(labels[cols])
         # K (d_in, b), R (d_out, b): this batch's columns
-        solved = solver.solve(K[:, cols], R[:, cols], labels=names, TK=TK_all[:, cols])
+        solved = solver.solve(K[:, cols], R[:, cols], labels=names, TK=TK_all[:, cols], weight=weight)
         out.append(BatchEdit(solved.A, solved.B, K[:, cols], solved.TK, solved.diagnostics))
     return out

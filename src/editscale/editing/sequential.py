@@ -1,17 +1,18 @@
 """Sequential-batch editing: batches applied one after another to the same model, resumable.
 
 Each batch's keys and values are computed on the model as already edited; C stays fixed; the
-algorithms that keep earlier keys (AlphaEdit) see them through a `KeyMemory`.
+algorithms that carry a state from batch to batch (earlier keys, RLSEdit's running inverse,
+EvoEdit's shrinking projector: `Prepared.memory`) grow it after each batch from its keys.
 
 A run edits one layer or spreads each batch over a window of layers (`window.edit_window`).
 The run folder holds what each batch adds and nothing more. Once batch b is applied and
 evaluated, `batch-<b>.safetensors` is written atomically: per layer l its factors `layer<l>.A`,
-`layer<l>.B` (ΔW_b = A Bᵀ), its keys when the algorithm keeps them, and its diagnostics:
+`layer<l>.B` (ΔW_b = A Bᵀ), its keys when the algorithm carries a state, and its diagnostics:
 O((d_in + d_out)·n) bytes a layer. Every `snapshot_every` batches the edited weights themselves go
 to `snapshot.safetensors`. Each batch's
 diagnostics hold the solver's, the value optimisation's and the weight health after it (`health`). A rerun loads
 the last snapshot and replays the factors after it (the same additions in the same order, so the
-same bits), and absorbs every stored batch's keys into a new memory (the same bits again).
+same bits), and absorbs every stored batch's keys into a new state (the same bits again).
 
 The run folder is named by everything the run depends on (the workflow hands it an
 `artifacts.Parts` folder, which removes a folder of any other identity), so what is in it is this
@@ -30,7 +31,6 @@ import torch
 from tqdm.auto import tqdm
 
 from editscale import algorithms, artifacts, settings
-from editscale.algorithms import KeyMemory
 from editscale.editing.batches import EditConfig, apply_delta, batch_slices, check_conflicts, restored
 from editscale.editing.health import weight_health
 from editscale.editing.values import Values
@@ -44,7 +44,7 @@ class SequentialState:
     batches_done: int = 0
     diagnostics: list = field(default_factory=list)
     totals: dict = field(default_factory=dict)  # layer -> Σ ΔW_b in float32 (d_out, d_in), on the solver's device
-    memories: dict = field(default_factory=dict)  # layer -> earlier keys, for algorithms that keep them
+    memories: dict = field(default_factory=dict)  # layer -> the solver's sequential state, for algorithms with one
     unedited: dict = field(default_factory=dict)  # the weight health of W₀
 
     @property
@@ -53,7 +53,7 @@ class SequentialState:
         return self.totals.get(_only(self.totals)) if self.totals else None
 
     @property
-    def memory(self) -> KeyMemory | None:
+    def memory(self):
         return self.memories.get(_only(self.memories)) if self.memories else None
 
 
@@ -100,7 +100,7 @@ class SequentialRun:
         self.w0_norms = {layer: float(w.double().norm()) for layer, w in w0.items()}
         unedited = _health(self.w0_norms, w0,
                            {layer: torch.zeros_like(w, dtype=torch.float32) for layer, w in w0.items()})
-        self.state = _resume(self.run_dir, model, layout, self.layers, self.solvers, self.remembers)
+        self.state = _resume(self.run_dir, model, layout, self.layers, self.solvers)
         self.state.unedited = {"batch": -1, "n_edits": 0, **unedited}
 
     def edits_after(self, b: int) -> int:
@@ -177,9 +177,10 @@ def _add(state: SequentialState, model, layout, layer: int, delta: torch.Tensor,
     state.totals[layer] = delta.float().clone() if total is None else total.add_(delta.float())
 
 
-def _resume(run_dir: Path, model, layout, layers: list, solvers: dict, remembers: bool) -> SequentialState:
+def _resume(run_dir: Path, model, layout, layers: list, solvers: dict) -> SequentialState:
     """The state after the batches `run_dir` holds (this run's, as its name guarantees)."""
-    state = SequentialState(memories={layer: KeyMemory() for layer in layers} if remembers else {})
+    fresh = {layer: solvers[layer].memory() for layer in layers}
+    state = SequentialState(memories={layer: m for layer, m in fresh.items() if m is not None})
     done = _batch_files(run_dir)
     snapshot = run_dir / "snapshot.safetensors"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -204,9 +205,8 @@ def _resume(run_dir: Path, model, layout, layers: list, solvers: dict, remembers
             # Batches before the snapshot are in its weight already; they still count in the total.
             _add(state, model, layout, layer, tensors[f"layer{layer}.A"] @ tensors[f"layer{layer}.B"].T,
                  to_weight=b >= start)
-            if remembers:
-                keys = tensors[f"layer{layer}.keys"]
-                state.memories[layer].absorb(keys, solver.transform(keys))
+            if layer in state.memories:
+                state.memories[layer].absorb(tensors[f"layer{layer}.keys"])
         state.diagnostics.append(json.loads(artifacts.read_metadata(path)["diagnostics"]))
     state.batches_done = len(done)
     return state

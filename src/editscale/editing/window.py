@@ -20,7 +20,7 @@ from typing import Sequence
 
 import torch
 
-from editscale.algorithms import KeyMemory, Prepared
+from editscale.algorithms import Prepared
 from editscale.editing.batches import BatchEdit, EditConfig, apply_delta, restored
 from editscale.editing.keys import compute_keys
 from editscale.editing.values import Values, compute_values
@@ -51,11 +51,11 @@ def subject_outputs(model, tokenizer, layout, layer: int, facts, *, batch_size: 
 
 
 def edit_batch(model, tokenizer, layout, cfg: EditConfig, facts, templates, solver: Prepared, *,
-               memory: KeyMemory | None = None, known: tuple[torch.Tensor, Values] | None = None) -> BatchEdit:
+               memory=None, known: tuple[torch.Tensor, Values] | None = None) -> BatchEdit:
     """Keys, values and ΔW for one batch of facts at `cfg.layer`, on the model as it is now (ΔW not
     applied): the window of that one layer.
 
-    `memory` holds earlier batches' keys for algorithms that keep them; `known` is (keys (n, d_in),
+    `memory` is the solver's sequential state for algorithms that carry one (`Prepared.memory`); `known` is (keys (n, d_in),
     Values) already computed for these facts on this very model, e.g. the cached unedited-model
     values for a sequential run's first batch.
     """
@@ -68,7 +68,7 @@ def edit_window(model, tokenizer, layout, cfg: EditConfig, layers: Sequence[int]
                 known: tuple[torch.Tensor | None, Values] | None = None) -> dict[int, BatchEdit]:
     """Keys, values and each layer's ΔW for one batch of `facts` spread over `layers`, on the model as
     it is now (nothing left applied). `solvers` holds each layer's prepared solver (its own C),
-    `memories` each layer's earlier keys for algorithms that keep them, and `known` (keys at the
+    `memories` each layer's sequential state for algorithms that carry one, and `known` (keys at the
     first layer (n, d_in) or None, Values at the last) what is already computed for these facts on
     this very model, e.g. the cached unedited-model value files."""
     layers = sorted(int(layer) for layer in layers)
@@ -97,7 +97,8 @@ def edit_window(model, tokenizer, layout, cfg: EditConfig, layers: Sequence[int]
                 h = subject_outputs(model, tokenizer, layout, last, facts, batch_size=cfg.key_batch_size)
                 left = values.v_star.to(h.device) - h
             R = left / (len(layers) - i)  # (n, d_out): this layer's share of what is left to write
-            solved = solver.solve(K.T, R.T, memory=memories.get(layer), labels=labels)  # K.T (d_in, n), R.T (d_out, n)
+            solved = solver.solve(K.T, R.T, memory=memories.get(layer), labels=labels,  # K.T (d_in, n), R.T (d_out, n)
+                                  weight=layout.weight(model, layer))  # W as this batch finds it, for a restraint
             edit = BatchEdit(solved.A, solved.B, K.T, solved.TK, solved.diagnostics)
             edit.diagnostics.update(n=len(facts), residual_norm=float(R.norm(dim=1).mean()))
             if i < len(layers) - 1:  # the layers above see this one

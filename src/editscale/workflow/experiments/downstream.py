@@ -55,7 +55,8 @@ def run(job: Job) -> None:
             solver = editing.prepare(edit_config(s, algorithm, layer, job.run), C)
             for size in s.batch.sizes:
                 first = ValueFile.for_records(job.files("values"), records.case_id.head(size), job.input["records"])
-                (edit,) = editing.independent_batches(solver, first.keys.T, first.values.residual.T, size)
+                (edit,) = editing.independent_batches(solver, first.keys.T, first.values.residual.T, size,
+                                                      weight=layout.weight(loaded, layer))
                 with editing.restored(loaded, layout, [layer]):  # W₀ back, exactly, after each point
                     editing.apply_delta(loaded, layout, layer, edit.delta)
                     parts.append(score(run="batch", algorithm=algorithm, layers=layer_name(layers), batch_size=size,

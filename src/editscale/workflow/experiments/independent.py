@@ -26,7 +26,7 @@ def independent(job: Job, n: int, protocol: str = TEACHER_FORCED) -> None:
     if len(layers) == 1:
         # K, R: (d, N), one column a fact
         solved = editing.independent_batches(solvers[layer], cached.keys.T, cached.values.residual.T, B,
-                                             labels=list(records.case_id))
+                                             labels=list(records.case_id), weight=layout.weight(loaded, layer))
         edits = LowRankEdits([e.A for e in solved], [e.B for e in solved])
     else:
         from editscale.editing.keys import load_templates
