@@ -128,10 +128,12 @@ def edit(args) -> None:
     facts = read_facts(args.facts)
     out = check_out(args)
     check_facts(facts, args.facts)
-    from editscale.algorithms import ALGORITHMS
+    from editscale import algorithms
 
-    if args.algorithm not in ALGORITHMS:
-        raise UserError(f"--algorithm {args.algorithm}: no such algorithm; use one of {', '.join(ALGORITHMS)}")
+    try:
+        algorithms.get(args.algorithm)  # an algorithm, or one with add-ons: memit_seq+prune
+    except ValueError as err:
+        raise UserError(f"--algorithm {args.algorithm}: {err}") from None
     if args.corpus != "auto" and not args.corpus.startswith("hf:") and not Path(args.corpus).is_file():
         raise UserError(f"--corpus {args.corpus}: no such file; name a .txt or .jsonl file, hf:<dataset>:<config>:"
                         f"<split>, or auto")
@@ -244,7 +246,8 @@ def parser() -> argparse.ArgumentParser:
                    f"{Model.spec})")
     e.add_argument("--facts", required=True, help=FACTS_HELP)
     e.add_argument("--algorithm", default=Library.algorithm,
-                   help=f"rome, memit, emmet, alphaedit or encore (default {Library.algorithm})")
+                   help=f"an algorithm of editscale's registry (docs/design.md §2), with add-ons after '+' "
+                   f"(memit_seq+prune); a name it does not know lists them (default {Library.algorithm})")
     e.add_argument("--layers", type=int, nargs="+", default=list(Library.layers),
                    help=f"the layer to edit (default {' '.join(map(str, Library.layers))}), or a window: --layers 2 3 "
                    f"4 (MEMIT's spread; not rome)")

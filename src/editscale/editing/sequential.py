@@ -225,21 +225,27 @@ def replay(stored: dict, model, layout) -> Iterator[int]:
     their order, as the run added them (so the weights are the run's own, bit for bit); yields the
     edits so far after each batch. W₀ is restored from a copy when the loop ends or is left."""
     layers = sorted(int(k.split(".")[0].removeprefix("layer")) for k in stored if k.endswith(".A"))
-    start = 0
+    widths = stored.get("widths", stored["batch_sizes"])  # files written before dense factors: one column a fact
+    start, done = 0, 0
     with restored(model, layout, layers) as w0:
-        for width in stored["batch_sizes"].tolist():
+        for width, facts in zip(widths.tolist(), stored["batch_sizes"].tolist()):
             for layer in layers:
-                # A (d_out, B), Bᵀ (B, d_in): this batch's columns of the run's factors
+                # A (d_out, width), Bᵀ (width, d_in): this batch's columns of the run's factors
                 A, B = (stored[f"layer{layer}.{x}"][:, start : start + width].to(w0[layer].device) for x in "AB")
                 apply_delta(model, layout, layer, A @ B.T)  # (d_out, width) @ (width, d_in)
-            start += width
-            yield start
+            start, done = start + width, done + facts
+            yield done
 
 
 def stored_edits(run_dir: str | Path) -> dict:
     """Every stored batch's factors side by side, per layer l: ΔW_total = A Bᵀ with
-    `layer<l>.A` (d_out, N) and `layer<l>.B` (d_in, N), as an `editor.Edit` stores them."""
-    parts = [artifacts.read_tensors(p) for p in _batch_files(Path(run_dir))]
+    `layer<l>.A` (d_out, Σ widths) and `layer<l>.B` (d_in, Σ widths), as an `editor.Edit` stores them;
+    `batch_sizes` the facts of each batch and `widths` its factors' columns (one a fact, unless a
+    restraint made ΔW dense: `algorithms.restraints.rect`)."""
+    files = _batch_files(Path(run_dir))
+    parts = [artifacts.read_tensors(p) for p in files]
     names = [k for k in parts[0] if k.endswith((".A", ".B"))]
-    out = {name: torch.cat([p[name] for p in parts], 1) for name in names}  # A (d_out, N), B (d_in, N)
-    return {**out, "batch_sizes": torch.tensor([p[names[0]].shape[1] for p in parts])}
+    out = {name: torch.cat([p[name] for p in parts], 1) for name in names}  # A (d_out, Σ widths), B (d_in, Σ widths)
+    edited = [json.loads(artifacts.read_metadata(p)["diagnostics"])["n_edits"] for p in files]
+    return {**out, "widths": torch.tensor([p[names[0]].shape[1] for p in parts]),
+            "batch_sizes": torch.tensor([b - a for a, b in zip([0, *edited], edited)])}
