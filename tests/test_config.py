@@ -124,10 +124,13 @@ def test_params_are_canonical_and_hold_no_execution_settings():
 def test_schema_knows_every_registered_algorithm_and_setting():
     schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
     pattern = schema["definitions"]["algorithms"]["items"]["pattern"]
-    assert re.match(r"\^\(([a-z|]+)\)", pattern).group(1).split("|") == list(algorithms.ALGORITHMS)
-    for name in ("emmet@emmet_lambda=1", "encore@mom2_update_weight=50,update_norm_lambda=1", "memit"):
+    assert re.match(r"\^\(([a-z_|]+)\)", pattern).group(1).split("|") == list(algorithms.ALGORITHMS)
+    assert re.search(r"\(\\\+\(([a-z_|]+)\)\)\*", pattern).group(1).split("|") == list(algorithms.ADDONS)
+    for name in ("emmet@emmet_lambda=1", "encore@mom2_update_weight=50,update_norm_lambda=1", "memit",
+                 "memit_seq+prune", "sphere+prune+rect@rect_keep=20"):
         assert re.fullmatch(pattern, name), name  # variants pass the schema; settings.check reads them
-    for name in ("emmet@", "emmet@emmet_lambda", "emmet@@emmet_lambda=1", "memitt", "emmet@emmet_lambda=1,"):
+    for name in ("emmet@", "emmet@emmet_lambda", "emmet@@emmet_lambda=1", "memitt", "emmet@emmet_lambda=1,",
+                 "memit+", "memit+nas", "prune"):
         assert not re.fullmatch(pattern, name), name
     sections = {f.name: f.default_factory for f in settings.dataclasses.fields(settings.Settings)
                 if f.default_factory is not settings.dataclasses.MISSING}

@@ -8,7 +8,7 @@ textbook d_in × d_in formula, the plain path the fast one is tested against.
 
 from .conditioning import MAX_CONDITION, IllConditionedError
 from .prepared import KeyMemory, Prepared, Solved, prepare
-from .registry import ALGORITHMS, Algorithm, get, variant, variant_name
+from .registry import ADDONS, ALGORITHMS, Addon, Algorithm, get, variant, variant_name
 
-__all__ = ["ALGORITHMS", "Algorithm", "IllConditionedError", "KeyMemory", "MAX_CONDITION", "Prepared", "Solved",
+__all__ = ["ADDONS", "ALGORITHMS", "Addon", "Algorithm", "IllConditionedError", "KeyMemory", "MAX_CONDITION", "Prepared", "Solved",
            "get", "prepare", "variant", "variant_name"]
