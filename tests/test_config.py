@@ -127,10 +127,10 @@ def test_schema_knows_every_registered_algorithm_and_setting():
     assert re.match(r"\^\(([a-z_|]+)\)", pattern).group(1).split("|") == list(algorithms.ALGORITHMS)
     assert re.search(r"\(\\\+\(([a-z_|]+)\)\)\*", pattern).group(1).split("|") == list(algorithms.ADDONS)
     for name in ("emmet@emmet_lambda=1", "encore@mom2_update_weight=50,update_norm_lambda=1", "memit",
-                 "memit_seq+prune", "sphere+prune+rect@rect_keep=20"):
+                 "memit_seq+prune", "sphere+prune+rect@rect_keep=20", "memit+nas"):
         assert re.fullmatch(pattern, name), name  # variants pass the schema; settings.check reads them
     for name in ("emmet@", "emmet@emmet_lambda", "emmet@@emmet_lambda=1", "memitt", "emmet@emmet_lambda=1,",
-                 "memit+", "memit+nas", "prune"):
+                 "memit+", "memit+nope", "prune"):
         assert not re.fullmatch(pattern, name), name
     sections = {f.name: f.default_factory for f in settings.dataclasses.fields(settings.Settings)
                 if f.default_factory is not settings.dataclasses.MISSING}

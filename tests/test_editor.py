@@ -114,11 +114,13 @@ def test_independent_edits_never_leak_and_sequential_edits_build_on_each_other(t
     torch.testing.assert_close(layout.weight(model, 1), w0 + s1.delta(1) + s2.delta(1), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("algorithm", ["memit", "memit_seq", "rlsedit", "evoedit", "sphere", "alphaedit+rect"])
+@pytest.mark.parametrize("algorithm", ["memit", "memit_seq", "rlsedit", "evoedit", "sphere", "alphaedit+rect",
+                                       "memit_seq+nas"])
 def test_every_kind_of_state_edits_a_window_sequentially_through_the_editor(tiny, algorithm):
     """Each editor over a window of two layers: sequential edits build on each other, the state each
     carries grows by their keys (none for MEMIT, which forgets: it once kept them here by mistake), and an
-    independent edit after them is solved on the model as they left it."""
+    independent edit after them is solved on the model as they left it. With NAS, μ is measured once,
+    on the first edit's facts, before anything is applied."""
     model, tok, layout = tiny
     stats = {layer: covariance_standin(model, tok, layout, layer) for layer in (0, 1)}
     editor = editscale.Editor(model, tok, layout, algorithm=algorithm, layers=[0, 1], stats=stats, edit=EDIT,
@@ -131,6 +133,7 @@ def test_every_kind_of_state_edits_a_window_sequentially_through_the_editor(tiny
         memory = editor.memories[layer]
         assert (memory is None) == (algorithm == "memit") and (memory is None or memory.size == 2)
     assert editor.edit(FACTS).delta(1).abs().sum() > 0
+    assert (editor.anchor is not None) == algorithm.endswith("+nas") and first.provenance.get("nas_anchor") == editor.anchor
     editing.put_weights(model, layout, w0)
 
 
@@ -195,8 +198,8 @@ def test_the_command_line_edits_exports_and_asks(tiny_llama_dir, tmp_path):
                     "--edit", "edited/edit.safetensors")
     assert with_edit.stdout == asked.stdout, with_edit.stderr  # the exported model is the edited one
     assert "one fact a line" in run("edit", "--help").stdout
-    unknown = run("edit", "--model", str(tiny_llama_dir), "--facts", str(facts), "--out", "x", "--algorithm", "memit+nas")
-    assert unknown.returncode != 0 and "add-ons after '+' are each one of prune, rect" in unknown.stderr
+    unknown = run("edit", "--model", str(tiny_llama_dir), "--facts", str(facts), "--out", "x", "--algorithm", "memit+nope")
+    assert unknown.returncode != 0 and "add-ons after '+' are each one of prune, rect, nas" in unknown.stderr
     facts.write_text("not json\n")
     bad = run("edit", "--model", str(tiny_llama_dir), "--facts", str(facts), "--out", "x")
     assert bad.returncode != 0 and "line 1: not JSON" in bad.stderr

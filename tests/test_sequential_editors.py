@@ -218,3 +218,39 @@ def test_earlier_keys_kept_make_sequential_batches_one_batch(name):
         assert rel(sum(deltas[:k]), one_batch) < 1e-9, (name, k)
         if k > 1:
             assert rel(sum(forgetting[:k]), one_batch) > 1e-2
+
+
+# --- NAS -----------------------------------------------------------------------------------------------
+
+
+def reference_nas(h, m, delta, norms_unedited):
+    """SasyaTitech/NAS: μ = mean of ‖m + δ‖ on the unedited model after dropping the top ⌊(1 − 0.95)·N⌋
+    (vstar_stats.py); per request (NAS/compute_z.py), v* = m + δ; ‖v*‖ > 2μ: v* = m, else
+    scale_vector_to_norm(v*, μ) = v*·μ/(‖v*‖ + 1e-10); the target z = (h − m) + v*."""
+    ordered = sorted(norms_unedited)
+    mu = sum(ordered[: len(ordered) - int((1 - 0.95) * len(ordered))]) / (len(ordered) - int((1 - 0.95) * len(ordered)))
+    out = []
+    for h_i, m_i, d_i in zip(h, m, delta):
+        v = m_i + d_i
+        v = m_i if v.norm() > 2 * mu else v * mu / (v.norm() + 1e-10)
+        out.append((h_i - m_i) + v)
+    return mu, torch.stack(out)
+
+
+def test_nas_rescales_each_value_as_the_reference_does():
+    from editscale.editing import nas
+    from editscale.editing.values import Values
+
+    g = torch.Generator().manual_seed(1)
+    n, d = 40, 12
+    h, m = torch.randn(n, d, generator=g, dtype=torch.float64), torch.randn(n, d, generator=g, dtype=torch.float64)
+    delta = torch.randn(n, d, generator=g, dtype=torch.float64) * torch.linspace(0.1, 4, n, dtype=torch.float64)[:, None]
+    values = Values(h + delta, delta, torch.zeros(n), torch.zeros(n), torch.zeros(n))
+    mu = nas.anchor(values, m)
+    ref_mu, ref_target = reference_nas(h, m, delta, [float(x) for x in (m + delta).norm(dim=1)])
+    assert abs(mu - ref_mu) < 1e-12
+    out = nas.rescaled(values, m, mu)
+    assert rel(out.v_star, ref_target) < 1e-12 and rel(out.residual, ref_target - h) < 1e-12
+    skipped = (m + delta).norm(dim=1) > 2 * mu
+    assert skipped.any() and (~skipped).any()  # both branches ran
+    assert torch.equal(out.residual[skipped], torch.zeros_like(out.residual[skipped]))

@@ -27,7 +27,7 @@ import torch
 
 from editscale import algorithms, artifacts, domains, editing
 from editscale.data.records import check_edit
-from editscale.editing import covariance, keys, values
+from editscale.editing import covariance, keys, nas, values
 from editscale.editing import stats as store
 from editscale.models.layout import layout_for
 from editscale.settings import EditSettings, Library, Settings, Stats, Templates, ValueSettings
@@ -215,12 +215,15 @@ class Editor:
     either per layer, or None: then each layer's C is read from, or computed once into, the
     workflow's own cache (`results/<model>/stats/...`, the same files and provenance), from
     `stats_settings`' corpus, in one pass, with a progress bar.
+
+    An algorithm with NAS (`memit+nas`) rescales every value to the anchor μ (`editing.nas`): `anchor`
+    if given, else measured once, on the facts of the first edit, while the model is unedited.
     """
 
     def __init__(self, model, tokenizer, layout=None, *, algorithm: str = Library.algorithm, layers=Library.layers,
                  stats=None, edit: EditSettings = EditSettings(), value_settings: ValueSettings = ValueSettings(),
                  templates: Templates = Templates(), stats_settings: Stats = Stats(),
-                 results_dir: str = Settings.results,
+                 results_dir: str = Settings.results, anchor: float | None = None,
                  progress: bool = True):
         layers = sorted({int(layers)} if isinstance(layers, int) else {int(layer) for layer in layers})
         self.model, self.tokenizer = model, tokenizer
@@ -237,7 +240,7 @@ class Editor:
         if outside:
             raise ValueError("; ".join(outside))
         self.config = editing.EditConfig(algorithm, self.layer, edit=edit, values=value_settings)
-        self.progress = progress
+        self.progress, self.anchor = progress, anchor
         self.templates = keys.context_templates(model, tokenizer, seed=templates.seed, n_tokens=templates.n_tokens,
                                                 top_k=templates.top_k)
         device = next(model.parameters()).device
@@ -252,7 +255,8 @@ class Editor:
                            **{k: v for k, v in self.config.counted().items() if k in ("edit", "values")},
                            "templates": self.templates,
                            "C_sha256": self.stats_source[layers[0]] if len(layers) == 1 else
-                           {str(layer): digest for layer, digest in self.stats_source.items()}}
+                           {str(layer): digest for layer, digest in self.stats_source.items()},
+                           **({"nas_anchor": anchor} if anchor is not None else {})}
 
     def _weights(self) -> dict:
         return editing.weights(self.model, self.layout, self.layers)
@@ -312,8 +316,10 @@ class Editor:
                                  f"on it")
         values._Plan(self.tokenizer, facts, self.templates, self.config.values.kl_prompt)  # refuses merging targets
         memories = self.memories if sequential else None
+        known = self._anchor(facts)
         batches = editing.edit_window(self.model, self.tokenizer, self.layout, self.config, self.layers, facts,
-                                      self.templates, self.solvers, memories=memories)
+                                      self.templates, self.solvers, memories=memories, known=known,
+                                      anchor=self.anchor if self.solvers[self.layer].anchored else None)
         diagnostics = {str(layer): {k: v for k, v in batch.diagnostics.items() if isinstance(v, (int, float, str))}
                        for layer, batch in batches.items()}
         edit = Edit({layer: (batch.A.float().cpu(), batch.B.float().cpu()) for layer, batch in batches.items()},
@@ -326,6 +332,18 @@ class Editor:
             edit.apply(self.model)
             self.unedited = self._weights()
         return edit
+
+
+    def _anchor(self, facts):
+        """For NAS, the first edit's values (None, Values) on the unedited model, from which μ is measured
+        once; None otherwise (edit_window computes the values itself)."""
+        if not self.solvers[self.layer].anchored or self.anchor is not None:
+            return None
+        found = values.compute_values(self.model, self.tokenizer, self.layout, self.layer, facts, self.templates,
+                                      self.config.values, batch_size=self.config.value_batch_size)
+        self.anchor = nas.anchor(found, nas.mlp_outputs(self.model, self.tokenizer, self.layout, self.layer, facts))
+        self.provenance["nas_anchor"] = self.anchor
+        return None, found
 
 
 def check_facts(facts) -> list[dict]:

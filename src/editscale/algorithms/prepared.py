@@ -218,6 +218,7 @@ class Prepared:
     max_condition: float
     memory_kind: Callable | None = None  # (T) -> the state: KeyMemory, RunningInverse, ShrinkingProjector
     restraint: Callable | None = None  # (A, B, W) -> (A, B): ΔW changed after the solve (`restraints`)
+    anchored: bool = False  # its values are rescaled to NAS's anchor before the residual (editing/nas.py)
 
     def memory(self):
         """A fresh sequential state for this solver, or None for an algorithm that keeps none."""
@@ -292,4 +293,4 @@ def prepare(algorithm, C: torch.Tensor, settings: dict, *, on_ill_conditioned: s
     T = operator or algorithm.operator(C, settings, mode=on_ill_conditioned, max_condition=max_condition)
     restraint = None if algorithm.restraint is None else (lambda A, B, W: algorithm.restraint(A, B, W, settings))
     return Prepared(algorithm.name, algorithm.system, T, lambda n: algorithm.ridge(settings, n), algorithm.max_batch,
-                    on_ill_conditioned, max_condition, algorithm.memory, restraint)
+                    on_ill_conditioned, max_condition, algorithm.memory, restraint, algorithm.anchored)

@@ -31,6 +31,8 @@ class Algorithm:
     system: str  # the small system it solves, for messages
     memory: Callable | None = None  # (T) -> the state a sequential run carries; None: batches forget each other
     restraint: Callable | None = None  # (A, B, W, settings) -> (A, B): ΔW changed after the solve, given W
+    # its values are rescaled to the unedited model's typical norm before the residual (NAS: editing/nas.py)
+    anchored: bool = False
     window: bool = True  # it can spread an edit over a window of layers (False: it edits one layer)
     equality: bool = False  # its edits are equality constraints (ROME, EMMET), not a least-squares fit
     max_batch: int | None = None
@@ -112,10 +114,12 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
 
 @dataclass(frozen=True)
 class Addon:
-    """A restraint on any algorithm's ΔW, after its own (if any), given the layer's current weight."""
+    """What composes with any algorithm: a restraint on its ΔW, after its own (if any), given the layer's
+    current weight, or its values anchored to the unedited model's norm."""
     name: str
     settings: tuple[str, ...]
-    restraint: Callable  # (A, B, W, settings) -> (A, B)
+    restraint: Callable | None = None  # (A, B, W, settings) -> (A, B)
+    anchored: bool = False
     source: str = ""
 
 
@@ -126,6 +130,9 @@ ADDONS: dict[str, Addon] = {a.name: a for a in (
     # Each batch's ΔW kept only where its change relative to W is in the top rect_keep percent.
     Addon("rect", ("rect_keep",), lambda A, B, W, s: restraints.rect(A, B, W, keep=s["rect_keep"]),
           source="RECT (Gu et al. 2024), as OTE-SE-Alignment memit/memit_seq_rect_main.py applies it per batch"),
+    # Every v* rescaled to the unedited model's mean norm before the residual is taken (editing/nas.py).
+    Addon("nas", (), anchored=True,
+          source="NAS; SasyaTitech/NAS util/vstar_stats.py, NAS/compute_z.py @5acab48"),
 )}
 ADDON = "+"
 
@@ -141,7 +148,9 @@ def _composed(base: Algorithm, addons: list[Addon]) -> Algorithm:
 
     settings = tuple(dict.fromkeys((*base.settings, *(s for a in addons for s in a.settings))))
     return dataclasses.replace(base, name=ADDON.join([base.name, *(a.name for a in addons)]), settings=settings,
-                               restraint=restraint, source="; ".join([base.source, *(a.source for a in addons)]))
+                               restraint=restraint if steps else None,
+                               anchored=base.anchored or any(a.anchored for a in addons),
+                               source="; ".join([base.source, *(a.source for a in addons)]))
 
 
 def get(name: str) -> Algorithm:

@@ -79,16 +79,17 @@ class SequentialRun:
     must hold this run's work and nothing else's: name it by everything the run depends on
     (`artifacts.Parts`).
     `first_batch` is (keys at the first layer or None, Values at the last) of batch 0 on the
-    unedited model, e.g. from the value files: the model is unedited only then. Weight health is
-    measured at each layer and, for a window, over all of them.
+    unedited model, e.g. from the value files: the model is unedited only then. `anchor`: NAS's μ
+    from the unedited model, for an algorithm that anchors its values (`editing.nas`); every batch's
+    values are rescaled to it. Weight health is measured at each layer and, for a window, over all of them.
     """
 
     def __init__(self, model, tokenizer, layout, cfg: EditConfig, facts, templates, solver, batch_size: int,
                  run_dir: str | Path, *, snapshot_every: int = settings.Sequential.snapshot_every,
                  first_batch: tuple[torch.Tensor | None, Values] | None = None, layers: list | None = None,
-                 allow_conflicts: bool = settings.EditSettings.allow_conflicts):
+                 allow_conflicts: bool = settings.EditSettings.allow_conflicts, anchor: float | None = None):
         self.model, self.tokenizer, self.layout, self.cfg, self.templates = model, tokenizer, layout, cfg, templates
-        self.run_dir, self.snapshot_every, self.first_batch = Path(run_dir), snapshot_every, first_batch
+        self.run_dir, self.snapshot_every, self.first_batch, self.anchor = Path(run_dir), snapshot_every, first_batch, anchor
         self.layers = sorted(layers) if layers else [cfg.layer]
         self.solvers = solver if isinstance(solver, dict) else {self.layers[0]: solver}
         self.remembers = algorithms.get(cfg.algorithm).remembers
@@ -116,7 +117,7 @@ class SequentialRun:
         for b in range(state.batches_done, len(self.batches)):
             known = self.first_batch if b == 0 else None
             edits = edit_window(model, self.tokenizer, layout, self.cfg, layers, self.batches[b], self.templates,
-                                self.solvers, memories=state.memories, known=known)
+                                self.solvers, memories=state.memories, known=known, anchor=self.anchor)
             for layer, edit in edits.items():
                 _add(state, model, layout, layer, edit.delta)
                 if self.remembers:

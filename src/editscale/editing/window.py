@@ -21,6 +21,7 @@ from typing import Sequence
 import torch
 
 from editscale.algorithms import Prepared
+from editscale.editing import nas
 from editscale.editing.batches import BatchEdit, EditConfig, apply_delta, restored
 from editscale.editing.keys import compute_keys
 from editscale.editing.values import Values, compute_values
@@ -51,7 +52,7 @@ def subject_outputs(model, tokenizer, layout, layer: int, facts, *, batch_size: 
 
 
 def edit_batch(model, tokenizer, layout, cfg: EditConfig, facts, templates, solver: Prepared, *,
-               memory=None, known: tuple[torch.Tensor, Values] | None = None) -> BatchEdit:
+               memory=None, known: tuple[torch.Tensor, Values] | None = None, anchor: float | None = None) -> BatchEdit:
     """Keys, values and ΔW for one batch of facts at `cfg.layer`, on the model as it is now (ΔW not
     applied): the window of that one layer.
 
@@ -60,17 +61,19 @@ def edit_batch(model, tokenizer, layout, cfg: EditConfig, facts, templates, solv
     values for a sequential run's first batch.
     """
     return edit_window(model, tokenizer, layout, cfg, [cfg.layer], facts, templates, {cfg.layer: solver},
-                       memories={cfg.layer: memory}, known=known)[cfg.layer]
+                       memories={cfg.layer: memory}, known=known, anchor=anchor)[cfg.layer]
 
 
 def edit_window(model, tokenizer, layout, cfg: EditConfig, layers: Sequence[int], facts, templates,
                 solvers: dict, *, memories: dict | None = None,
-                known: tuple[torch.Tensor | None, Values] | None = None) -> dict[int, BatchEdit]:
+                known: tuple[torch.Tensor | None, Values] | None = None,
+                anchor: float | None = None) -> dict[int, BatchEdit]:
     """Keys, values and each layer's ΔW for one batch of `facts` spread over `layers`, on the model as
     it is now (nothing left applied). `solvers` holds each layer's prepared solver (its own C),
     `memories` each layer's sequential state for algorithms that carry one, and `known` (keys at the
     first layer (n, d_in) or None, Values at the last) what is already computed for these facts on
-    this very model, e.g. the cached unedited-model value files."""
+    this very model, e.g. the cached unedited-model value files. `anchor`: NAS's μ, for an algorithm
+    whose values are anchored (`nas`): the values are rescaled to it on the model as it is now."""
     layers = sorted(int(layer) for layer in layers)
     if len(set(layers)) != len(layers):
         raise ValueError(f"layers {layers} name a layer twice")
@@ -82,6 +85,12 @@ def edit_window(model, tokenizer, layout, cfg: EditConfig, layers: Sequence[int]
     if len(values.residual) != len(facts) or (first_keys is not None and len(first_keys) != len(facts)):
         raise ValueError(f"{0 if first_keys is None else len(first_keys)} known keys and {len(values.residual)} "
                          f"values for a batch of {len(facts)} facts")
+    if (anchor is not None) != _solver(solvers, last).anchored:
+        raise ValueError(f"{cfg.algorithm}: NAS's anchor μ is given {'but' if anchor is not None else 'and'} the "
+                         f"algorithm {'does not anchor' if anchor is not None else 'anchors'} its values")
+    if anchor is not None:
+        values = nas.rescaled(values, nas.mlp_outputs(model, tokenizer, layout, last, facts,
+                                                      batch_size=cfg.key_batch_size), anchor)
     labels = [f.get("case_id", i) for i, f in enumerate(facts)]
     memories = memories or {}
     edits: dict[int, BatchEdit] = {}

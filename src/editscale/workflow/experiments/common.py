@@ -10,7 +10,9 @@ import pandas as pd
 from editscale import artifacts, data, editing
 from editscale.data.records import dataset_of
 from editscale.data.registry import get as get_dataset
+from editscale.editing import nas
 from editscale.editing.covariance import load_stats
+from editscale.editing.value_file import ValueFile
 from editscale.evaluation import fluency, metrics
 from editscale.settings import Evaluation, Execution, results
 from editscale.workflow.job import Job, edit_config
@@ -77,6 +79,19 @@ def edit_job(job: Job, n: int):
     solvers = {at: editing.prepare(cfg, load_stats(path, device=job.run.device)[0])
                for at, path in zip(job.layers, job.files("stats"))}
     return (loaded, tokenizer, layout), records, facts, cfg, solvers
+
+
+def anchor(job: Job, model, tokenizer, layout, records, solver, layer: int) -> float | None:
+    """NAS's μ (`editing.nas.anchor`) for a solver whose values are anchored, from the values of all the
+    job's records on the unedited model (their value files, at the value layer `layer`); None for any
+    other. Call it while the model is unedited."""
+    if not solver.anchored:
+        return None
+    cached = ValueFile.for_records(job.files("values"), records.case_id, job.input["records"])
+    m = nas.mlp_outputs(model, tokenizer, layout, layer, records.to_dict("records"))  # (N, d_out)
+    mu = nas.anchor(cached.values, m)
+    log.info("NAS anchor μ = %.4g, over %d records' values on the unedited model", mu, len(records))
+    return mu
 
 
 def whole_batches(key: str, sizes, total: int, total_key: str) -> list[str]:

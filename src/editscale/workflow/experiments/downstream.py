@@ -16,13 +16,14 @@ import numpy as np
 import pandas as pd
 
 from editscale import artifacts, data, editing
-from editscale.editing import sequential
+from editscale.editing import nas, sequential
 from editscale.editing.covariance import load_stats
 from editscale.editing.value_file import ValueFile
 from editscale.evaluation import downstream as check
 from editscale.evaluation.bootstrap import interval, resample
 from editscale.settings import layer_name, results
 from editscale.workflow import figures, findings
+from editscale.workflow.experiments import common
 from editscale.workflow.experiments.entry import Experiment
 from editscale.workflow.experiments.sequential import retained_at
 from editscale.workflow.job import Job, Stage, edit_config
@@ -53,9 +54,12 @@ def run(job: Job) -> None:
         C = load_stats(job.files("stats")[0], device=job.run.device)[0]
         for algorithm in s.batch.algorithms:
             solver = editing.prepare(edit_config(s, algorithm, layer, job.run), C)
+            mu = common.anchor(job, loaded, tokenizer, layout, records, solver, layer)  # NAS's, or None
             for size in s.batch.sizes:
                 first = ValueFile.for_records(job.files("values"), records.case_id.head(size), job.input["records"])
-                (edit,) = editing.independent_batches(solver, first.keys.T, first.values.residual.T, size,
+                values = first.values if mu is None else nas.rescaled(first.values, nas.mlp_outputs(
+                    loaded, tokenizer, layout, layer, records.head(size).to_dict("records")), mu)
+                (edit,) = editing.independent_batches(solver, first.keys.T, values.residual.T, size,
                                                       weight=layout.weight(loaded, layer))
                 with editing.restored(loaded, layout, [layer]):  # W₀ back, exactly, after each point
                     editing.apply_delta(loaded, layout, layer, edit.delta)

@@ -5,6 +5,7 @@ applied to the model)."""
 from __future__ import annotations
 
 from editscale import artifacts, editing
+from editscale.editing import nas
 from editscale.editing.value_file import ValueFile
 from editscale.evaluation.metrics import TEACHER_FORCED
 from editscale.evaluation.scoring import LowRankEdits
@@ -23,9 +24,12 @@ def independent(job: Job, n: int, protocol: str = TEACHER_FORCED) -> None:
     layers, layer, B = job.layers, job.layers[-1], job.batch_size
     batches = editing.batch_slices(n, B)
     editing.check_conflicts([facts[cut] for cut in batches], job.run.allow_conflicts)
+    mu = common.anchor(job, loaded, tokenizer, layout, records, solvers[layer], layer)  # NAS's, or None
     if len(layers) == 1:
+        values = cached.values if mu is None else nas.rescaled(cached.values, nas.mlp_outputs(
+            loaded, tokenizer, layout, layer, facts), mu)
         # K, R: (d, N), one column a fact
-        solved = editing.independent_batches(solvers[layer], cached.keys.T, cached.values.residual.T, B,
+        solved = editing.independent_batches(solvers[layer], cached.keys.T, values.residual.T, B,
                                              labels=list(records.case_id), weight=layout.weight(loaded, layer))
         edits = LowRankEdits([e.A for e in solved], [e.B for e in solved])
     else:
@@ -35,7 +39,7 @@ def independent(job: Job, n: int, protocol: str = TEACHER_FORCED) -> None:
         for cut in batches:
             known = (None, cached[cut].values)
             spread = editing.edit_window(loaded, tokenizer, layout, cfg, layers, facts[cut], templates, solvers,
-                                         known=known)
+                                         known=known, anchor=mu)
             for at, batch in spread.items():
                 per_layer[at][0].append(batch.A)
                 per_layer[at][1].append(batch.B)

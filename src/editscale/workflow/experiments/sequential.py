@@ -44,9 +44,10 @@ def run(job: Job) -> None:
     cached = ValueFile.for_records(job.files("values"), records.case_id.head(B), job.input["records"])
     # The value files hold keys at the window's last layer: the first layer's are cached only for one layer.
     first_batch = (cached.keys if len(layers) == 1 else None, cached.values)
+    mu = common.anchor(job, loaded, tokenizer, layout, records, solvers[layer], layer)  # NAS's μ, or None
     edits = SequentialRun(loaded, tokenizer, layout, cfg, facts, templates, solvers, B, parts.folder,
                           snapshot_every=job.run.snapshot_every, first_batch=first_batch,
-                          layers=layers, allow_conflicts=job.run.allow_conflicts)
+                          layers=layers, allow_conflicts=job.run.allow_conflicts, anchor=mu)
     for b, batch_facts in edits:  # batch b is applied, and recorded once this body is done
         done = edits.edits_after(b)
         ids = [f["case_id"] for f in batch_facts]
