@@ -246,3 +246,30 @@ def test_finding_h_reads_the_teacher_forced_minus_live_gap_per_b_paired_on_the_s
     spec = rows[rows.claim.str.startswith("h. teacher-forced − live NS")].iloc[0]
     assert abs(spec.value - 20) < 1e-9
     assert protocol_gap.claim_h(findings.Runs({"batch": tf, "retained": tf.iloc[:0]}, {}, 30, "3", None, OPTIONS)) == []
+
+
+def test_finding_i_reads_each_editor_against_its_one_batch_and_the_editors_against_each_other():
+    """After 256 edits: MEMIT in batches of 64 loses 20 NS points to its one batch, MEMIT_seq none (as good,
+    within ±5), AlphaEdit 10 behind MEMIT_seq; so MEMIT_seq keeps most at B = 64. MEMIT with NAS 10 NS points
+    above MEMIT at the one batch of 256."""
+    from editscale.workflow.experiments import editors
+
+    base, parts = cases(spread=15), []
+    for algorithm, loss in (("memit", 20.0), ("memit_seq", 0.0), ("alphaedit", 10.0)):
+        one = with_effect(base, 0.0, "NS", 1.0, seed=1, algorithm=algorithm, batch_size=256, n_edits=256)
+        seq = with_effect(base, -loss, "NS", 1.0, seed=2, algorithm=algorithm, batch_size=64, n_edits=256)
+        parts += [one, seq]
+    retained = pd.concat(parts, ignore_index=True)
+    plain = with_effect(base, 0.0, "NS", 1.0, seed=3, algorithm="memit", batch_size=256)
+    anchored = with_effect(base, 10.0, "NS", 1.0, seed=4, algorithm="memit+nas", batch_size=256)
+    runs = findings.Runs({"batch": pd.concat([plain, anchored], ignore_index=True), "retained": retained,
+                          "immediate": retained.iloc[:0]}, {}, 30, "3", None, OPTIONS)
+    rows = pd.DataFrame(editors.claim_i(runs)).set_index("claim")
+    as_good = "i. sequential editing is as good as one batch ({}; retained)"
+    assert rows.loc[as_good.format("memit_seq")].verdict == REPRODUCED
+    assert rows.loc[as_good.format("memit")].verdict == CONTRADICTED and rows.loc[as_good.format("memit")].ci_high < -5
+    most = rows.loc["i. the editor that keeps most after 256 sequential edits (B = 64)"]
+    assert most.verdict == "memit_seq keeps most" and "Score(memit_seq) − Score(alphaedit)" in most.statistic
+    assert most.ci_low > 0 and most.n_cases == N
+    nas = rows.loc["i. NAS changes one batch of 256 (memit)"]
+    assert nas.value > 0 and nas.ci_low > 0 and nas.verdict == REPRODUCED and nas.statistic.startswith("Score(memit+nas)")
