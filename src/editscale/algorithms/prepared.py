@@ -168,31 +168,31 @@ class RunningInverse:
 
 
 class ShrinkingProjector:
-    """EvoEdit's state: the projector P_t = U_t U_tᵀ onto what is left of C's null space once the
-    edited keys' directions are taken out, so later batches leave earlier keys' outputs alone:
+    """EvoEdit's state: the projector P_t onto what is left of C's null space once the edited keys'
+    directions are taken out, so later batches leave earlier keys' outputs alone:
 
         P_t = P_{t-1} − Q Qᵀ,   Q an orthonormal basis of range(P_{t-1} K)   (= P − PK(KᵀPK)⁺KᵀP)
 
-    kept as its basis U_t (d_in, r_t): with U_{t-1}ᵀK = Y = V S Zᵀ, U_t = U_{t-1} V[:, rank:], the
-    rank counted as the reference counts it (σ > max(d_in, n)·eps·σ_max, at least 1e-10).
+    kept dense (d_in, d_in), as the reference keeps it: a batch costs O(d_in²·n). Q comes from the thin
+    SVD of P K, its rank counted as the reference counts it (σ > max(d_in, n)·eps·σ_max, at least 1e-10).
     """
 
     replaces_operator = True
 
     def __init__(self, initial: NullSpaceProjector):
-        self.basis, self.device = initial.basis, initial.device  # U₀ (d_in, r)
-        self.condition, self.fallback, self.size = initial.condition, initial.fallback, 0
+        self.projector = initial.basis @ initial.basis.T  # P₀ = U₀U₀ᵀ (d_in, d_in)
+        self.device, self.condition, self.fallback, self.size = initial.device, initial.condition, initial.fallback, 0
 
     def __call__(self, X: torch.Tensor) -> torch.Tensor:
-        return self.basis @ (self.basis.T @ X)  # (d_in, r) @ (r, n)
+        return self.projector @ X  # (d_in, d_in) @ (d_in, n)
 
     def absorb(self, K: torch.Tensor, TK: torch.Tensor | None = None) -> None:
         K = _as_stored(K, self.device)
-        Y = self.basis.T @ K  # (r, n): the keys' coordinates in what is left
-        V, s, _ = torch.linalg.svd(Y, full_matrices=True)  # V (r, r); range(PK) = U V[:, :rank]
-        tolerance = max(max(len(K), K.shape[1]) * torch.finfo(s.dtype).eps * float(s.max()), 1e-10) if len(s) else 0
-        rank = int((s > tolerance).sum())
-        self.basis = self.basis @ V[:, rank:]  # (d_in, r − rank)
+        PK = self(K) if TK is None else TK  # (d_in, n)
+        U, s, _ = torch.linalg.svd(PK, full_matrices=False)  # U (d_in, n)
+        tolerance = max(max(PK.shape) * torch.finfo(s.dtype).eps * float(s.max()), 1e-10) if len(s) else 0.0
+        Q = U[:, s > tolerance]  # (d_in, rank)
+        self.projector = self.projector - Q @ Q.T
         self.size += K.shape[1]
 
 
