@@ -14,6 +14,10 @@ equals (ρI + T UUᵀ)⁻¹ T K, the d_in × d_in form each paper writes:
   MEMIT      T = C⁻¹             ρ = λ       B = (λC + KKᵀ)⁻¹ K                (Woodbury)
   AlphaEdit  T = P               ρ = α       B = (P(KKᵀ + K_pK_pᵀ) + αI)⁻¹ P K
   ENCORE     T = (C + α/λ·I)⁻¹   ρ = λ       B = (λC + αI + K_pK_pᵀ + KKᵀ)⁻¹ K
+  MEMIT_seq  T = C⁻¹             ρ = λ       B = (λC + K_pK_pᵀ + KKᵀ)⁻¹ K
+  RLSEdit    T = T_{t-1}         ρ = 1       B = T_t K, T_t = (λC + Σ_{s≤t} K_sK_sᵀ)⁻¹ (`RunningInverse`)
+  EvoEdit    T = P_t             ρ = α       B = P_t K (KᵀP_tK + αI)⁻¹ (`ShrinkingProjector`)
+  SPHERE     AlphaEdit's, then a restraint on B (`restraints.sphere`)
 
 `prepare` does the O(d_in³) part once per (C, settings): a Cholesky factor of C (its κ checked
 once, from its spectrum) or AlphaEdit's projector P. `Prepared.solve` then applies T to the keys
