@@ -124,7 +124,7 @@ STATES = ["memit", "alphaedit", "memit_seq", "rlsedit", "evoedit", "sphere", "me
 
 def state_of(memory) -> list:
     """The tensors a sequential state holds."""
-    return [t for t in (getattr(memory, name, None) for name in ("K", "gram", "inverse", "projector")) if t is not None]
+    return [t for t in (getattr(memory, name, None) for name in ("K", "gram", "matrix")) if t is not None]
 
 
 @pytest.mark.parametrize("algorithm", STATES)

@@ -140,38 +140,44 @@ def _as_stored(K: torch.Tensor, device) -> torch.Tensor:
     return K.to(device, torch.float64).contiguous()
 
 
-class RunningInverse:
+class _DenseState:
+    """A sequential state that is T itself, kept as a dense (d_in, d_in) `matrix` and changed by `absorb`:
+    a solver using it asks it for T instead of its own (`replaces_operator`)."""
+
+    replaces_operator = True
+
+    def __init__(self, matrix: torch.Tensor, initial):
+        self.matrix = matrix  # (d_in, d_in)
+        self.device, self.condition, self.fallback, self.size = initial.device, initial.condition, initial.fallback, 0
+
+    def __call__(self, X: torch.Tensor) -> torch.Tensor:
+        return self.matrix @ X  # (d_in, d_in) @ (d_in, n)
+
+
+class RunningInverse(_DenseState):
     """RLSEdit's state: T_t = (λC + Σ_{s≤t} K_sK_sᵀ)⁻¹ (d_in, d_in), kept dense and downdated by
     Woodbury after each batch, so a batch costs O(d_in²·n) however many came before:
 
         F = T_{t-1} K,   T_t = T_{t-1} − F (I + Kᵀ F)⁻¹ Fᵀ.
 
-    A batch's B = T_t K = F (I + KᵀF)⁻¹ is the family's solve with T = T_{t-1} and ρ = 1, so a
-    solver using this state asks it for T instead of its own (`replaces_operator`).
+    A batch's B = T_t K = F (I + KᵀF)⁻¹ is the family's solve with T = T_{t-1} and ρ = 1.
     """
 
-    replaces_operator = True
-
     def __init__(self, initial: Callable):
-        eye = torch.eye(initial.dim, dtype=torch.float64, device=initial.device)
-        self.inverse = initial(eye)  # (d_in, d_in): T_0 = (λC)⁻¹, from the solver's Cholesky factor
-        self.inverse = (self.inverse + self.inverse.T) / 2
-        self.device, self.condition, self.fallback, self.size = initial.device, initial.condition, initial.fallback, 0
-
-    def __call__(self, X: torch.Tensor) -> torch.Tensor:
-        return self.inverse @ X  # (d_in, d_in) @ (d_in, n)
+        inverse = initial(torch.eye(initial.dim, dtype=torch.float64, device=initial.device))  # T_0 = (λC)⁻¹
+        super().__init__((inverse + inverse.T) / 2, initial)
 
     def absorb(self, K: torch.Tensor, TK: torch.Tensor | None = None) -> None:
         K = _as_stored(K, self.device)
         F = self(K) if TK is None else TK  # (d_in, n)
         S = K.T @ F + torch.eye(K.shape[1], dtype=torch.float64, device=self.device)  # (n, n)
         S = (S + S.T) / 2
-        self.inverse = self.inverse - F @ torch.linalg.solve(S, F.T)  # (d_in, d_in)
-        self.inverse = (self.inverse + self.inverse.T) / 2
+        inverse = self.matrix - F @ torch.linalg.solve(S, F.T)  # (d_in, d_in)
+        self.matrix = (inverse + inverse.T) / 2
         self.size += K.shape[1]
 
 
-class ShrinkingProjector:
+class ShrinkingProjector(_DenseState):
     """EvoEdit's state: the projector P_t onto what is left of C's null space once the edited keys'
     directions are taken out, so later batches leave earlier keys' outputs alone:
 
@@ -181,14 +187,8 @@ class ShrinkingProjector:
     SVD of P K, its rank counted as the reference counts it (σ > max(d_in, n)·eps·σ_max, at least 1e-10).
     """
 
-    replaces_operator = True
-
     def __init__(self, initial: NullSpaceProjector):
-        self.projector = initial.basis @ initial.basis.T  # P₀ = U₀U₀ᵀ (d_in, d_in)
-        self.device, self.condition, self.fallback, self.size = initial.device, initial.condition, initial.fallback, 0
-
-    def __call__(self, X: torch.Tensor) -> torch.Tensor:
-        return self.projector @ X  # (d_in, d_in) @ (d_in, n)
+        super().__init__(initial.basis @ initial.basis.T, initial)  # P₀ = U₀U₀ᵀ
 
     def absorb(self, K: torch.Tensor, TK: torch.Tensor | None = None) -> None:
         K = _as_stored(K, self.device)
@@ -196,7 +196,7 @@ class ShrinkingProjector:
         U, s, _ = torch.linalg.svd(PK, full_matrices=False)  # U (d_in, n)
         tolerance = max(max(PK.shape) * torch.finfo(s.dtype).eps * float(s.max()), 1e-10) if len(s) else 0.0
         Q = U[:, s > tolerance]  # (d_in, rank)
-        self.projector = self.projector - Q @ Q.T
+        self.matrix = self.matrix - Q @ Q.T
         self.size += K.shape[1]
 
 
