@@ -86,7 +86,7 @@ class ValueSettings:
     early_stop: str = setting("loss", Domain("string", choices=("loss", "most_probable")))  # most_probable: MPES (ENCORE), as well as the loss threshold
     most_probable_hold: int = setting(2, COUNT)  # MPES stops at the hold-th evaluation with every target token top-1 (not reset)
     batch_size: int = execution(8, COUNT)  # 32 was 5% faster still on 2 cores, but a values job then held 8.5 GB
-    chunk: int = execution(8, COUNT)
+    chunk: int = execution(8, COUNT)  # records a values job saves at a time, rounded up to whole forwards of batch_size
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import yaml
 from editscale import artifacts, data, models
 from editscale.editing import stats as store
 from editscale.settings import Settings, results
+from editscale.workflow import devices
 from editscale.workflow.job import Job, Stage
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,8 @@ def load_model(job: Job, device: str | None = None):
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"model.device = {device}, but {socket.gethostname()} has no CUDA device; run the job "
                            f"where one is (resources.gpus, a GPU partition), or set model.device: cpu")
+    if device == "cuda":  # one GPU per job: the first no other running job holds
+        device = devices.claim(device, torch.cuda.device_count())
     return models.load(model.spec, dtype=model.dtype, device=device, layout=model.layout,
                        revision=model.revision)
 
@@ -129,11 +132,18 @@ def compute_stats(job: Job) -> None:
     store.compute(loaded, tokenizer, layout, job.settings.stats, outputs, model_name=job.settings.model.spec)
 
 
+def value_part(run) -> int:
+    """Records a values part holds: `value_chunk` rounded up to whole forwards of `value_batch_size`,
+    so saving often never caps the batch a forward sees (chunk 64 at batch 256 saves every 256)."""
+    forwards = -(-run.value_chunk // run.value_batch_size)
+    return forwards * run.value_batch_size
+
+
 def compute_values(job: Job) -> None:
     """Keys, v* and residuals of records [start, end) at `layer`, on the unedited model.
 
-    Work goes in chunks of `run.value_chunk` records, each written atomically to the job's
-    `artifacts.Parts`, so a killed job keeps its finished chunks (they are used only by the same
+    Work goes in parts of `value_part(run)` records, each written atomically to the job's
+    `artifacts.Parts`, so a killed job keeps its finished parts (they are used only by the same
     records, layer, templates and settings); the output joins them and the parts are removed.
     """
     import torch
@@ -149,8 +159,9 @@ def compute_values(job: Job) -> None:
     config, run = job.settings.values, job.run
     out = job.output["values"]
     parts = artifacts.Parts(out, job.identity)
-    for offset in range(0, len(records), run.value_chunk):
-        chunk = records.iloc[offset : offset + run.value_chunk]
+    size = value_part(run)
+    for offset in range(0, len(records), size):
+        chunk = records.iloc[offset : offset + size]
         part = parts / f"{offset:06d}-{chunk.case_id.iloc[0]}-{len(chunk)}.safetensors"
         if part.exists():
             log.info("records %d-%d: kept from an earlier, interrupted run", start + offset, start + offset + len(chunk))
