@@ -6,7 +6,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "editscale"
 # What each part may import from the package (besides itself). Leaves import nothing from it.
 ALLOWED = {
-    "settings": {"domains"}, "domains": set(), "digests": set(), "artifacts": {"digests"}, "paths": set(),
+    "settings": {"domains", "presets"}, "domains": set(), "presets": set(), "digests": set(), "artifacts": {"digests"}, "paths": set(),
     "algorithms": set(),  # pure: tensors in, ΔW out
     "models": {"artifacts", "paths"},
     "data": {"artifacts", "paths", "settings"},  # settings: the one set of defaults
@@ -15,8 +15,10 @@ ALLOWED = {
     "workflow": {"algorithms", "models", "data", "editing", "evaluation", "settings", "artifacts", "paths"},
     # The library's front door and its command line: the layers below, never the other way, and
     # never the workflow (orchestration stands on the library, not the library on it).
-    "editor": {"algorithms", "models", "data", "editing", "evaluation", "settings", "domains", "artifacts", "paths"},
-    "__main__": {"editor", "models", "settings", "domains", "data", "artifacts", "algorithms", "evaluation"},
+    "editor": {"algorithms", "models", "data", "editing", "evaluation", "settings", "domains", "artifacts", "paths",
+               "presets"},
+    "__main__": {"editor", "models", "settings", "domains", "data", "artifacts", "algorithms", "evaluation", "editing",
+                 "presets"},
 }
 
 

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from conftest import snakemake
 
-from editscale import algorithms, models, settings
+from editscale import algorithms, models, presets, settings
 from editscale.settings import ConfigError
 from editscale.workflow import experiments
 
@@ -136,7 +136,9 @@ def test_schema_knows_every_registered_algorithm_and_setting():
                 if f.default_factory is not settings.dataclasses.MISSING}
     assert set(schema["properties"]) == set(settings.Settings.__dataclass_fields__)  # every section, no more
     for section, cls in sections.items():
-        assert set(schema["properties"][section]["properties"]) == set(cls.__dataclass_fields__), section
+        expanded = {"preset"} if section == "model" else set()  # presets.expand replaces it before parsing
+        assert set(schema["properties"][section]["properties"]) == set(cls.__dataclass_fields__) | expanded, section
+    assert schema["properties"]["model"]["properties"]["preset"]["enum"] == list(presets.PRESETS)
 
 
 def test_the_shipped_config_departs_from_the_defaults_only_where_it_says_why():

@@ -293,3 +293,59 @@ def test_a_corpus_with_no_tokens_stops_before_any_c_is_written(tiny, tmp_path):
     model, tok, layout = tiny[:3]
     with pytest.raises(ValueError, match="gave no tokens to sum: C would be undefined.*stats.corpus"):
         second_moments(model, tok, layout, [1], ["", "  "], max_length=32, source_id="empty.txt", progress=False)
+
+
+def test_c_is_computed_once_exported_and_imported_elsewhere_with_its_provenance_checked(tiny_llama_dir,
+                                                                                         tiny_gpt2_dir, tmp_path):
+    """`stats compute` fills the store; `export` copies C out with its provenance; `import` on another
+    results folder puts the same bits where the store looks, and refuses another model's C, a C of
+    another shape, an altered file, and an unknown model; nothing is overwritten."""
+    import subprocess
+    import sys
+
+    from editscale import artifacts
+    from editscale.editing import stats as store
+    from editscale.settings import Stats
+
+    if SHARED is None:
+        pytest.skip("C comes from the offline corpus")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "editscale", "stats", *a], capture_output=True,  # noqa: E731
+                                    text=True, cwd=tmp_path, timeout=600)
+    model = str(tiny_llama_dir)
+    done = run("compute", "--model", model, "--layers", "0", "2", "--tokens", "300", "--results", "here")
+    assert done.returncode == 0, done.stderr
+    made = store.stats_path(tmp_path / "here", model, Stats(max_tokens=300), 2)
+    assert made.exists() and f"C of layer 2: {made.relative_to(tmp_path)}" in done.stdout
+    done = run("export", "--model", model, "--layers", "2", "--tokens", "300", "--results", "here", "--to", "out")
+    assert done.returncode == 0, done.stderr
+    (exported,) = (tmp_path / "out").glob("*.safetensors")
+    meta = artifacts.read_metadata(exported)
+    assert {k: meta[k] for k in ("model", "layer", "tokens", "stats_id")} == {
+        "model": model, "layer": "2", "tokens": "300", "stats_id": made.parent.name}
+    assert meta["source"] and meta["max_length"] and meta["module"] == "model.layers.2.mlp.down_proj"
+
+    done = run("import", str(exported), "--model", model, "--results", "there")
+    assert done.returncode == 0, done.stderr
+    placed = store.stats_path(tmp_path / "there", model, Stats(max_tokens=300), 2)
+    assert torch.equal(artifacts.read_tensors(placed)["C"], artifacts.read_tensors(made)["C"])
+    assert run("import", str(exported), "--model", model, "--results", "there").returncode == 0  # the same C again
+
+    other = run("import", str(exported), "--model", str(tiny_gpt2_dir), "--results", "there")
+    assert other.returncode == 2 and "not of" in other.stderr and "stats compute" in other.stderr
+    C = artifacts.read_tensors(exported)["C"]
+    artifacts.write_safetensors({"C": C[:-1, :-1]}, tmp_path / "narrow.safetensors", metadata=meta)
+    narrow = run("import", "narrow.safetensors", "--model", model, "--results", "fresh")
+    assert narrow.returncode == 2 and "takes keys of width" in narrow.stderr and not (tmp_path / "fresh").exists()
+    artifacts.write_safetensors({"C": C}, tmp_path / "moved.safetensors", metadata={**meta, "source": "file:other.txt"})
+    moved = run("import", "moved.safetensors", "--model", model, "--results", "fresh")
+    assert moved.returncode == 2 and "altered" in moved.stderr
+    damaged = tmp_path / "damaged.safetensors"
+    flipped = bytearray(exported.read_bytes())
+    flipped[-3] ^= 0xFF  # a bit of C itself
+    damaged.write_bytes(bytes(flipped))
+    assert run("import", "damaged.safetensors", "--model", model, "--results", "fresh").returncode == 2
+    artifacts.write_safetensors({"C": 2 * C}, tmp_path / "twice.safetensors", metadata=meta)
+    twice = run("import", "twice.safetensors", "--model", model, "--results", "there")
+    assert twice.returncode == 2 and "already holds a different C" in twice.stderr
+    assert torch.equal(artifacts.read_tensors(placed)["C"], C)  # not overwritten
+    assert run("import", "--model", model).returncode == 2  # import without files

@@ -5,6 +5,9 @@
     python -m editscale ask edited/ "Danielle Darrieux is a citizen of"
     python -m editscale ask smollm2-135m "Danielle Darrieux is a citizen of" --edit edited/edit.safetensors
     python -m editscale evaluate smollm2-135m --facts facts.jsonl --edit edited/edit.safetensors
+    python -m editscale stats compute --model smollm2-135m --layers 3 4 --tokens 400000   # C, once
+    python -m editscale stats export --model smollm2-135m --layers 3 --tokens 400000 --to shared-C/
+    python -m editscale stats import shared-C/*.safetensors --model smollm2-135m          # on another machine
 """
 
 from __future__ import annotations
@@ -69,8 +72,14 @@ def model_spec(spec: str, argument: str) -> str:
     return spec
 
 
-def load_model(spec: str, argument: str, device: str):
-    """The model `spec` names on `device`, or a UserError naming the argument."""
+def check_corpus(corpus) -> None:
+    if corpus not in (None, "auto") and not corpus.startswith("hf:") and not Path(corpus).is_file():
+        raise UserError(f"--corpus {corpus}: no such file; name a .txt or .jsonl file, hf:<dataset>:<config>:"
+                        f"<split>, or auto")
+
+
+def load_model(spec: str, argument: str, device: str, layout: dict | None = None):
+    """The model `spec` names on `device` (with a preset's `layout`), or a UserError naming the argument."""
     import torch
 
     import editscale
@@ -85,7 +94,7 @@ def load_model(spec: str, argument: str, device: str):
     if Path(spec).expanduser().is_dir() and (problems := editscale.models.folder_problems(Path(spec).expanduser())):
         raise UserError(f"{argument} {spec}: not a whole model folder: {'; '.join(problems)}")
     try:
-        return editscale.models.load(spec, device=device)
+        return editscale.models.load(spec, device=device, layout=layout)
     except OSError as err:  # transformers: not a folder here and no such hub model, or no network
         raise UserError(f"{argument} {spec}: not a model folder here, and the hub gave no model of that id "
                         f"({str(err).splitlines()[0]})") from err
@@ -121,10 +130,24 @@ def check_out(args) -> Path:
     return out
 
 
-def edit(args) -> None:
-    import editscale
-    from editscale.settings import Stats
+def preset_of(args):
+    """The settings --preset names (or the defaults), with --model filled in from it when not given."""
+    from editscale import presets, settings
+    from editscale.settings import Model
 
+    if args.preset is not None and args.preset not in presets.PRESETS:
+        raise UserError(f"--preset {args.preset}: one of {', '.join(presets.PRESETS)}")
+    given = settings.parse({"model": {"preset": args.preset}} if args.preset else {})
+    args.model = args.model or (given.model.spec if args.preset else Model.spec)
+    return given
+
+
+def edit(args) -> None:
+    import dataclasses
+
+    import editscale
+
+    given = preset_of(args)
     facts = read_facts(args.facts)
     out = check_out(args)
     check_facts(facts, args.facts)
@@ -134,9 +157,7 @@ def edit(args) -> None:
         algorithms.get(args.algorithm)  # an algorithm, or one with add-ons: memit_seq+prune
     except ValueError as err:
         raise UserError(f"--algorithm {args.algorithm}: {err}") from None
-    if args.corpus != "auto" and not args.corpus.startswith("hf:") and not Path(args.corpus).is_file():
-        raise UserError(f"--corpus {args.corpus}: no such file; name a .txt or .jsonl file, hf:<dataset>:<config>:"
-                        f"<split>, or auto")
+    check_corpus(args.corpus)
     results = Path(args.results)
     if results.exists() and not results.is_dir():
         raise UserError(f"--results {results} is a file; name the folder that keeps C (it is made if missing)")
@@ -144,10 +165,11 @@ def edit(args) -> None:
         editscale.models.slug(model_spec(args.model, "--model"))  # C's cache is results/<its name>
     except ValueError as err:
         raise UserError(f"--model {args.model}: {err}") from None
-    model, tok, layout = load_model(args.model, "--model", args.device)
+    model, tok, layout = load_model(args.model, "--model", args.device, given.model.layout)
     try:
         editor = editscale.Editor(model, tok, layout, algorithm=args.algorithm, layers=args.layers,
-                                  stats_settings=Stats(corpus=args.corpus), results_dir=args.results)
+                                  stats_settings=dataclasses.replace(given.stats, corpus=args.corpus or given.stats.corpus),
+                                  results_dir=args.results, preset=args.preset)
     except ValueError as err:
         raise UserError(f"--layers / --algorithm: {err}") from err
     try:
@@ -233,7 +255,82 @@ def check(args) -> None:
               f"{'yes' if r.informative else 'no'}")
 
 
+def stats_settings(args, given):
+    """The C that --tokens, --corpus and --max-length name over `given` (a preset's settings, or the
+    defaults), its domains checked."""
+    import dataclasses
+
+    from editscale import domains
+    from editscale.settings import Stats
+
+    args.tokens = given.stats.max_tokens if args.tokens is None else args.tokens
+    max_length = args.max_length or given.stats.max_length
+    max_length = max_length if max_length == "auto" else _count(str(max_length), "--max-length")
+    try:
+        domains.check("--tokens", args.tokens, domains.of(Stats, "max_tokens"), joiner=" ")
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    check_corpus(args.corpus)
+    return dataclasses.replace(given.stats, corpus=args.corpus or given.stats.corpus, max_tokens=args.tokens,
+                               max_length=max_length)
+
+
+def _count(text: str, flag: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise UserError(f"{flag} {text}: give a positive whole number, or auto")
+    return int(text)
+
+
+def stats(args) -> None:
+    """C computed into the store, exported from it with its provenance, or imported into it."""
+    import editscale
+    from editscale.editing import stats as store
+    from editscale.settings import Library
+
+    results = Path(args.results)
+    if results.exists() and not results.is_dir():
+        raise UserError(f"--results {results} is a file; name the folder that keeps C (it is made if missing)")
+    if (args.action == "import") != bool(args.files):
+        raise UserError("import takes the exported files (python -m editscale stats import C.safetensors ...); "
+                        "compute and export take none, only --layers")
+    given = preset_of(args)
+    spec = model_spec(args.model, "--model")
+    if args.layers is None:
+        args.layers = list(given.layer) if args.preset else list(Library.layers)
+    if args.action == "import":
+        try:
+            model, layout = editscale.models.skeleton(spec, given.model.layout)
+        except OSError as err:
+            raise UserError(f"--model {spec}: no config here or on the hub ({str(err).splitlines()[0]})") from err
+        for path in args.files:
+            if not Path(path).is_file():
+                raise UserError(f"{path}: no such file; name the .safetensors files `stats export` wrote")
+            try:
+                placed = store.place(path, model, layout, spec, results)
+            except ValueError as err:
+                raise UserError(f"{path}: {err}") from err
+            print(f"{path} -> {placed}")
+        return
+    wanted = stats_settings(args, given)
+    where = {layer: store.stats_path(results, spec, wanted, layer) for layer in args.layers}
+    if args.action == "export":
+        missing = [str(p) for p in where.values() if not p.exists()]
+        if missing:
+            raise UserError(f"no C at {', '.join(missing)}; compute it first: python -m editscale stats compute "
+                            f"--model {spec} --layers {' '.join(map(str, args.layers))} --tokens {args.tokens}")
+        for layer, path in where.items():
+            print(f"{path} -> {store.export(path, args.to)}")
+        return
+    model, tok, layout = load_model(spec, "--model", args.device, given.model.layout)
+    bad = [layer for layer in args.layers if not 0 <= layer < layout.n_layers(model)]
+    if bad:
+        raise UserError(f"--layers {' '.join(map(str, bad))}: {spec} has layers 0-{layout.n_layers(model) - 1}")
+    for layer, path in store.cached(model, tok, layout, wanted, results, args.layers, model_name=spec).items():
+        print(f"C of layer {layer}: {path}")
+
+
 def parser() -> argparse.ArgumentParser:
+    from editscale.presets import PRESETS
     from editscale.settings import Downstream, Library, Model, Settings, Stats
 
     top = argparse.ArgumentParser(prog="python -m editscale", description=__doc__,
@@ -242,20 +339,22 @@ def parser() -> argparse.ArgumentParser:
     e = verbs.add_parser("edit", help="edit facts into a model; write the edit (and, with --export, the model)",
                          description="Edit facts into a model with one algorithm at one layer. C (the keys' second "
                          "moment) is read from the workflow's cache under --results, or computed there once.")
-    e.add_argument("--model", default=Model.spec, help=f"hub id, local folder, .gguf file, or smollm2-135m (default "
+    e.add_argument("--model", help=f"hub id, local folder, .gguf file, or smollm2-135m (default: the preset's, else "
                    f"{Model.spec})")
+    e.add_argument("--preset", help=f"a model's settings in one name: {', '.join(PRESETS)} (its layers, λ, value "
+                   f"settings and C; --layers and --corpus override them)")
     e.add_argument("--facts", required=True, help=FACTS_HELP)
     e.add_argument("--algorithm", default=Library.algorithm,
                    help=f"an algorithm of editscale's registry (docs/design.md §2), with add-ons after '+' "
                    f"(memit_seq+prune); a name it does not know lists them (default {Library.algorithm})")
-    e.add_argument("--layers", type=int, nargs="+", default=list(Library.layers),
-                   help=f"the layer to edit (default {' '.join(map(str, Library.layers))}), or a window: --layers 2 3 "
-                   f"4 (MEMIT's spread; not rome)")
+    e.add_argument("--layers", type=int, nargs="+",
+                   help=f"the layer to edit (default: the preset's, else {' '.join(map(str, Library.layers))}), or a "
+                   f"window: --layers 2 3 4 (MEMIT's spread; not rome)")
     e.add_argument("--out", required=True, help="folder for edit.safetensors (and the model, with --export)")
     e.add_argument("--export", action="store_true", help="also write the edited model to --out")
     e.add_argument("--overwrite", action="store_true", help="replace what --out already holds")
-    e.add_argument("--corpus", default=Stats.corpus,
-                   help="text for C: auto (offline Wikipedia articles, else Wikipedia)")
+    e.add_argument("--corpus", help="text for C: auto (offline Wikipedia articles, else Wikipedia; the default "
+                   "but with a preset, which names its own)")
     e.add_argument("--results", default=Settings.results, help="the workflow's results folder, where C is cached")
     e.add_argument("--device", default=Model.device)
     e.add_argument("--debug", action="store_true", help="show the full traceback of an error")
@@ -301,6 +400,30 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--device", default=Model.device)
     v.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     v.set_defaults(run=evaluate)
+    c = verbs.add_parser("stats", help="compute C once, export it with its provenance, import it elsewhere",
+                         description="C, the second moment of the edited projection's keys over a text corpus, is "
+                         "what MEMIT-family edits cost most to prepare. compute: C of --layers into the store under "
+                         "--results (where the workflow and `edit` look); export: copy it out, with model, layer, "
+                         "corpus digest, tokens and max_length in the file; import: check an exported C against "
+                         "--model (its name, the layer's shape) and put it in the store.")
+    c.add_argument("action", choices=["compute", "export", "import"])
+    c.add_argument("files", nargs="*", help="import: the exported .safetensors files")
+    c.add_argument("--model", help=f"hub id, local folder, .gguf file, or {Model.spec} (default: the preset's, else "
+                   f"{Model.spec})")
+    c.add_argument("--preset", help=f"a model's settings in one name: {', '.join(PRESETS)} (its model, layers and C "
+                   f"settings; each flag overrides)")
+    c.add_argument("--layers", type=int, nargs="+", help=f"compute, export: the layers (default: the preset's, else "
+                   f"{' '.join(map(str, Library.layers))})")
+    c.add_argument("--tokens", type=int, help=f"corpus tokens C sums (default: the preset's, else {Stats.max_tokens})")
+    c.add_argument("--corpus", help="text for C: auto (offline Wikipedia articles, else Wikipedia; the default but "
+                   "with a preset)")
+    c.add_argument("--max-length", help="tokens a text is cut to: auto (the model's context; the default but with a "
+                   "preset) or a number")
+    c.add_argument("--results", default=Settings.results, help="the workflow's results folder, where C is kept")
+    c.add_argument("--to", default=".", help="export: the folder to write to")
+    c.add_argument("--device", default=Model.device)
+    c.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    c.set_defaults(run=stats)
     return top
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from editscale import algorithms, artifacts, domains, editing
+from editscale import algorithms, artifacts, domains, editing, presets, settings
 from editscale.data.records import check_edit
 from editscale.editing import covariance, keys, nas, values
 from editscale.editing import stats as store
@@ -218,16 +218,27 @@ class Editor:
 
     An algorithm with NAS (`memit+nas`) rescales every value to the anchor μ (`editing.nas`): `anchor`
     if given, else measured once, on the facts of the first edit, while the model is unedited.
+
+    `preset` ("llama3-8b", `editscale.presets`) supplies the layout, layers, edit, value and C settings
+    of a model the references have run; any of them given here overrides it. A model of another
+    architecture than the preset's is refused.
     """
 
-    def __init__(self, model, tokenizer, layout=None, *, algorithm: str = Library.algorithm, layers=Library.layers,
-                 stats=None, edit: EditSettings = EditSettings(), value_settings: ValueSettings = ValueSettings(),
-                 templates: Templates = Templates(), stats_settings: Stats = Stats(),
-                 results_dir: str = Settings.results, anchor: float | None = None,
+    def __init__(self, model, tokenizer, layout=None, *, algorithm: str = Library.algorithm, layers=None,
+                 stats=None, edit: EditSettings | None = None, value_settings: ValueSettings | None = None,
+                 templates: Templates = Templates(), stats_settings: Stats | None = None,
+                 results_dir: str = Settings.results, anchor: float | None = None, preset: str | None = None,
                  progress: bool = True):
+        given = settings.parse({"model": {"preset": preset}} if preset else {})  # the preset's, or the defaults
+        if preset and getattr(model.config, "model_type", None) != presets.get(preset).architecture:
+            raise ValueError(f"preset {preset} is for {presets.get(preset).architecture} models; this model is "
+                             f"{getattr(model.config, 'model_type', None)!r}")
+        layers = layers if layers is not None else (given.layer if preset else Library.layers)
+        edit, value_settings = edit or given.edit, value_settings or given.values
+        stats_settings = stats_settings or given.stats
         layers = sorted({int(layers)} if isinstance(layers, int) else {int(layer) for layer in layers})
         self.model, self.tokenizer = model, tokenizer
-        self.layout = layout or layout_for(model)
+        self.layout = layout or layout_for(model, given.model.layout)
         if not layers or not all(0 <= layer < self.layout.n_layers(model) for layer in layers):
             raise ValueError(f"layers {layers} must be one or more of the model's {self.layout.n_layers(model)} "
                              f"layers (0 to {self.layout.n_layers(model) - 1})")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from editscale import domains
+from editscale import domains, presets
 from editscale.domains import Domain, problems
 
 
@@ -261,7 +261,9 @@ def compared_window(w: Window, chosen) -> str | None:
 
 
 def parse(config: dict) -> Settings:
-    """Typed settings from a (schema-validated) config dict; missing keys take the defaults above."""
+    """Typed settings from a (schema-validated) config dict; missing keys take the preset's values
+    (`model.preset`, `presets.expand`), then the defaults above."""
+    config = presets.expand(config)
     top = {}
     for f in fields(Settings):
         if f.name not in config:

@@ -188,7 +188,8 @@ def _resume(path, moments: dict) -> int:
 
 
 def write_stats(moments: dict[int, SecondMoment], out, *, model_name: str, source_id: str,
-                dtype: str | torch.dtype, max_length: int, skip_first_token: bool) -> dict[int, Path]:
+                dtype: str | torch.dtype, max_length: int, skip_first_token: bool,
+                stats_id: str | None = None) -> dict[int, Path]:
     """One safetensors file per layer, tensor "C" (float32), with its provenance as metadata.
 
     `out` is a folder (files `layer{L}.safetensors`) or a mapping {layer: path}.
@@ -198,7 +199,7 @@ def write_stats(moments: dict[int, SecondMoment], out, *, model_name: str, sourc
         path = Path(out[layer]) if isinstance(out, dict) else Path(out) / f"layer{layer}.safetensors"
         metadata = {"model": model_name, "layer": layer, "module": moment.module, "source": source_id,
                     "tokens": moment.count, "dtype": str(dtype).removeprefix("torch."), "max_length": max_length,
-                    "skip_first_token": skip_first_token}
+                    "skip_first_token": skip_first_token, **({"stats_id": stats_id} if stats_id else {})}
         artifacts.write_safetensors({"C": moment.mean().float()}, path, metadata=metadata)
         written[layer] = path
     return written

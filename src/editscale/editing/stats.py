@@ -14,6 +14,8 @@ import hashlib
 import logging
 from pathlib import Path
 
+import torch
+
 from editscale import artifacts, models, paths, settings
 from editscale.data import corpus
 from editscale.editing import covariance
@@ -75,7 +77,7 @@ def compute(model, tokenizer, layout, stats: Stats, outputs: dict, *, model_name
         checkpoint=parts / "sums.safetensors", source_id=source_id, progress=progress)
     covariance.write_stats(moments, outputs, model_name=model_name, source_id=source_id,
                            dtype=next(model.parameters()).dtype, max_length=length,
-                           skip_first_token=stats.skip_first_token)
+                           skip_first_token=stats.skip_first_token, stats_id=stats_id(stats))
     parts.clear()
 
 
@@ -87,3 +89,55 @@ def cached(model, tokenizer, layout, stats: Stats, results, layers, *, model_nam
     if missing:
         compute(model, tokenizer, layout, stats, missing, model_name=model_name, progress=progress)
     return found
+
+
+def exported_name(metadata: dict) -> str:
+    """An exported C's file name: the model, the layer and `stats_id`, so a folder can hold many."""
+    return f"{models.slug(metadata['model'])}-layer{metadata['layer']}-{metadata['stats_id']}.safetensors"
+
+
+def export(path: str | Path, to: str | Path) -> Path:
+    """C at `path` (in a store) copied into the folder `to`, with its provenance (`covariance.write_stats`:
+    model, layer, module, corpus digest, tokens, max_length, dtype) and the name of its store folder
+    (`stats_id`), all in the file, C's bits unchanged. The copy is checked against its content digest."""
+    artifacts.verify(path)
+    C, metadata = covariance.load_stats(path)
+    metadata.setdefault("stats_id", Path(path).parent.name)  # a C written before the name was kept in it
+    out = Path(to) / exported_name(metadata)
+    artifacts.write_safetensors({"C": C}, out, metadata=metadata)
+    return out
+
+
+def place(path: str | Path, model, layout, model_name: str, results) -> Path:
+    """An exported C put where the workflow and the `Editor` look for it (`stats_path`), after checking
+    that it is C of `model_name` (its provenance's model) at a layer `model` has, of that layer's
+    shape (`model` may be a `models.skeleton`), and that its store name agrees with its corpus digest.
+    Refused, naming what differs, otherwise; an existing C of another content is not overwritten."""
+    artifacts.verify(path)
+    C, metadata = covariance.load_stats(path)
+    missing = {"model", "layer", "source", "tokens", "max_length", "stats_id"} - set(metadata)
+    if missing:
+        raise ValueError(f"{path} lacks {sorted(missing)} in its metadata: it is no C that editscale exported; "
+                         f"export it with python -m editscale stats export")
+    if models.slug(metadata["model"]) != models.slug(model_name):
+        raise ValueError(f"{path} is C of {metadata['model']!r}, not of {model_name!r}: compute C for this model "
+                         f"(python -m editscale stats compute --model {model_name})")
+    layer, n_layers = metadata["layer"], layout.n_layers(model)
+    if not 0 <= layer < n_layers:
+        raise ValueError(f"{path} is C of layer {layer}; {model_name} has layers 0-{n_layers - 1}")
+    d_in = layout.weight(model, layer).shape[1]
+    if tuple(C.shape) != (d_in, d_in):
+        raise ValueError(f"{path} holds C of shape {tuple(C.shape)}; layer {layer} of {model_name} "
+                         f"({layout.module_name(layer)}) takes keys of width {d_in}, so C must be ({d_in}, {d_in})")
+    content = hashlib.sha256(metadata["source"].encode()).hexdigest()[:12]
+    if content not in metadata["stats_id"].split("-"):
+        raise ValueError(f"{path} names its corpus {metadata['stats_id']!r} but was made from {metadata['source']!r} "
+                         f"(sha256 {content}): the file was altered; export it again")
+    out = Path(results) / models.slug(model_name) / "stats" / metadata["stats_id"] / f"layer{layer}.safetensors"
+    if out.exists():
+        held, _ = covariance.load_stats(out)
+        if not torch.equal(held, C):
+            raise ValueError(f"{out} already holds a different C under the same name; move it away to replace it")
+        return out
+    artifacts.write_safetensors({"C": C}, out, metadata=metadata)
+    return out

@@ -12,8 +12,9 @@ from .loading import (
            load_tokenizer,
            local_config,
            resolve,
+           skeleton,
            slug,
 )
 
 __all__ = ["EMBEDDED", "KNOWN_LAYOUTS", "Layout", "context_length", "folder_problems", "gguf_to_folder", "inspect_local", "layout_for",
-           "load", "load_tokenizer", "local_config", "resolve", "slug"]
+           "load", "load_tokenizer", "local_config", "resolve", "skeleton", "slug"]

@@ -222,6 +222,17 @@ def _local(spec: str) -> tuple[bool | None, dict]:
     return exists, json.loads((folder / "config.json").read_text())
 
 
+def skeleton(spec: str = EMBEDDED, layout: dict | Layout | None = None, revision: str | None = None):
+    """(model, layout) with every module and no weights (the meta device): shapes at no memory cost,
+    e.g. to check a C made elsewhere against an 8B model on a login node."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(resolve(spec), revision=revision)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return model, layout_for(model, layout)
+
+
 def context_length(model) -> int:
     """The model's context window in tokens, from its config."""
     return int(getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions"))
