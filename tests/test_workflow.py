@@ -287,3 +287,40 @@ def test_finding_f_compares_one_layer_with_a_window(tmp_path):
     b = table[table.claim.str.startswith("b. ")]
     assert len(b) and all("B = 2 to 4" in d or d == "" for d in b.detail)  # the single-layer grid only
     assert (run / "plots" / "window.png").stat().st_size > 1000
+
+
+def test_a_c_made_elsewhere_and_imported_after_the_model_job_is_used_not_recomputed(tmp_path):
+    """C computed in another folder, exported, and imported into a run whose model job has run (`snakemake
+    --until model`: a C imported before it would be recomputed, as the job that writes its input runs):
+    the workflow plans no stats job, and plans it again once C is gone."""
+    import re
+    import subprocess
+    import sys
+
+    if SHARED is None:
+        pytest.skip("C comes from the offline corpus")
+    workdir = tiny_workflow(tmp_path / "run")
+    cli = lambda *a, cwd: subprocess.run([sys.executable, "-m", "editscale", "stats", *a], capture_output=True,  # noqa: E731
+                                         text=True, cwd=cwd, timeout=600)
+
+    def plans(rule):  # the dry run's job table has a row "<rule>  <count>"
+        run = snakemake(workdir, "-n")
+        assert run.returncode == 0, run.stderr[-2000:]
+        return re.search(rf"^{rule}\s+\d+\s*$", run.stdout + run.stderr, re.MULTILINE) is not None
+
+    assert plans("stats")
+    model = str(workdir / "tiny-llama")
+    made = cli("compute", "--model", model, "--layers", "0", "1", "--tokens", "2000", "--results", "elsewhere",
+               cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    out = cli("export", "--model", model, "--layers", "0", "1", "--tokens", "2000", "--results", "elsewhere",
+              "--to", "shared-C", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    files = sorted(str(p) for p in (tmp_path / "shared-C").glob("*.safetensors"))
+    assert snakemake(workdir, "--until", "model").returncode == 0
+    imported = cli("import", *files, "--model", "tiny-llama", "--results", "results", cwd=workdir)
+    assert imported.returncode == 0, imported.stderr
+    assert not plans("stats")
+    for path in (workdir / "results").rglob("layer*.safetensors"):
+        path.unlink()
+    assert plans("stats")
