@@ -46,16 +46,18 @@ def run_folder(s: settings.Settings, results: Path) -> tuple[Path, Path]:
     return results / "records" / f"{name}.parquet", results / models.slug(s.model.spec) / name
 
 
-def paired(cases: pd.DataFrame, headline: list[str], ref: int, n_boot: int, seed: int) -> pd.DataFrame:
-    """Each budget − the largest (`ref`), per batch size: Score and each headline metric, paired over cases."""
+def paired(cases: pd.DataFrame, headline: list[str], n_boot: int, seed: int) -> pd.DataFrame:
+    """Each budget − the largest (the whole corpus, budget 0, where it was asked for), per batch size:
+    Score and each headline metric, paired over the same cases."""
     rows = []
+    largest = lambda budget: WHOLE if budget == 0 else budget  # noqa: E731
     for size, at_size in cases.groupby("batch_size"):
-        wide = {t: g.sort_values("case_id") for t, g in at_size.groupby("tokens")}
-        base = wide[ref]
+        wide = {b: g.sort_values("case_id") for b, g in sorted(at_size.groupby("budget"), key=lambda x: largest(x[0]))}
+        base = wide[max(wide, key=largest)]
         idx = bootstrap.resample(len(base), n_boot, seed)
-        for tokens, table in wide.items():
+        for budget, table in wide.items():
             assert (table.case_id.to_numpy() == base.case_id.to_numpy()).all()
-            row = {"batch_size": size, "tokens": tokens, "n_cases": len(table)}
+            row = {"batch_size": size, "budget": budget, "tokens": int(table.tokens.iloc[0]), "n_cases": len(table)}
             for m in headline:
                 a, b = table[m].to_numpy(), base[m].to_numpy()
                 row[m], row[f"{m} − ref"] = a.mean(), a.mean() - b.mean()
@@ -127,13 +129,18 @@ def main() -> None:
                   + f" ({time.monotonic() - began:.0f} s)", flush=True)
     cases = pd.concat(tables, ignore_index=True)
     artifacts.write_parquet(cases, out / "cases.parquet")
-    table = paired(cases, headline, int(cases.tokens.max()), s.findings.n_boot, s.findings.seed)
-    lines = [f"| B | C's tokens | Score | Score − largest C [95% CI] | "
+    report(cases, headline, s.findings, out)
+
+
+def report(cases: pd.DataFrame, headline: list[str], findings: settings.Findings, out: Path) -> None:
+    table = paired(cases, headline, findings.n_boot, findings.seed)
+    lines = [f"| B | C's budget | tokens summed | Score | Score − largest C [95% CI] | "
              + " | ".join(f"{m} − largest C [95% CI]" for m in headline) + " |",
-             "|---" * (4 + len(headline)) + "|"]
+             "|---" * (5 + len(headline)) + "|"]
     for r in table.to_dict("records"):
         ci = lambda m: f"{r[m + ' − ref']:+.2f} [{r[m + ' ci'][0]:+.2f}, {r[m + ' ci'][1]:+.2f}]"  # noqa: E731
-        lines.append(f"| {r['batch_size']} | {r['tokens']:,} | {r['Score']:.2f} | {ci('Score')} | "
+        budget = "the whole corpus" if r["budget"] == 0 else f"{r['budget']:,}"
+        lines.append(f"| {r['batch_size']} | {budget} | {r['tokens']:,} | {r['Score']:.2f} | {ci('Score')} | "
                      + " | ".join(ci(m) for m in headline) + " |")
     artifacts.write_text("\n".join(lines) + "\n", out / "c-tokens.md")
     print("\n".join(lines))
