@@ -1,10 +1,8 @@
 rule stats:
     """C = E[k kᵀ] of the edited projection's input at every layer a run can edit, in one pass
-    that stops after the deepest of them. The manifest's time is ignored (ancient): C's path and params
-    name the model and every setting it depends on, so a C imported into the store (`python -m
-    editscale stats import`) before the model job ran is used, not recomputed."""
+    that stops after the deepest of them."""
     input:
-        model=ancient(MODEL_MANIFEST),
+        model=MODEL_MANIFEST,
     output:
         **{f"layer{layer}": STATS.format(layer=layer) for layer in STATS_LAYERS},
     log:
