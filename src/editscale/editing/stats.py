@@ -51,9 +51,11 @@ def identity(stats: Stats, model_name: str, layers) -> str:
     return settings.digest([model_name, stats_id(stats), sorted(layers), stats.batch_tokens, covariance.WINDOW])
 
 
-def stats_path(results, spec: str, stats: Stats, layer: int) -> Path:
-    """C of `layer` for model `spec` under the results folder `results`."""
-    return Path(results) / models.slug(spec) / "stats" / stats_id(stats) / f"layer{layer}.safetensors"
+def stats_path(results, spec: str, stats: Stats | str, layer: int) -> Path:
+    """C of `layer` for model `spec` under the results folder `results`; `stats` its settings, or the
+    store name they give (`stats_id`, as an exported C records it)."""
+    name = stats if isinstance(stats, str) else stats_id(stats)
+    return Path(results) / models.slug(spec) / "stats" / name / f"layer{layer}.safetensors"
 
 
 def max_length(model, setting) -> int:
@@ -133,7 +135,7 @@ def place(path: str | Path, model, layout, model_name: str, results) -> Path:
     if content not in metadata["stats_id"].split("-"):
         raise ValueError(f"{path} names its corpus {metadata['stats_id']!r} but was made from {metadata['source']!r} "
                          f"(sha256 {content}): the file was altered; export it again")
-    out = Path(results) / models.slug(model_name) / "stats" / metadata["stats_id"] / f"layer{layer}.safetensors"
+    out = stats_path(results, model_name, metadata["stats_id"], layer)
     if out.exists():
         held, _ = covariance.load_stats(out)
         if not torch.equal(held, C):

@@ -34,8 +34,7 @@ def load_model(job: Job, device: str | None = None):
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"model.device = {device}, but {socket.gethostname()} has no CUDA device; run the job "
                            f"where one is (resources.gpus, a GPU partition), or set model.device: cpu")
-    if device == "cuda":  # one GPU per job: the first no other running job holds
-        device = devices.claim(device, torch.cuda.device_count())
+    device = devices.claim(device, torch.cuda.device_count())  # a bare cuda: the first GPU no running job holds
     return models.load(model.spec, dtype=model.dtype, device=device, layout=model.layout,
                        revision=model.revision)
 
